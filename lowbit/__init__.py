@@ -1,0 +1,3 @@
+"""lowbit: run extremely low-bit LLMs on ordinary CPUs."""
+
+__version__ = "0.1.0"
