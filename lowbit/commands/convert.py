@@ -1,0 +1,59 @@
+"""`lowbit convert SOURCE -o OUT.lowbit`."""
+
+from __future__ import annotations
+
+import click
+
+
+def _list_methods() -> None:
+    from lowbit.convert.recipe import METHODS
+
+    click.echo(f"{'method':<12} {'encoding':<12} description")
+    for m in METHODS.values():
+        note = "  (needs a ternary/1-bit-trained model for good quality)" if m.needs_training else ""
+        click.echo(f"{m.name:<12} {m.encoding:<12} {m.description}{note}")
+
+
+@click.command()
+@click.argument("source", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .lowbit file.")
+@click.option("-m", "--method", default="q4", show_default=True, help="Encoding of the linear layers.")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), help="TOML recipe: tensor-name glob -> encoding.")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--list-methods", is_flag=True, help="List the available methods and exit.")
+def convert(source, output, method, recipe, revision, force, list_methods) -> None:
+    """Convert SOURCE (a Hugging Face folder, hub id or .gguf file) into a .lowbit file."""
+    if list_methods:
+        _list_methods()
+        return
+    if not source:
+        raise click.UsageError("missing SOURCE (a Hugging Face folder, hub id or .gguf file)")
+    if not output:
+        from pathlib import Path
+
+        output = f"{Path(source).name.removesuffix('.gguf')}-{method}.lowbit"
+    from tqdm import tqdm
+
+    from lowbit.convert.converter import convert as run_convert
+
+    bar = tqdm(desc="converting", unit="tensor", dynamic_ncols=True, leave=False)
+
+    def progress(name: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.set_postfix_str(name.removeprefix("model."), refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        result = run_convert(source, output, method=method, recipe=recipe, revision=revision, force=force, progress=progress)
+    finally:
+        bar.close()
+    size_mb = result.file_size / 1e6
+    click.echo(
+        f"wrote {result.path} ({size_mb:.1f} MB, {len(result.tensors)} tensors) in {result.seconds:.1f} s: "
+        f"linear layers {result.linear_bits_per_weight:.3f} bits/weight, all matrices {result.bits_per_weight:.3f}"
+    )
+    worst = ", ".join(f"{t.name} {t.rel_error:.3f}" for t in result.worst(3))
+    click.echo(f"largest relative errors: {worst}")
+    for w in result.warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)

@@ -1,0 +1,282 @@
+"""`lowbit convert`: stream a checkpoint tensor by tensor into one .lowbit file.
+
+Memory stays bounded by the largest tensor: weights are memory-mapped (safetensors) or
+dequantised one at a time (GGUF), quantised, appended to the writer and dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowbit import __version__
+from lowbit.convert.architectures import (
+    SKIPPED_SUFFIXES,
+    ModelSpec,
+    canonical_name,
+    is_linear_weight,
+    model_spec,
+)
+from lowbit.convert.bitnet import ternary_scale, unpack_hf_ternary
+from lowbit.convert.recipe import METHODS, Recipe, load_recipe
+from lowbit.convert.sources import check_weight, open_checkpoint
+from lowbit.errors import ConversionError
+from lowbit.formats import LowbitWriter
+from lowbit.formats.encodings import EncodedTensor, get_encoding
+from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
+from lowbit.quant import quantize, relative_error
+
+ProgressFn = Callable[[str, int, int], None]
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "do_sample")
+
+
+@dataclass
+class TensorReport:
+    name: str
+    encoding: str
+    shape: tuple[int, ...]
+    nbytes: int
+    rel_error: float
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    seconds: float
+    file_size: int
+    tensors: list[TensorReport]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def linear_bits_per_weight(self) -> float:
+        lin = [t for t in self.tensors if is_linear_weight(t.name)]
+        return 8.0 * sum(t.nbytes for t in lin) / max(1, sum(int(np.prod(t.shape)) for t in lin))
+
+    @property
+    def bits_per_weight(self) -> float:
+        mats = [t for t in self.tensors if len(t.shape) == 2]
+        return 8.0 * sum(t.nbytes for t in mats) / max(1, sum(int(np.prod(t.shape)) for t in mats))
+
+    def worst(self, n: int = 3) -> list[TensorReport]:
+        return sorted(self.tensors, key=lambda t: -t.rel_error)[:n]
+
+
+def expected_tensors(spec: ModelSpec) -> set[str]:
+    cfg = spec.config
+    names = {"model.embed_tokens.weight", "model.norm.weight"}
+    if not cfg["tie_word_embeddings"]:
+        names.add("lm_head.weight")
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        names |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
+        names |= {p + f"self_attn.{x}_proj.weight" for x in "qkvo"}
+        names |= {p + f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")}
+    return names
+
+
+def optional_tensor(name: str) -> bool:
+    """Tensors a model may or may not have: biases, BitNet sub-norms, an untied lm_head."""
+    return (
+        name.endswith((".q_proj.bias", ".k_proj.bias", ".v_proj.bias", ".o_proj.bias"))
+        or name.endswith((".attn_sub_norm.weight", ".ffn_sub_norm.weight"))
+        or name == "lm_head.weight"
+    )
+
+
+def _token_str(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def tokenizer_section(files: dict[str, bytes]) -> tuple[str, bytes, dict[str, Any]]:
+    """(blob name, blob bytes, metadata.tokenizer) from the checkpoint's tokenizer files."""
+    if "tokenizer.json" in files:
+        kind, blob = "tokenizers", "tokenizer.json"
+    elif "tokenizer.model" in files:
+        kind, blob = "sentencepiece", "tokenizer.model"
+    else:
+        raise ConversionError("the checkpoint has no tokenizer.json or tokenizer.model")
+    cfg: dict[str, Any] = {}
+    if "tokenizer_config.json" in files:
+        try:
+            cfg = json.loads(files["tokenizer_config.json"])
+        except ValueError:
+            raise ConversionError("tokenizer_config.json is not valid JSON") from None
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    if template is None and "chat_template.jinja" in files:
+        template = files["chat_template.jinja"].decode("utf-8")
+    if template is None and "chat_template.json" in files:
+        template = json.loads(files["chat_template.json"]).get("chat_template")
+    specials = [
+        v.get("content")
+        for v in (cfg.get("added_tokens_decoder") or {}).values()
+        if isinstance(v, dict) and v.get("special")
+    ]
+    meta = {
+        "kind": kind,
+        "blob": blob,
+        "chat_template": template,
+        "bos_token": _token_str(cfg.get("bos_token")),
+        "eos_token": _token_str(cfg.get("eos_token")),
+        "pad_token": _token_str(cfg.get("pad_token")),
+        "unk_token": _token_str(cfg.get("unk_token")),
+        "add_bos_token": cfg.get("add_bos_token"),
+        "add_eos_token": cfg.get("add_eos_token"),
+        "special_tokens": [s for s in specials if s],
+    }
+    return blob, files[blob], meta
+
+
+def _provenance(ckpt: Any, source: str, recipe: Recipe) -> dict[str, Any]:
+    if hasattr(ckpt, "file_hashes"):
+        hashes = ckpt.file_hashes()
+    else:
+        p = Path(source)
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        hashes = {p.name: h.hexdigest()}
+    return {
+        "source": getattr(ckpt, "source_id", None) or str(source),
+        "revision": getattr(ckpt, "revision", None),
+        "files": hashes,
+        "converter": f"lowbit {__version__}",
+        "recipe": recipe.to_json(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _native_ternary(
+    ckpt: Any, name: str, w: np.ndarray, spec: ModelSpec, base3: bool
+) -> EncodedTensor:
+    """A BitNet linear weight, packed (uint8 + weight_scale) or latent (absmean), to trits."""
+    enc = TERNARY_1P6 if base3 else TERNARY
+    if spec.ternary_weights == "packed":
+        scale_name = name[: -len("weight")] + "weight_scale"
+        if scale_name not in ckpt:
+            raise ConversionError(f"tensor {name} is ternary but {scale_name} is missing")
+        if w.dtype == np.uint8:
+            trits = unpack_hf_ternary(w, _out_features(spec, name, w))
+        else:  # unpacked by transformers before save_pretrained: values already in {-1, 0, 1}
+            trits = np.asarray(w, dtype=np.float32)
+            if not np.isin(trits, (-1.0, 0.0, 1.0)).all():
+                raise ConversionError(f"tensor {name} should hold ternary values but holds others")
+            trits = trits.astype(np.int8)
+        return enc.pack(trits, ternary_scale(ckpt.get(scale_name), spec.weight_scale_divides))
+    from lowbit.quant.ternary import absmean_ternary
+
+    trits, scale = absmean_ternary(w)
+    return enc.pack(trits, scale)
+
+
+def _out_features(spec: ModelSpec, name: str, packed: np.ndarray) -> int:
+    cfg = spec.config
+    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
+    out = {
+        "q_proj": cfg["num_attention_heads"] * cfg["head_dim"],
+        "k_proj": kv,
+        "v_proj": kv,
+        "o_proj": cfg["hidden_size"],
+        "gate_proj": cfg["intermediate_size"],
+        "up_proj": cfg["intermediate_size"],
+        "down_proj": cfg["hidden_size"],
+    }[name.split(".")[-2]]
+    if -(-out // 4) != packed.shape[0]:
+        raise ConversionError(f"tensor {name}: packed shape {list(packed.shape)} does not fit {out} output rows")
+    return out
+
+
+def convert(
+    source: str | Path,
+    output: str | Path,
+    method: str = "q4",
+    recipe: str | Path | None = None,
+    revision: str | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> ConvertResult:
+    """Convert a checkpoint into a .lowbit file and report what was written."""
+    start = time.perf_counter()
+    output = Path(output)
+    if output.exists() and not force:
+        raise ConversionError(f"{output} already exists (pass --force to overwrite)")
+    if output.is_dir():
+        raise ConversionError(f"{output} is a folder, expected a file path")
+    rec = load_recipe(recipe, method)
+    ckpt = open_checkpoint(str(source), revision)
+    spec = model_spec(ckpt.config)
+    names = [n for n in ckpt.tensor_names() if not n.endswith(SKIPPED_SUFFIXES)]
+    canon = {canonical_name(n): n for n in names}
+    required = expected_tensors(spec)
+    missing = sorted(required - set(canon))
+    if missing:
+        raise ConversionError(f"checkpoint lacks tensor {missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1 else f"checkpoint lacks tensor {missing[0]}")
+    unexpected = sorted(n for n in canon if n not in required and not optional_tensor(n))
+    if unexpected:
+        raise ConversionError(f"unexpected tensor {unexpected[0]} for {spec.source_architecture} (an unsupported variant?)")
+    blob_name, blob, tok_meta = tokenizer_section(ckpt.tokenizer_files)
+    gen = {k: ckpt.generation_config[k] for k in GENERATION_KEYS if k in ckpt.generation_config}
+    config = dict(spec.config)
+    if "lm_head.weight" not in canon:
+        config["tie_word_embeddings"] = True
+    metadata = {
+        "architecture": spec.architecture,
+        "config": config,
+        "tokenizer": tok_meta,
+        "generation": gen,
+        "provenance": _provenance(ckpt, str(source), rec),
+    }
+    warnings: list[str] = []
+    native = spec.ternary_weights is not None
+    if native and METHODS[rec.method].encoding not in ("ternary", "ternary-1.6"):
+        warnings.append(
+            f"{spec.source_architecture} is a ternary (BitNet) model: its linear layers are stored "
+            f"losslessly as ternary, not {rec.method}"
+        )
+    reports: list[TensorReport] = []
+    with LowbitWriter(output, metadata) as writer:
+        writer.add_blob(blob_name, blob)
+        order = {n: i for i, n in enumerate(names)}
+        total = len(names)
+        for done, (src_name, w) in enumerate(
+            (item for item in ckpt.iter_tensors() if item[0] in order), start=1
+        ):
+            name = canonical_name(src_name)
+            check_weight(name, w)
+            if native and is_linear_weight(name):
+                encoded = _native_ternary(ckpt, src_name, w, spec, base3=rec.method == "ternary-1.6")
+                err = 0.0 if spec.ternary_weights == "packed" else relative_error(w, encoded.dequantize())
+            else:
+                encoding, params = rec.choose(name, tuple(w.shape))
+                w = np.asarray(w, dtype=np.float32)
+                encoded = quantize(w, encoding, params)
+                err = relative_error(w, encoded.dequantize())
+            writer.add_tensor(name, encoded, info={"rel_error": round(err, 6)})
+            reports.append(TensorReport(name, encoded.encoding, tuple(encoded.shape), encoded.nbytes, err))
+            del w, encoded
+            if progress is not None:
+                progress(name, done, total)
+    lin_err = [t.rel_error for t in reports if is_linear_weight(t.name)]
+    if not native and METHODS[rec.method].needs_training and lin_err:
+        warnings.append(
+            f"{rec.method} on an ordinary (non-ternary-trained) model destroys its quality without "
+            f"training: mean relative weight error {np.mean(lin_err):.2f}. Expect broken output; "
+            "measure it with `lowbit eval`."
+        )
+    return ConvertResult(output, time.perf_counter() - start, output.stat().st_size, reports, warnings)
+
+
+__all__ = ["ConvertResult", "convert", "get_encoding"]

@@ -1,0 +1,84 @@
+"""Memory-mapped safetensors reading into numpy, bf16 included.
+
+safetensors' own numpy backend refuses bf16 (numpy has no such dtype), yet most checkpoints are
+bf16; the format is simple enough (8-byte length, JSON header, raw little-endian data) to map
+directly and hand out zero-copy views, widening one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from lowbit.errors import ConversionError
+
+_DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsFile:
+    """One .safetensors file: names, dtypes, shapes, and raw or float32 arrays on demand."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            size = self.path.stat().st_size
+            if size < 8:
+                raise ConversionError(f"{self.path}: truncated safetensors file")
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > MAX_HEADER or 8 + n > size:
+                raise ConversionError(f"{self.path}: invalid safetensors header length {n}")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError:
+                raise ConversionError(f"{self.path}: safetensors header is not valid JSON") from None
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._base = 8 + n
+        self._entries: dict[str, tuple[str, list[int], int, int]] = {}
+        for name, e in header.items():
+            dtype, shape, (start, end) = e.get("dtype"), e.get("shape"), e.get("data_offsets", (0, -1))
+            if dtype not in _DTYPES:
+                raise ConversionError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype}")
+            nbytes = _DTYPES[dtype].itemsize * int(np.prod(shape, dtype=object))
+            if end - start != nbytes or self._base + end > size or start < 0:
+                raise ConversionError(f"{self.path}: tensor {name!r} has invalid data offsets")
+            self._entries[name] = (dtype, list(shape), start, end)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def dtype(self, name: str) -> str:
+        return self._entries[name][0]
+
+    def shape(self, name: str) -> list[int]:
+        return self._entries[name][1]
+
+    def raw(self, name: str) -> np.ndarray:
+        """Zero-copy view in the stored dtype (bf16 as uint16)."""
+        dtype, shape, start, end = self._entries[name]
+        count = int(np.prod(shape, dtype=np.int64))
+        arr = np.frombuffer(self._mmap, dtype=_DTYPES[dtype], count=count, offset=self._base + start)
+        return arr.reshape(shape)
+
+    def float32(self, name: str) -> np.ndarray:
+        """The tensor widened to float32 (a copy unless it is already f32)."""
+        arr = self.raw(name)
+        if self.dtype(name) == "BF16":
+            return (arr.astype(np.uint32) << 16).view(np.float32)
+        return arr.astype(np.float32, copy=False)

@@ -1,0 +1,31 @@
+"""BitNet b1.58 absmean ternarisation: γ = mean|W|, W̃ = RoundClip(W/(γ+ε), −1, 1), W ≈ γ W̃.
+
+Lossless for weights that are already ternary (a trained BitNet's latent weights quantise to
+what it was trained with); destroys an ordinary model without retraining.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lowbit.formats.encodings import EncodedTensor
+from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
+
+EPS = 1e-5
+
+
+def absmean_ternary(w: np.ndarray, per_row: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Trits int8 [out, in] and scale γ ([1] per tensor or [out] per row)."""
+    w = np.asarray(w, dtype=np.float32)
+    if per_row:
+        gamma = np.abs(w).mean(axis=1)
+        trits = np.clip(np.round(w / (gamma[:, None] + EPS)), -1, 1)
+    else:
+        gamma = np.array([np.abs(w).mean()], dtype=np.float32)
+        trits = np.clip(np.round(w / (gamma[0] + EPS)), -1, 1)
+    return trits.astype(np.int8), gamma.astype(np.float32)
+
+
+def quantize_ternary(w: np.ndarray, per_row: bool = False, base3: bool = False) -> EncodedTensor:
+    trits, scale = absmean_ternary(w, per_row)
+    return (TERNARY_1P6 if base3 else TERNARY).pack(trits, scale)
