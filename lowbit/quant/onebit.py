@@ -38,3 +38,38 @@ def svid(w: np.ndarray, iterations: int = 30) -> tuple[np.ndarray, np.ndarray, n
 def quantize_onebit(w: np.ndarray, layernorm: bool = False) -> EncodedTensor:
     signs, h, g = svid(w)
     return ONEBIT.pack(signs, g, h, layernorm=layernorm)
+
+
+def fit_values(
+    w: np.ndarray, hessian: np.ndarray, signs: np.ndarray, h: np.ndarray, g: np.ndarray,
+    iterations: int = 4, ridge: float = 1e-6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refit h and g by alternating least squares against the layer's real outputs.
+
+    With calibration inputs X and H = XᵀX, the loss ‖X Wᵀ − X (S ⊙ h gᵀ)ᵀ‖² is quadratic in h for
+    fixed g and in g for fixed h, and both closed forms need only H:
+      h_r = (s_r⊙g)·(H w_r) / (s_r⊙g)ᵀ H (s_r⊙g)
+      [H ⊙ (Sᵀ diag(h²) S)] g = rowsum((H Wᵀ) ⊙ (Sᵀ diag(h)))
+    """
+    w = np.asarray(w, np.float64)
+    hm = np.asarray(hessian, np.float64)
+    s = signs.astype(np.float64)
+    h = h.astype(np.float64)
+    g = g.astype(np.float64)
+    wh = w @ hm  # [out, in] = (H wᵣ)ᵣ since H is symmetric
+    for _ in range(iterations):
+        sg = s * g
+        den = np.einsum("ri,ri->r", sg @ hm, sg)
+        h = np.where(den > 0, np.einsum("ri,ri->r", sg, wh) / np.where(den > 0, den, 1), h)
+        a = hm * (s.T @ (s * (h * h)[:, None]))
+        b = np.einsum("ir,ir->i", wh.T, s.T * h)
+        a[np.diag_indices_from(a)] += ridge * np.mean(np.diag(a)) + 1e-12
+        g = np.linalg.solve(a, b)
+    return h.astype(np.float32), g.astype(np.float32)
+
+
+def quantize_onebit_calibrated(w: np.ndarray, hessian: np.ndarray, layernorm: bool = False) -> EncodedTensor:
+    """SVID, then h and g fitted to the calibration outputs."""
+    signs, h, g = svid(w)
+    h, g = fit_values(w, hessian, signs, h, g)
+    return ONEBIT.pack(signs, g, h, layernorm=layernorm)

@@ -75,17 +75,14 @@ def dequantize_grouped(q, sq, z, row_scale, group: int) -> np.ndarray:
     return wq.reshape(out, -1)[:, :n_in]
 
 
-def quantize_grouped(
-    w: np.ndarray,
-    bits: int,
-    group: int = 128,
-    importance: np.ndarray | None = None,
-    clip_search: bool = True,
-) -> EncodedTensor:
-    """Round-to-nearest grouped quantisation with a small per-group clip search.
+def choose_group_params(
+    w: np.ndarray, bits: int, group: int, importance: np.ndarray | None = None, clip_search: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group scales and zero points with a small per-group clip search.
 
-    For each group we try a few range shrink factors and keep, per group, the one with the lowest
-    (importance-weighted) squared error — the cheap part of what llama.cpp's make_qkx does.
+    For each group a few range shrink factors are tried; per group the one with the lowest
+    (importance-weighted, like llama.cpp's imatrix) squared error wins — the cheap part of what
+    llama.cpp's make_qkx does.
     """
     w = np.asarray(w, dtype=np.float32)
     out, n_in = w.shape
@@ -97,20 +94,29 @@ def quantize_grouped(
     factors = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75) if clip_search else (1.0,)
     best_err = np.full((out, ng), np.inf, np.float32)
     best_clip = np.ones((out, ng), np.float32)
-    wg, _ = _pad_groups(w, group)
     for f in factors:
         sq, z, rs = grouped_params(w, bits, group, f)
         q = grouped_codes(w, bits, group, sq, z, rs)
-        err = (dequantize_grouped(q, sq, z, rs, group) - w)
         e = np.zeros((out, ng * group), np.float32)
-        e[:, :n_in] = err
+        e[:, :n_in] = dequantize_grouped(q, sq, z, rs, group) - w
         errg = ((e.reshape(out, ng, group) ** 2) * wgt[None]).sum(-1)
         better = errg < best_err
         best_err = np.where(better, errg, best_err)
         best_clip = np.where(better, f, best_clip)
-    sq, z, rs = grouped_params(w, bits, group, best_clip)
-    q = grouped_codes(w, bits, group, sq, z, rs)
-    return GroupedEncoding(bits).pack(q, sq, z, rs, group)
+    return grouped_params(w, bits, group, best_clip)
+
+
+def quantize_grouped(
+    w: np.ndarray,
+    bits: int,
+    group: int = 128,
+    importance: np.ndarray | None = None,
+    clip_search: bool = True,
+) -> EncodedTensor:
+    """Round-to-nearest grouped quantisation (optionally importance-weighted clip search)."""
+    w = np.asarray(w, dtype=np.float32)
+    sq, z, rs = choose_group_params(w, bits, group, importance, clip_search)
+    return GroupedEncoding(bits).pack(grouped_codes(w, bits, group, sq, z, rs), sq, z, rs, group)
 
 
 def quantize_q8(w: np.ndarray, group: int = 0) -> EncodedTensor:

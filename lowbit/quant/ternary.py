@@ -29,3 +29,20 @@ def absmean_ternary(w: np.ndarray, per_row: bool = False) -> tuple[np.ndarray, n
 def quantize_ternary(w: np.ndarray, per_row: bool = False, base3: bool = False) -> EncodedTensor:
     trits, scale = absmean_ternary(w, per_row)
     return (TERNARY_1P6 if base3 else TERNARY).pack(trits, scale)
+
+
+def fit_row_scales(w: np.ndarray, hessian: np.ndarray, trits: np.ndarray) -> np.ndarray:
+    """Per-row scales minimising ‖X wᵣ − sᵣ X tᵣ‖² on calibration inputs (H = XᵀX):
+    sᵣ = tᵣᵀ H wᵣ / tᵣᵀ H tᵣ."""
+    t = trits.astype(np.float64)
+    th = t @ np.asarray(hessian, np.float64)
+    num = np.einsum("ri,ri->r", th, np.asarray(w, np.float64))
+    den = np.einsum("ri,ri->r", th, t)
+    fallback = np.abs(w).mean(axis=1)
+    return np.where(den > 0, num / np.where(den > 0, den, 1), fallback).astype(np.float32)
+
+
+def quantize_ternary_calibrated(w: np.ndarray, hessian: np.ndarray, base3: bool = False) -> EncodedTensor:
+    trits, _ = absmean_ternary(w, per_row=True)
+    scale = fit_row_scales(w, hessian, trits)
+    return (TERNARY_1P6 if base3 else TERNARY).pack(trits, scale)

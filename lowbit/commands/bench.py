@@ -1,0 +1,50 @@
+"""`lowbit bench MODEL`: speed and memory of one model."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+
+@click.command()
+@click.argument("model")
+@click.option("--prompt-tokens", "-n", type=int, default=128, show_default=True, help="Prompt length for prefill.")
+@click.option("--gen-tokens", "-g", type=int, default=128, show_default=True, help="Tokens to decode.")
+@click.option("--threads", "-t", default=None, help="Thread counts, comma-separated (default: physical cores).")
+@click.option("--repeats", "-r", type=int, default=3, show_default=True, help="Runs per setting (median reported).")
+@click.option("--method", default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(model, prompt_tokens, gen_tokens, threads, repeats, method, as_json) -> None:
+    """Measure load time, time to first token, prefill and decode tokens/s and peak RSS."""
+    from lowbit.bench import bench_model, bench_report
+    from lowbit.commands.options import warm_up
+    from lowbit.inspect import summarize
+    from lowbit.models import resolve_model
+    from lowbit.runtime import load
+
+    try:
+        thread_list = [int(t) for t in threads.split(",")] if threads else None
+    except ValueError:
+        raise click.BadParameter(f"{threads!r} is not a comma-separated list of integers", param_hint="--threads") from None
+    path = resolve_model(model, method=method)
+    t0 = time.perf_counter()
+    llm = load(path, context_length=prompt_tokens + gen_tokens + 16)
+    load_s = time.perf_counter() - t0
+    warm_up(llm, quiet=as_json)
+    rows = bench_model(llm, prompt_tokens, gen_tokens, thread_list, repeats)
+    report = bench_report(path, load_s, rows, summarize(llm.reader))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(
+        f"{path.name}: {report['file_size_bytes'] / 1e6:.1f} MB, {report['bits_per_weight']:.3f} bits/weight "
+        f"(linear {report['linear_bits_per_weight']:.3f}), load {load_s:.2f} s"
+    )
+    click.echo(f"{'threads':>7} {'TTFT s':>8} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    for r in report["runs"]:
+        click.echo(
+            f"{r['threads']:>7} {r['time_to_first_token_s']:>8.3f} {r['prefill_tps']:>14.1f} {r['decode_tps']:>13.1f}"
+        )
+    click.echo(f"peak RSS {report['peak_rss_mb']:.0f} MB (prompt {prompt_tokens}, decode {gen_tokens}, median of {repeats})")

@@ -1,0 +1,86 @@
+"""`lowbit eval ppl|kl`: measure what quantisation did to a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise click.ClickException(f"{path}: cannot read text ({e})") from None
+
+
+def _bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="window", dynamic_ncols=True, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+@click.group()
+def evaluate() -> None:
+    """Perplexity and KL divergence on a text file."""
+
+
+@evaluate.command()
+@click.argument("model")
+@click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Plain-text file.")
+@click.option("--ctx", type=int, default=512, show_default=True, help="Window length in tokens.")
+@click.option("-t", "--threads", type=int)
+@click.option("--method", default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
+@click.option("--json", "as_json", is_flag=True)
+def ppl(model, text_file, ctx, threads, method, as_json) -> None:
+    """Perplexity of MODEL on a text (llama.cpp's method: score the second half of each window)."""
+    from lowbit.eval.perplexity import perplexity
+    from lowbit.models import load
+
+    llm = load(model, threads=threads, context_length=ctx, method=method)
+    bar, update = _bar("perplexity")
+    try:
+        r = perplexity(llm, _read_text(text_file), ctx, update)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(r.to_json()))
+    else:
+        click.echo(f"PPL = {r.ppl:.4f} ± {r.ppl_error:.4f} ({r.tokens_scored} tokens scored in {r.windows} windows of {ctx})")
+
+
+@evaluate.command()
+@click.argument("model")
+@click.option("--ref", required=True, help="Reference: a .lowbit file, or an HF folder / GGUF run through lowbit's f32 path.")
+@click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--ctx", type=int, default=512, show_default=True)
+@click.option("-t", "--threads", type=int)
+@click.option("--method", default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
+@click.option("--json", "as_json", is_flag=True)
+def kl(model, ref, text_file, ctx, threads, method, as_json) -> None:
+    """KL divergence of MODEL's token distributions from a reference's (like llama.cpp --kl-divergence)."""
+    from lowbit.eval.perplexity import kl_divergence
+    from lowbit.models import load
+
+    llm = load(model, threads=threads, context_length=ctx, method=method)
+    ref_llm = load(ref, threads=threads, context_length=ctx, method="f32")
+    bar, update = _bar("kl-divergence")
+    try:
+        r = kl_divergence(llm, ref_llm, _read_text(text_file), ctx, update)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(r.to_json()))
+    else:
+        click.echo(
+            f"KL mean {r.kl_mean:.5f}, median {r.kl_median:.5f}, p99 {r.kl_p99:.5f}; "
+            f"top-1 agreement {100 * r.top1_agreement:.2f}%; PPL {r.ppl:.4f} (reference {r.ppl_ref:.4f}); "
+            f"{r.tokens_scored} tokens"
+        )
