@@ -7,7 +7,9 @@ their own activations to int8 inside their kernels. Activations and accumulation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,18 +52,18 @@ class KVCache:
 
 @dataclass
 class Attention:
-    q_proj: object
-    k_proj: object
-    v_proj: object
-    o_proj: object
+    q_proj: Any
+    k_proj: Any
+    v_proj: Any
+    o_proj: Any
     sub_norm: np.ndarray | None
 
 
 @dataclass
 class MLP:
-    gate_proj: object
-    up_proj: object
-    down_proj: object
+    gate_proj: Any
+    up_proj: Any
+    down_proj: Any
     sub_norm: np.ndarray | None
 
 
@@ -73,85 +75,108 @@ class Block:
     mlp: MLP
 
 
+def attention_forward(
+    args: ModelArgs, rope: RotaryEmbedding, attn: Attention, x: np.ndarray, cache: KVCache, layer: int, start: int
+) -> np.ndarray:
+    """Grouped-query attention of x [T, hidden] at positions start.., writing K/V into the cache."""
+    t = x.shape[0]
+    h, kvh, d = args.num_attention_heads, args.num_key_value_heads, args.head_dim
+    q = rope.apply(attn.q_proj(x).reshape(t, h, d), start)
+    k = rope.apply(attn.k_proj(x).reshape(t, kvh, d), start)
+    v = attn.v_proj(x).reshape(t, kvh, d)
+    end = start + t
+    cache.keys[layer, :, start:end] = k.transpose(1, 0, 2)
+    cache.values[layer, :, start:end] = v.transpose(1, 0, 2)
+    keys = cache.keys[layer, :, :end]  # [kvh, L, d]
+    values = cache.values[layer, :, :end]
+    rep = h // kvh
+    qg = q.reshape(t, kvh, rep, d).transpose(1, 2, 0, 3).reshape(kvh, rep * t, d)
+    scores = qg @ keys.transpose(0, 2, 1) / np.float32(np.sqrt(d))  # [kvh, rep*t, L]
+    qpos = np.tile(np.arange(start, end), rep)[:, None]
+    kpos = np.arange(end)[None, :]
+    mask = kpos > qpos
+    if args.sliding_window:
+        mask |= kpos <= qpos - args.sliding_window
+    scores = np.where(mask[None], -np.inf, scores)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = (scores @ values).reshape(kvh, rep, t, d).transpose(2, 0, 1, 3).reshape(t, h * d)
+    if attn.sub_norm is not None:
+        out = rms_norm(out, attn.sub_norm, args.rms_norm_eps)
+    return attn.o_proj(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def mlp_forward(args: ModelArgs, mlp: MLP, x: np.ndarray) -> np.ndarray:
+    hidden = ACTIVATIONS[args.hidden_act](mlp.gate_proj(x)) * mlp.up_proj(x)
+    if mlp.sub_norm is not None:
+        hidden = rms_norm(hidden, mlp.sub_norm, args.rms_norm_eps)
+    return mlp.down_proj(np.ascontiguousarray(hidden, dtype=np.float32))
+
+
+def block_forward(
+    args: ModelArgs, rope: RotaryEmbedding, block: Block, x: np.ndarray, cache: KVCache, layer: int, start: int
+) -> np.ndarray:
+    """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
+    eps = args.rms_norm_eps
+    x = x + attention_forward(args, rope, block.attn, _norm(x, block.input_norm, eps), cache, layer, start)
+    return x + mlp_forward(args, block.mlp, _norm(x, block.post_norm, eps))
+
+
+def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    return np.ascontiguousarray(rms_norm(x, weight, eps), dtype=np.float32)
+
+
+Lookup = Callable[[str], Any]  # tensor name -> TensorEntry / EncodedTensor, or None if absent
+
+
+def _dense(lookup: Lookup, name: str) -> np.ndarray | None:
+    entry = lookup(name)
+    return None if entry is None else np.ascontiguousarray(entry.dequantize(), dtype=np.float32)
+
+
+def _linear(lookup: Lookup, prefix: str) -> Any:
+    entry = lookup(prefix + ".weight")
+    if entry is None:
+        raise KeyError(f"missing tensor {prefix}.weight")
+    return make_linear(entry, _dense(lookup, prefix + ".bias"))
+
+
+def load_attention(lookup: Lookup, i: int) -> Attention:
+    p = f"model.layers.{i}.self_attn."
+    return Attention(*(_linear(lookup, p + f"{x}_proj") for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"))
+
+
+def load_mlp(lookup: Lookup, i: int) -> MLP:
+    p = f"model.layers.{i}.mlp."
+    return MLP(*(_linear(lookup, p + f"{x}_proj") for x in ("gate", "up", "down")), sub_norm=_dense(lookup, p + "ffn_sub_norm.weight"))
+
+
+def load_block(lookup: Lookup, i: int) -> Block:
+    p = f"model.layers.{i}."
+    return Block(
+        _dense(lookup, p + "input_layernorm.weight"),
+        load_attention(lookup, i),
+        _dense(lookup, p + "post_attention_layernorm.weight"),
+        load_mlp(lookup, i),
+    )
+
+
 class Transformer:
     """Weights of one model, read from an open LowbitReader; stateless between calls."""
 
     def __init__(self, reader: LowbitReader, args: ModelArgs) -> None:
         self.args = args
         self.reader = reader
-
-        def dense(name: str) -> np.ndarray:
-            return np.ascontiguousarray(reader[name].dequantize(), dtype=np.float32)
-
-        def optional(name: str) -> np.ndarray | None:
-            return dense(name) if name in reader else None
-
-        def linear(prefix: str) -> object:
-            return make_linear(reader[prefix + ".weight"], optional(prefix + ".bias"))
-
+        lookup = reader.tensors.get
         self.embed: TensorEntry = reader["model.embed_tokens.weight"]
-        self.blocks: list[Block] = []
-        for i in range(args.num_hidden_layers):
-            p = f"model.layers.{i}."
-            attn = Attention(
-                *(linear(p + f"self_attn.{x}_proj") for x in "qkvo"),
-                sub_norm=optional(p + "self_attn.attn_sub_norm.weight"),
-            )
-            mlp = MLP(
-                *(linear(p + f"mlp.{x}_proj") for x in ("gate", "up", "down")),
-                sub_norm=optional(p + "mlp.ffn_sub_norm.weight"),
-            )
-            self.blocks.append(
-                Block(dense(p + "input_layernorm.weight"), attn, dense(p + "post_attention_layernorm.weight"), mlp)
-            )
-        self.norm = dense("model.norm.weight")
-        head = "lm_head.weight" if "lm_head.weight" in reader else "model.embed_tokens.weight"
-        self.lm_head = make_linear(reader[head])
-        self.act = ACTIVATIONS[args.hidden_act]
-        self.rope = RotaryEmbedding(
-            args.head_dim, args.max_position_embeddings, args.rope_theta, args.rope_scaling
-        )
+        self.blocks: list[Block] = [load_block(lookup, i) for i in range(args.num_hidden_layers)]
+        self.norm = _dense(lookup, "model.norm.weight")
+        self.lm_head = make_linear(lookup("lm_head.weight") or self.embed)
+        self.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta, args.rope_scaling)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
-
-    def attention(self, block: Block, x: np.ndarray, cache: KVCache, layer: int, start: int) -> np.ndarray:
-        a = self.args
-        t = x.shape[0]
-        h, kvh, d = a.num_attention_heads, a.num_key_value_heads, a.head_dim
-        q = block.attn.q_proj(x).reshape(t, h, d)
-        k = block.attn.k_proj(x).reshape(t, kvh, d)
-        v = block.attn.v_proj(x).reshape(t, kvh, d)
-        q = self.rope.apply(q, start)
-        k = self.rope.apply(k, start)
-        end = start + t
-        cache.keys[layer, :, start:end] = k.transpose(1, 0, 2)
-        cache.values[layer, :, start:end] = v.transpose(1, 0, 2)
-        keys = cache.keys[layer, :, :end]  # [kvh, L, d]
-        values = cache.values[layer, :, :end]
-        rep = h // kvh
-        qg = q.reshape(t, kvh, rep, d).transpose(1, 2, 0, 3).reshape(kvh, rep * t, d)
-        scores = qg @ keys.transpose(0, 2, 1) / np.sqrt(d)  # [kvh, rep*t, L]
-        qpos = np.tile(np.arange(start, end), rep)[:, None]
-        kpos = np.arange(end)[None, :]
-        mask = kpos > qpos
-        if a.sliding_window:
-            mask |= kpos <= qpos - a.sliding_window
-        scores = np.where(mask[None], -np.inf, scores)
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        out = scores @ values  # [kvh, rep*t, d]
-        out = out.reshape(kvh, rep, t, d).transpose(2, 0, 1, 3).reshape(t, h * d)
-        if block.attn.sub_norm is not None:
-            out = rms_norm(out, block.attn.sub_norm, a.rms_norm_eps)
-        return block.attn.o_proj(np.ascontiguousarray(out, dtype=np.float32))
-
-    def mlp(self, block: Block, x: np.ndarray) -> np.ndarray:
-        hidden = self.act(block.mlp.gate_proj(x)) * block.mlp.up_proj(x)
-        if block.mlp.sub_norm is not None:
-            hidden = rms_norm(hidden, block.mlp.sub_norm, self.args.rms_norm_eps)
-        return block.mlp.down_proj(np.ascontiguousarray(hidden, dtype=np.float32))
 
     def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run ids [T] at positions cache.length.. and return logits [T or 1, vocab]."""
@@ -159,12 +184,10 @@ class Transformer:
         start, t = cache.length, len(ids)
         if start + t > cache.context_length:
             raise ValueError(f"context length {cache.context_length} exceeded ({start} + {t} tokens)")
-        eps = self.args.rms_norm_eps
         x = self.embed_tokens(ids)
         for i, block in enumerate(self.blocks):
-            x = x + self.attention(block, rms_norm(x, block.input_norm, eps).astype(np.float32), cache, i, start)
-            x = x + self.mlp(block, rms_norm(x, block.post_norm, eps).astype(np.float32))
+            x = block_forward(self.args, self.rope, block, x, cache, i, start)
         cache.length = start + t
         if not all_logits:
             x = x[-1:]
-        return self.lm_head(np.ascontiguousarray(rms_norm(x, self.norm, eps), dtype=np.float32))
+        return self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps))

@@ -22,7 +22,14 @@ def _list_methods() -> None:
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--list-methods", is_flag=True, help="List the available methods and exit.")
-def convert(source, output, method, recipe, revision, force, list_methods) -> None:
+@click.option("--calibrate", is_flag=True, help="Calibrate on text: GPTQ for q2-q4, fitted scales for ternary/onebit.")
+@click.option("--calib", "calib_file", type=click.Path(exists=True, dir_okay=False), help="Calibration text (default: the one shipped with lowbit).")
+@click.option("--quantizer", type=click.Choice(["gptq", "imatrix"]), default="gptq", show_default=True, help="Calibrated quantiser for q2-q4.")
+@click.option("--act-order/--no-act-order", default=True, show_default=True, help="GPTQ: quantise columns by decreasing Hessian diagonal.")
+@click.option("--calib-sequences", type=int, default=32, show_default=True, help="Calibration sequences.")
+@click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration sequence.")
+def convert(source, output, method, recipe, revision, force, list_methods, calibrate, calib_file, quantizer,
+            act_order, calib_sequences, calib_len) -> None:
     """Convert SOURCE (a Hugging Face folder, hub id or .gguf file) into a .lowbit file."""
     if list_methods:
         _list_methods()
@@ -44,8 +51,15 @@ def convert(source, output, method, recipe, revision, force, list_methods) -> No
         bar.set_postfix_str(name.removeprefix("model."), refresh=False)
         bar.update(done - bar.n)
 
+    calibration = None
+    if calibrate or calib_file:
+        from lowbit.quant.calibrate import CalibrationConfig, default_calibration_text
+
+        name, text = (calib_file, open(calib_file, encoding="utf-8").read()) if calib_file else default_calibration_text()
+        calibration = CalibrationConfig(text, name, calib_sequences, calib_len, quantizer, act_order)
     try:
-        result = run_convert(source, output, method=method, recipe=recipe, revision=revision, force=force, progress=progress)
+        result = run_convert(source, output, method=method, recipe=recipe, revision=revision, force=force,
+                             progress=progress, calibration=calibration)
     finally:
         bar.close()
     size_mb = result.file_size / 1e6

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,9 +30,12 @@ from lowbit.convert.recipe import METHODS, Recipe, load_recipe
 from lowbit.convert.sources import check_weight, open_checkpoint
 from lowbit.errors import ConversionError
 from lowbit.formats import LowbitWriter
-from lowbit.formats.encodings import EncodedTensor, get_encoding
+from lowbit.formats.encodings import EncodedTensor
 from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
 from lowbit.quant import quantize, relative_error
+
+if TYPE_CHECKING:
+    from lowbit.quant.calibrate import CalibrationConfig
 
 ProgressFn = Callable[[str, int, int], None]
 GENERATION_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "do_sample")
@@ -207,6 +210,7 @@ def convert(
     revision: str | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
+    calibration: CalibrationConfig | None = None,
 ) -> ConvertResult:
     """Convert a checkpoint into a .lowbit file and report what was written."""
     start = time.perf_counter()
@@ -247,30 +251,40 @@ def convert(
             f"losslessly as ternary, not {rec.method}"
         )
     reports: list[TensorReport] = []
+    calibrate = calibration is not None and not native
     with LowbitWriter(output, metadata) as writer:
         writer.add_blob(blob_name, blob)
-        order = {n: i for i, n in enumerate(names)}
         total = len(names)
-        for done, (src_name, w) in enumerate(
-            (item for item in ckpt.iter_tensors() if item[0] in order), start=1
-        ):
-            name = canonical_name(src_name)
-            check_weight(name, w)
-            if native and is_linear_weight(name):
-                encoded = _native_ternary(ckpt, src_name, w, spec, base3=rec.method == "ternary-1.6")
-                err = 0.0 if spec.ternary_weights == "packed" else relative_error(w, encoded.dequantize())
-            else:
-                encoding, params = rec.choose(name, tuple(w.shape))
-                w = np.asarray(w, dtype=np.float32)
-                encoded = quantize(w, encoding, params)
-                err = relative_error(w, encoded.dequantize())
+
+        def write(name: str, w: np.ndarray, encoded: EncodedTensor, err: float) -> None:
             writer.add_tensor(name, encoded, info={"rel_error": round(err, 6)})
             reports.append(TensorReport(name, encoded.encoding, tuple(encoded.shape), encoded.nbytes, err))
-            del w, encoded
             if progress is not None:
-                progress(name, done, total)
+                progress(name, len(reports), total)
+
+        if calibrate:
+            metadata["provenance"]["calibration"] = _write_calibrated(
+                ckpt, spec, rec, calibration, blob, tok_meta, write
+            )
+        else:
+            order = set(names)
+            for src_name, w in ckpt.iter_tensors():
+                if src_name not in order:
+                    continue
+                name = canonical_name(src_name)
+                check_weight(name, w)
+                if native and is_linear_weight(name):
+                    encoded = _native_ternary(ckpt, src_name, w, spec, base3=rec.method == "ternary-1.6")
+                    err = 0.0 if spec.ternary_weights == "packed" else relative_error(w, encoded.dequantize())
+                else:
+                    encoding, params = rec.choose(name, tuple(w.shape))
+                    w = np.asarray(w, dtype=np.float32)
+                    encoded = quantize(w, encoding, params)
+                    err = relative_error(w, encoded.dequantize())
+                write(name, w, encoded, err)
+                del w, encoded
     lin_err = [t.rel_error for t in reports if is_linear_weight(t.name)]
-    if not native and METHODS[rec.method].needs_training and lin_err:
+    if not native and METHODS[rec.method].needs_training and lin_err and not calibrate:
         warnings.append(
             f"{rec.method} on an ordinary (non-ternary-trained) model destroys its quality without "
             f"training: mean relative weight error {np.mean(lin_err):.2f}. Expect broken output; "
@@ -279,4 +293,56 @@ def convert(
     return ConvertResult(output, time.perf_counter() - start, output.stat().st_size, reports, warnings)
 
 
-__all__ = ["ConvertResult", "convert", "get_encoding"]
+def _tensor_getter(ckpt: Any) -> Callable[[str], np.ndarray | None]:
+    """Random access to float32 tensors by canonical name (GGUF sources are read once into memory)."""
+    if hasattr(ckpt, "get") and hasattr(ckpt, "__contains__"):
+        by_canon = {canonical_name(n): n for n in ckpt.tensor_names()}
+
+        def get(name: str) -> np.ndarray | None:
+            src = by_canon.get(name)
+            if src is None:
+                return None
+            w = np.asarray(ckpt.get(src), dtype=np.float32)
+            check_weight(name, w)
+            return w
+
+        return get
+    tensors = {canonical_name(n): np.asarray(w, dtype=np.float32) for n, w in ckpt.iter_tensors()}
+    for n, w in tensors.items():
+        check_weight(n, w)
+    return tensors.get
+
+
+def _write_calibrated(
+    ckpt: Any,
+    spec: ModelSpec,
+    rec: Recipe,
+    cfg: CalibrationConfig,
+    tokenizer_blob: bytes,
+    tok_meta: dict[str, Any],
+    write: Callable[[str, np.ndarray, EncodedTensor, float], None],
+) -> dict[str, Any]:
+    """Embeddings, final norm and head by round-to-nearest; every layer calibrated in order."""
+    from lowbit.quant.calibrate import calibrate_layers, calibration_batches
+    from lowbit.runtime.config import ModelArgs
+    from lowbit.runtime.tokenizer import Tokenizer
+
+    get = _tensor_getter(ckpt)
+    args = ModelArgs.from_dict(spec.config)
+    encoded = {}
+    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        w = get(name)
+        if w is None:
+            continue
+        enc, params = rec.choose(name, tuple(w.shape))
+        encoded[name] = quantize(w, enc, params)
+        write(name, w, encoded[name], relative_error(w, encoded[name].dequantize()))
+    tokenizer = Tokenizer.from_bytes(tok_meta["kind"], tokenizer_blob, tok_meta)
+    ids = calibration_batches(tokenizer.encode(cfg.text, add_special_tokens=False), cfg.seq_len, cfg.sequences)
+    embedded = encoded["model.embed_tokens.weight"].dequantize(rows=ids.reshape(-1)).reshape(*ids.shape, -1)
+    for name, w, enc in calibrate_layers(args, get, rec.choose, embedded, cfg):
+        write(name, w, enc, relative_error(w, enc.dequantize()))
+    return cfg.provenance(int(ids.size))
+
+
+__all__ = ["ConvertResult", "convert"]
