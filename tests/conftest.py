@@ -22,3 +22,19 @@ def smollm2_gguf() -> Path:
     from lowbit.demo_model import smollm2_gguf_path
 
     return smollm2_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_file(smollm2_hf_dir, tmp_path_factory):
+    """method -> path of SmolLM2 converted with it (once per test session)."""
+    from lowbit.convert.converter import convert
+
+    root = tmp_path_factory.mktemp("smollm2")
+    made: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in made:
+            made[method] = convert(smollm2_hf_dir, root / f"smollm2-{method}.lowbit", method=method).path
+        return made[method]
+
+    return get
