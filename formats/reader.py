@@ -116,7 +116,7 @@ class LowbitReader:
             raise ChecksumMismatch(f"{where}: header checksum mismatch (corrupt header)")
         try:
             header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise InvalidHeader(f"{where}: header is not valid JSON ({type(e).__name__})") from None
         if not isinstance(header, dict):
             raise InvalidHeader(f"{where}: header must be a JSON object")
@@ -165,6 +165,11 @@ class LowbitReader:
         shape = rec.get("shape")
         if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
             raise InvalidHeader(f"{where}: field 'shape' must be a list of non-negative integers")
+        numel = 1
+        for d in shape:
+            numel *= d or 1
+            if numel >= 1 << 62:  # numpy cannot index it (even when a zero makes it empty)
+                raise InvalidHeader(f"{where}: shape {shape} is too large")
         params = rec.get("params", {})
         if not isinstance(params, dict):
             raise InvalidHeader(f"{where}: field 'params' must be an object")
@@ -183,7 +188,12 @@ class LowbitReader:
             raise InvalidTensor(f"{where}: parts {sorted(parts)} do not match encoding {encoding.name} ({sorted(expected)})")
         for pname, (dtype, pshape) in expected.items():
             p = parts[pname]
-            if not isinstance(p, dict) or p.get("dtype") != dtype or p.get("shape") != list(pshape):
+            if (
+                not isinstance(p, dict)
+                or p.get("dtype") != dtype
+                or p.get("shape") != list(pshape)
+                or not all(_is_uint(d) for d in p["shape"])  # [2.0] == [2] but is not a shape
+            ):
                 raise InvalidTensor(f"{where}: part {pname!r} must be {dtype}{list(pshape)}")
             poff = p.get("offset")
             if not _is_uint(poff) or poff % ALIGNMENT:

@@ -119,7 +119,11 @@ class LowbitWriter:
 
     def finish(self) -> Path:
         """Write prefix + header + data to a temp file, fsync it, and rename it over the target."""
-        header = self.header_bytes()
+        try:
+            header = self.header_bytes()
+        except BaseException:
+            self.abort()  # do not leave the data temp file behind
+            raise
         data_offset = align(PREFIX_SIZE + len(header), ALIGNMENT)
         prefix = struct.pack(
             PREFIX_FORMAT, MAGIC, VERSION_MAJOR, VERSION_MINOR, zlib.crc32(header), len(header), data_offset
@@ -136,6 +140,9 @@ class LowbitWriter:
                 shutil.copyfileobj(self._data, f, 16 << 20)
                 f.flush()
                 os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make the model private
             os.replace(tmp_path, self.path)
         except BaseException:
             tmp_path.unlink(missing_ok=True)

@@ -13,7 +13,9 @@ def f32_to_bf16_bits(w: np.ndarray) -> np.ndarray:
     """Round f32 to bf16 (nearest-even) and return the 16 bits as u16."""
     u = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
     rounding = ((u >> 16) & 1) + np.uint32(0x7FFF)
-    return ((u + rounding) >> 16).astype(np.uint16)
+    bits = ((u + rounding) >> 16).astype(np.uint16)
+    # NaN stays a (quiet) NaN: rounding would carry it into Inf or wrap it to ±0
+    return np.where(np.isnan(u.view(np.float32)), (u >> 16).astype(np.uint16) | np.uint16(0x40), bits)
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
