@@ -1,0 +1,126 @@
+"""Dense weights: f32, f16 and bf16 (SPEC.md 2.1), float32 activations and accumulation.
+
+f16 and bf16 weights arrive as their raw u16 bits (numba has no float16) and are converted in
+the inner loop (`vcvtph2ps` for f16; a shift for bf16), never upcast to a float copy.
+
+    decode:  y[r]    = Σ_k W[r, k] x[k]          x [in],    y [out]
+    prefill: y[t, r] = Σ_k W[r, k] x[t, k]       x [T, in], y [T, out]
+
+Prefill converts a block of rows once into per-thread float32 scratch (f16, bf16) and multiplies
+it with all T tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from lowbit.formats.encodings import BF16, F16, F32
+from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
+from lowbit.runtime.kernels.jit import bf16_to_f32, f16_to_f32, kernel
+
+
+@kernel
+def f32_decode(x, w, y):
+    """x f32 [in], w f32 [out, in], y f32 [out]."""
+    out = w.shape[0]
+    n = w.shape[1]
+    for r in prange(out):
+        row = w[r]
+        s = np.float32(0.0)
+        for k in range(n):
+            s += row[k] * x[k]
+        y[r] = s
+
+
+@kernel
+def f16_decode(x, w, y):
+    """x f32 [in], w u16 [out, in] (f16 bits), y f32 [out]."""
+    out = w.shape[0]
+    n = w.shape[1]
+    for r in prange(out):
+        row = w[r]
+        s = np.float32(0.0)
+        for k in range(n):
+            s += f16_to_f32(row[k]) * x[k]
+        y[r] = s
+
+
+@kernel
+def bf16_decode(x, w, y):
+    """x f32 [in], w u16 [out, in] (bf16 bits), y f32 [out]."""
+    out = w.shape[0]
+    n = w.shape[1]
+    for r in prange(out):
+        row = w[r]
+        s = np.float32(0.0)
+        for k in range(n):
+            s += bf16_to_f32(row[k]) * x[k]
+        y[r] = s
+
+
+@kernel
+def f32_prefill(x, w, y):
+    """x f32 [T, in], w f32 [out, in], y f32 [T, out]."""
+    out = w.shape[0]
+    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
+    for b in prange(nblocks):
+        r0 = b * ROW_BLOCK
+        nr = min(ROW_BLOCK, out - r0)
+        rows_times_tokens(w[r0 : r0 + nr], nr, x, y, r0)
+
+
+@kernel
+def f16_prefill(x, w, y):
+    """x f32 [T, in], w u16 [out, in] (f16 bits), y f32 [T, out]."""
+    out, n = w.shape
+    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
+    for b in prange(nblocks):
+        r0 = b * ROW_BLOCK
+        nr = min(ROW_BLOCK, out - r0)
+        scratch = np.empty((ROW_BLOCK, n), dtype=np.float32)
+        for i in range(nr):
+            src = w[r0 + i]
+            dst = scratch[i]
+            for k in range(n):
+                dst[k] = f16_to_f32(src[k])
+        rows_times_tokens(scratch, nr, x, y, r0)
+
+
+@kernel
+def bf16_prefill(x, w, y):
+    """x f32 [T, in], w u16 [out, in] (bf16 bits), y f32 [T, out]."""
+    out, n = w.shape
+    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
+    for b in prange(nblocks):
+        r0 = b * ROW_BLOCK
+        nr = min(ROW_BLOCK, out - r0)
+        scratch = np.empty((ROW_BLOCK, n), dtype=np.float32)
+        for i in range(nr):
+            src = w[r0 + i]
+            dst = scratch[i]
+            for k in range(n):
+                dst[k] = bf16_to_f32(src[k])
+        rows_times_tokens(scratch, nr, x, y, r0)
+
+
+# -- numpy references (the test oracle) -------------------------------------------------------
+
+
+def f32_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x [T, in] -> [T, out]."""
+    return _matmul(x, F32.dequantize({"data": w}, w.shape, {}))
+
+
+def f16_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """w: the f16 part (float16, or its u16 bits)."""
+    w = w.view(np.float16)
+    return _matmul(x, F16.dequantize({"data": w}, w.shape, {}))
+
+
+def bf16_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return _matmul(x, BF16.dequantize({"data": w}, w.shape, {}))
+
+
+def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float64).T).astype(np.float32)

@@ -1,0 +1,87 @@
+"""The numba options every kernel shares, in one place, and two scalar bit-casts.
+
+- `KERNEL`: parallel over output rows, cached on disk, GIL released, fastmath *without* `nnan`
+  and `ninf` (callers mask with -inf, and a NaN must stay a NaN), numpy's error model (no
+  division-by-zero checks inside loops) and no bounds checks.
+- `EXACT`: serial, no fastmath. Used where results must match numpy bit for bit (the int8
+  activation quantiser: `127 / max|x|` must not become `127 * (1 / max|x|)`).
+
+Numba caches a function keyed on its own source file only: after editing this module, clear
+`runtime/kernels/__pycache__` (the kernels inline these helpers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+KERNEL = dict(
+    parallel=True,
+    cache=True,
+    nogil=True,
+    fastmath=set(FASTMATH),
+    error_model="numpy",
+    boundscheck=False,
+)
+HELPER = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy", inline="always")
+EXACT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+
+
+def kernel(fn):
+    """Decorator: a parallel, cached kernel."""
+    return njit(**KERNEL)(fn)
+
+
+def helper(fn):
+    """Decorator: a serial function inlined into kernels."""
+    return njit(**HELPER)(fn)
+
+
+def exact(fn):
+    """Decorator: a serial, cached function without fastmath."""
+    return njit(**EXACT)(fn)
+
+
+@intrinsic
+def f16_to_f32(typingctx, bits):
+    """IEEE half (raw u16 bits) -> float32; LLVM emits vcvtph2ps (F16C) and vectorises it."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        half = builder.bitcast(args[0], ir.HalfType())
+        return builder.fpext(half, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def bf16_to_f32(typingctx, bits):
+    """bfloat16 (raw u16 bits) -> float32: the bits become the upper half of an f32."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        wide = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+__all__ = [
+    "EXACT",
+    "bf16_to_f32",
+    "FASTMATH",
+    "HELPER",
+    "KERNEL",
+    "exact",
+    "f16_to_f32",
+    "helper",
+    "kernel",
+    "np",
+]

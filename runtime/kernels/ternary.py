@@ -1,0 +1,214 @@
+"""Ternary weights with BitNet int8 activations: `ternary` (2-bit codes, SPEC.md 2.4) and
+`ternary-1.6` (5 trits per byte, base 3, SPEC.md 2.5).
+
+Activations (per token, BitNet b1.58):
+
+    s   = 127 / max(max|x|, 1e-5)
+    x_q = clamp(round_half_even(x · s), -128, 127)
+
+computed once per call by `quantize_activation` (int8, zero-padded to a multiple of
+640 = lcm(128, 160), so one quantised activation serves every ternary matrix with the same input:
+q/k/v, gate/up, in either layout).
+
+Weights are unsigned codes c = t + 1 ∈ {0, 1, 2}; with Σ t·x = Σ c·x − Σ x the integer inner
+product needs no sign handling:
+
+    y[t, r] = (Σ_k c[r, k] x_q[t, k] − Σ_k x_q[t, k]) · (scale[r] / s[t])
+
+Layouts are whole-row streams: byte k of a row holds the trits at k + j·Q (j = 0..3 for
+`ternary`, bits 2j..2j+1; j = 0..4 for `ternary-1.6`, digit j of the base-3 byte), so stream j is
+a run of consecutive bytes against the contiguous slice x_q[jQ:(j+1)Q]. The row dot products are
+`simd.dot_t2` / `simd.dot_t3` (vpmaddubsw on AVX2; int16 run sums widened to int32 elsewhere).
+
+Prefill keeps a block of packed rows hot in L1 and runs every token over it; the codes are
+unpacked in registers (7 shifts/masks per 128 weights), which measured cheaper than writing the
+unpacked codes to scratch and reading 4× the bytes back.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import prange
+
+from lowbit.formats.encodings import TERNARY, TERNARY_1P6
+from lowbit.runtime.kernels.jit import exact, helper, kernel
+from lowbit.runtime.kernels.simd import dot_t2, dot_t3
+
+ACT_PAD = 640  # lcm(128, 160): quantised activations fit both ternary layouts
+ROW_BLOCK = 16  # packed rows a prefill task keeps in L1 while every token runs over them
+
+f32 = np.float32
+i8 = np.int8
+i32 = np.int32
+
+
+class QuantizedActivation(NamedTuple):
+    """int8-valued activations of T tokens, reusable for several matrices with the same input."""
+
+    xq: np.ndarray  # int8 [T, n_p], zero after n
+    xsum: np.ndarray  # int32 [T], Σ_k xq[t, k]
+    s: np.ndarray  # float32 [T], the quantisation scale 127 / max|x|
+    n: int  # the unpadded input length
+
+
+@exact
+def _quantize_into(row, dst):
+    """Quantise one token row into dst (int8, zero-filled, len >= len(row)); (Σ x_q, s)."""
+    n = row.shape[0]
+    m = f32(0.0)
+    for k in range(n):
+        a = abs(row[k])
+        if a > m:
+            m = a
+    st = f32(127.0) / max(m, f32(1e-5))
+    tot = 0
+    for k in range(n):
+        v = np.rint(row[k] * st)
+        v = min(max(v, f32(-128.0)), f32(127.0))
+        q = i8(v)
+        dst[k] = q
+        tot += q
+    return i32(tot), st
+
+
+@exact
+def _quantize(x, n_p):
+    t_count = x.shape[0]
+    xq = np.zeros((t_count, n_p), dtype=np.int8)
+    xsum = np.empty(t_count, dtype=np.int32)
+    scale = np.empty(t_count, dtype=np.float32)
+    for t in range(t_count):
+        xsum[t], scale[t] = _quantize_into(x[t], xq[t])
+    return xq, xsum, scale
+
+
+def quantize_activation(x: np.ndarray) -> QuantizedActivation:
+    """x float32 [T, in] (C-contiguous) -> QuantizedActivation."""
+    n = x.shape[1]
+    n_p = -(-n // ACT_PAD) * ACT_PAD
+    xq, xsum, s = _quantize(x, n_p)
+    return QuantizedActivation(xq, xsum, s, n)
+
+
+def quantize_activation_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy: (x_q int8 [T, in], s float32 [T])."""
+    x = np.asarray(x, dtype=np.float32)
+    s = np.float32(127.0) / np.maximum(np.abs(x).max(axis=-1), np.float32(1e-5))
+    xq = np.clip(np.round(x * s[:, None]), -128, 127).astype(np.int8)
+    return xq, s.astype(np.float32)
+
+
+@helper
+def _row_scale(scale, r):
+    return scale[r] if scale.shape[0] > 1 else scale[0]
+
+
+@kernel
+def ternary_decode(xq, xsum, s, codes, scale, y):
+    """One token: xq int8 [1, >= in_p], xsum int32 [1], s f32 [1] (a QuantizedActivation);
+    codes u8 [out, Q = in_p / 4]; scale f32 [1] or [out]; y f32 [out]."""
+    out = codes.shape[0]
+    x = xq[0]
+    off = xsum[0]
+    inv = f32(1.0) / s[0]
+    for r in prange(out):
+        y[r] = f32(dot_t2(codes[r], x) - off) * (_row_scale(scale, r) * inv)
+
+
+@kernel
+def ternary16_decode(xq, xsum, s, codes, scale, y):
+    """As ternary_decode for base-3 codes u8 [out, Q = in_p / 5]."""
+    out = codes.shape[0]
+    x = xq[0]
+    off = xsum[0]
+    inv = f32(1.0) / s[0]
+    for r in prange(out):
+        y[r] = f32(dot_t3(codes[r], x) - off) * (_row_scale(scale, r) * inv)
+
+
+@kernel
+def ternary_decode_f32(x, codes, scale, y):
+    """One float32 token x [in]: quantises it (exactly as quantize_activation) and runs
+    ternary_decode, in one call (a decode step's matrix with an input of its own)."""
+    out = codes.shape[0]
+    xq = np.zeros(codes.shape[1] * 4, dtype=np.int8)
+    off, st = _quantize_into(x, xq)
+    inv = f32(1.0) / st
+    for r in prange(out):
+        y[r] = f32(dot_t2(codes[r], xq) - off) * (_row_scale(scale, r) * inv)
+
+
+@kernel
+def ternary16_decode_f32(x, codes, scale, y):
+    """As ternary_decode_f32 for base-3 codes."""
+    out = codes.shape[0]
+    xq = np.zeros(codes.shape[1] * 5, dtype=np.int8)
+    off, st = _quantize_into(x, xq)
+    inv = f32(1.0) / st
+    for r in prange(out):
+        y[r] = f32(dot_t3(codes[r], xq) - off) * (_row_scale(scale, r) * inv)
+
+
+@helper
+def _inverse(s):
+    inv = np.empty(s.shape[0], dtype=np.float32)
+    for t in range(s.shape[0]):
+        inv[t] = f32(1.0) / s[t]
+    return inv
+
+
+@kernel
+def ternary_prefill(xq, xsum, s, codes, scale, y):
+    """T tokens: xq int8 [T, >= in_p], xsum int32 [T], s f32 [T]; codes u8 [out, Q];
+    scale f32 [1] or [out]; y f32 [T, out]."""
+    out = codes.shape[0]
+    t_count = xq.shape[0]
+    inv = _inverse(s)
+    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
+    for b in prange(nblocks):
+        r0 = b * ROW_BLOCK
+        r1 = min(out, r0 + ROW_BLOCK)
+        for t in range(t_count):
+            x = xq[t]
+            off = xsum[t]
+            for r in range(r0, r1):
+                y[t, r] = f32(dot_t2(codes[r], x) - off) * (_row_scale(scale, r) * inv[t])
+
+
+@kernel
+def ternary16_prefill(xq, xsum, s, codes, scale, y):
+    """As ternary_prefill for base-3 codes."""
+    out = codes.shape[0]
+    t_count = xq.shape[0]
+    inv = _inverse(s)
+    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
+    for b in prange(nblocks):
+        r0 = b * ROW_BLOCK
+        r1 = min(out, r0 + ROW_BLOCK)
+        for t in range(t_count):
+            x = xq[t]
+            off = xsum[t]
+            for r in range(r0, r1):
+                y[t, r] = f32(dot_t3(codes[r], x) - off) * (_row_scale(scale, r) * inv[t])
+
+
+# -- numpy reference ------------------------------------------------------------------------
+
+
+def ternary_ref(
+    x: np.ndarray, codes: np.ndarray, scale: np.ndarray, n_in: int, encoding: str = "ternary"
+) -> np.ndarray:
+    """x float32 [T, in] -> [T, out]: the same activation quantisation, then the dequantised
+    trits (via the encoding's dequantize() with unit scale) @ x_q in exact integers, × scale / s."""
+    enc = {"ternary": TERNARY, "ternary-1.6": TERNARY_1P6}[encoding]
+    mode = "tensor" if scale.size == 1 else "row"
+    unit = np.ones_like(scale, dtype=np.float32)
+    trits = enc.dequantize(
+        {"codes": codes, "scale": unit}, (codes.shape[0], n_in), {"scale_mode": mode}
+    )
+    xq, s = quantize_activation_ref(x)
+    acc = xq.astype(np.int64) @ trits.astype(np.int64).T  # exact
+    ws = np.broadcast_to(np.asarray(scale, np.float32).reshape(1, -1), acc.shape)
+    return acc.astype(np.float32) * (ws / s[:, None])

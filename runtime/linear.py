@@ -1,0 +1,306 @@
+"""Linear layers on packed weights: one class per encoding, the kernel picked once at construction.
+
+    lin = make_linear(reader["model.layers.0.mlp.up_proj.weight"], bias=None)
+    y = lin(x)            # x float32 [T, in] (or [in]) -> y float32 [T, out] (or [out])
+    lin(x, out=buf)       # write into a preallocated C-contiguous float32 [T, out]
+
+T == 1 runs the decode (matrix-vector) kernel, T > 1 the prefill kernel. Weights stay packed and
+memory-mapped; the layers pass read-only views of them to the kernels, so numba compiles one
+signature per kernel whether a tensor came from a file or from `Encoding.pack()`.
+
+Ternary layers quantise their input to int8 once per call; `quantize(x)` exposes that step so
+that several matrices with the same input (q/k/v, gate/up) can share one quantised activation:
+
+    qa = q_proj.quantize(x); q, k, v = q_proj(qa), k_proj(qa), v_proj(qa)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lowbit.formats.encodings.q8 import group_size_of
+from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
+from lowbit.runtime.kernels.ternary import QuantizedActivation, quantize_activation
+
+LAYERNORM_EPS = 1e-5
+
+
+def _readonly(a: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """A C-contiguous read-only view (f16 parts become their u16 bits)."""
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.float16:
+        a = a.view(np.uint16)
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"expected a {np.dtype(dtype)} part, got {a.dtype}")
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _as_input(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not x.flags.writeable:  # keep one kernel signature (numba types read-only arrays apart)
+        x = x.copy()
+    return x
+
+
+class Linear:
+    """Base class: shape checks, output buffer, bias. Subclasses set `_decode` and `_prefill`."""
+
+    encoding: str
+
+    def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
+        shape = tuple(int(d) for d in entry.shape)
+        if len(shape) != 2:
+            raise ValueError(f"a linear layer needs a 2-D weight, got shape {list(shape)}")
+        self.encoding = entry.encoding
+        self.out_features, self.in_features = shape
+        self.params = dict(entry.params)
+        self.name = getattr(entry, "name", "")
+        self.nbytes = int(sum(int(p.nbytes) for p in entry.parts.values()))
+        self.bias = None
+        if bias is not None:
+            b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+            if b.shape[0] != self.out_features:
+                raise ValueError(
+                    f"bias has {b.shape[0]} values, the layer has {self.out_features} outputs"
+                )
+            self.bias = b
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        one = x.ndim == 1
+        x2 = _as_input(x.reshape(1, -1) if one else x)
+        if x2.ndim != 2 or x2.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self._what()}: input shape {list(x.shape)}, expected [T, {self.in_features}]"
+            )
+        y = self._output(x2.shape[0], out)
+        self._run(x2, y)
+        self._finish(y)
+        return y[0] if one and out is None else y
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def _run(self, x2: np.ndarray, y: np.ndarray) -> None:
+        if x2.shape[0] == 1:
+            self._decode(x2[0], y[0])
+        elif x2.shape[0] > 1:
+            self._prefill(x2, y)
+
+    def _output(self, t: int, out: np.ndarray | None) -> np.ndarray:
+        if out is None:
+            return np.empty((t, self.out_features), dtype=np.float32)
+        if (
+            out.shape != (t, self.out_features)
+            or out.dtype != np.float32
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            raise ValueError(
+                f"{self._what()}: out must be a writable C-contiguous float32 [{t}, {self.out_features}], "
+                f"got {out.dtype}{list(out.shape)}"
+            )
+        return out
+
+    def _finish(self, y: np.ndarray) -> None:
+        if self.bias is not None:
+            y += self.bias
+
+    def _what(self) -> str:
+        return f"{type(self).__name__}({self.name or self.encoding} {self.out_features}x{self.in_features})"
+
+    def __repr__(self) -> str:
+        return f"{self._what()[:-1]}, {self.encoding})"
+
+
+class DenseLinear(Linear):
+    """f32, f16 (raw u16 bits) and bf16 weights."""
+
+    _KERNELS = {
+        "f32": (dense.f32_decode, dense.f32_prefill, np.float32),
+        "f16": (dense.f16_decode, dense.f16_prefill, np.uint16),
+        "bf16": (dense.bf16_decode, dense.bf16_prefill, np.uint16),
+    }
+
+    def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
+        super().__init__(entry, bias)
+        dec, pre, dt = self._KERNELS[entry.encoding]
+        self.w = _readonly(entry.parts["data"], dt)
+        w = self.w
+        self._decode = lambda x, y: dec(x, w, y)
+        self._prefill = lambda x, y: pre(x, w, y)
+
+
+class Q8Linear(Linear):
+    def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
+        super().__init__(entry, bias)
+        codes = _readonly(entry.parts["codes"], np.int8)
+        scales = _readonly(entry.parts["scales"], np.uint16)
+        group = group_size_of(self.shape, self.params)
+        self._decode = lambda x, y: q8.q8_decode(x, codes, scales, group, y)
+        self._prefill = lambda x, y: q8.q8_prefill(x, codes, scales, group, y)
+
+
+class GroupedLinear(Linear):
+    """q2, q3, q4."""
+
+    def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
+        super().__init__(entry, bias)
+        bits = int(entry.encoding[1:])
+        group = int(self.params["group_size"])
+        p = entry.parts
+        args = (
+            _readonly(p["codes"], np.uint8),
+            _readonly(p["scales"], np.uint8),
+            _readonly(p["zeros"], np.uint8),
+            _readonly(p["row_scale"], np.uint16),
+            bits,
+            group,
+        )
+        self._decode = lambda x, y: grouped.grouped_decode(x, *args, y)
+        self._prefill = lambda x, y: grouped.grouped_prefill(x, *args, y)
+
+
+class TernaryLinear(Linear):
+    """`ternary` and `ternary-1.6`, with BitNet int8 activations. Accepts a float32 input or a
+    QuantizedActivation from `quantize()` (of any ternary layer with the same input size)."""
+
+    def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
+        super().__init__(entry, bias)
+        self.codes = _readonly(entry.parts["codes"], np.uint8)
+        self.scale = _readonly(entry.parts["scale"], np.float32)
+        per_byte = 4 if entry.encoding == "ternary" else 5
+        self.padded_in = self.codes.shape[1] * per_byte
+        if entry.encoding == "ternary":
+            self._dec, self._pre = ternary.ternary_decode, ternary.ternary_prefill
+            self._dec_f32 = ternary.ternary_decode_f32
+        else:
+            self._dec, self._pre = ternary.ternary16_decode, ternary.ternary16_prefill
+            self._dec_f32 = ternary.ternary16_decode_f32
+
+    def quantize(self, x: np.ndarray) -> QuantizedActivation:
+        x2 = _as_input(x.reshape(1, -1) if x.ndim == 1 else x)
+        if x2.ndim != 2 or x2.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self._what()}: input shape {list(x.shape)}, expected [T, {self.in_features}]"
+            )
+        return quantize_activation(x2)
+
+    def __call__(
+        self, x: np.ndarray | QuantizedActivation, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        one = False
+        if isinstance(x, QuantizedActivation):
+            qa = x
+            if qa.n != self.in_features or qa.xq.shape[1] < self.padded_in:
+                raise ValueError(f"{self._what()}: quantised activation of size {qa.n}")
+        else:
+            one = x.ndim == 1
+            x2 = _as_input(x.reshape(1, -1) if one else x)
+            if x2.ndim != 2 or x2.shape[1] != self.in_features:
+                raise ValueError(
+                    f"{self._what()}: input shape {list(x.shape)}, expected [T, {self.in_features}]"
+                )
+            if x2.shape[0] == 1:  # decode: quantise inside the kernel, one call
+                y = self._output(1, out)
+                self._dec_f32(x2[0], self.codes, self.scale, y[0])
+                self._finish(y)
+                return y[0] if one and out is None else y
+            qa = quantize_activation(x2)
+        t = qa.xq.shape[0]
+        y = self._output(t, out)
+        if t == 1:
+            self._dec(qa.xq, qa.xsum, qa.s, self.codes, self.scale, y[0])
+        elif t > 1:
+            self._pre(qa.xq, qa.xsum, qa.s, self.codes, self.scale, y)
+        self._finish(y)
+        return y[0] if one and out is None else y
+
+
+class OneBitLinear(Linear):
+    """Sign planes with f16 value vectors; the parameter-free LayerNorm when params.layernorm."""
+
+    def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
+        super().__init__(entry, bias)
+        args = (
+            _readonly(entry.parts["signs"], np.uint8),
+            _readonly(entry.parts["g"], np.uint16),
+            _readonly(entry.parts["h"], np.uint16),
+        )
+        self.layernorm = bool(self.params.get("layernorm", False))
+        self._decode = lambda x, y: onebit.onebit_decode(x, *args, y)
+        self._prefill = lambda x, y: onebit.onebit_prefill(x, *args, y)
+
+    def _finish(self, y: np.ndarray) -> None:
+        if self.layernorm:  # normalises h ⊙ (S (g ⊙ x)); a bias (if any) is added after it
+            layer_norm(y)
+        super()._finish(y)
+
+
+def layer_norm(y: np.ndarray, eps: float = LAYERNORM_EPS) -> np.ndarray:
+    """In place over the last axis: (y − mean) / sqrt(var + eps), no weight or bias."""
+    mean = y.mean(axis=-1, keepdims=True, dtype=np.float64)
+    y -= mean.astype(np.float32)
+    var = np.mean(np.square(y, dtype=np.float64), axis=-1, keepdims=True)
+    y *= (1.0 / np.sqrt(var + eps)).astype(np.float32)
+    return y
+
+
+_CLASSES: dict[str, type[Linear]] = {
+    "f32": DenseLinear,
+    "f16": DenseLinear,
+    "bf16": DenseLinear,
+    "q8": Q8Linear,
+    "q2": GroupedLinear,
+    "q3": GroupedLinear,
+    "q4": GroupedLinear,
+    "ternary": TernaryLinear,
+    "ternary-1.6": TernaryLinear,
+    "onebit": OneBitLinear,
+}
+
+
+def make_linear(entry: Any, bias: np.ndarray | None = None) -> Linear:
+    """The linear layer for a tensor entry (`.encoding, .shape, .params, .parts`)."""
+    try:
+        cls = _CLASSES[entry.encoding]
+    except KeyError:
+        raise ValueError(f"no linear kernel for encoding {entry.encoding!r}") from None
+    return cls(entry, bias)
+
+
+def warmup() -> None:
+    """Compile (or load from numba's cache) every kernel with the argument types the layers use:
+    read-only weights, decode and prefill."""
+    from lowbit.formats.encodings import ENCODINGS
+
+    rng = np.random.default_rng(0)
+    out, n = 4, 40
+    x = rng.standard_normal((2, n)).astype(np.float32)
+    w = rng.standard_normal((out, n)).astype(np.float32)
+    ng = -(-n // 32)
+    entries = [ENCODINGS[e].pack(w) for e in ("f32", "f16", "bf16")]
+    entries.append(
+        ENCODINGS["q8"].pack(np.ones((out, n), np.int8), np.ones((out, 1), np.float16), 0)
+    )
+    entries.append(
+        ENCODINGS["q4"].pack(
+            np.ones((out, n), np.uint8), np.ones((out, ng)), np.zeros((out, ng)), np.ones(out), 32
+        )
+    )
+    entries.append(ENCODINGS["ternary"].pack(np.sign(w).astype(np.int8), np.ones(1, np.float32)))
+    entries.append(
+        ENCODINGS["ternary-1.6"].pack(np.sign(w).astype(np.int8), np.ones(out, np.float32))
+    )
+    entries.append(ENCODINGS["onebit"].pack(w, np.ones(n, np.float16), np.ones(out, np.float16)))
+    for e in entries:
+        lin = make_linear(e)
+        lin(x[:1])
+        lin(x)
+        if isinstance(lin, TernaryLinear):  # the shared-activation forms too
+            lin(lin.quantize(x[:1]))

@@ -1,0 +1,382 @@
+"""Every kernel against its numpy reference (built on the encodings' own dequantize()).
+
+Ragged shapes (out = 1, in = 1, 577, 5460, 8640; groups 32/64/128), decode (T = 1) and prefill
+(T = 3, 17), 1 and 2 threads, read-only weights as a memory-mapped file gives them. Metamorphic
+checks: prefill == stacked decode, 1 thread == 2 threads (bit for bit: rows never share work).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from lowbit.formats.encodings import ENCODINGS
+from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
+
+SHAPES = [(1, 1), (1, 577), (7, 1), (33, 577), (19, 5460), (5, 8640), (64, 128)]
+TOKENS = (1, 3, 17)
+THREADS = sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
+
+
+def readonly(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.float16:
+        a = a.view(np.uint16)
+    a = a.view()
+    a.flags.writeable = False
+    return a
+
+
+def rng_for(*key) -> np.random.Generator:
+    return np.random.default_rng(abs(hash(tuple(str(k) for k in key))) % 2**32)
+
+
+def activations(rng: np.random.Generator, t: int, n: int) -> np.ndarray:
+    x = rng.standard_normal((t, n)).astype(np.float32)
+    x[:, rng.integers(0, n)] *= 8  # an outlier channel, as real activations have
+    return x
+
+
+def run(decode, prefill, x: np.ndarray, args: tuple, out: int) -> np.ndarray:
+    """The decode kernel for T == 1, else the prefill kernel."""
+    y = np.full((x.shape[0], out), np.nan, dtype=np.float32)
+    if x.shape[0] == 1:
+        decode(x[0], *args, y[0])
+    else:
+        prefill(x, *args, y)
+    return y
+
+
+def assert_close(
+    y: np.ndarray, ref: np.ndarray, w: np.ndarray, x: np.ndarray, rtol: float = 1e-5
+) -> None:
+    """float32 tolerance: rtol of max|ref|, plus a float32 summation bound from Σ|w||x|."""
+    mag = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T
+    atol = rtol * np.abs(ref).max() + 1e-6 * mag.max() + 1e-30
+    np.testing.assert_allclose(y, ref, rtol=0, atol=atol)
+
+
+@pytest.fixture(params=THREADS, ids=lambda n: f"{n}thr")
+def threads(request):
+    old = numba.get_num_threads()
+    numba.set_num_threads(request.param)
+    yield request.param
+    numba.set_num_threads(old)
+
+
+# -- dense --------------------------------------------------------------------------------
+
+
+DENSE = {
+    "f32": (dense.f32_decode, dense.f32_prefill, dense.f32_ref),
+    "f16": (dense.f16_decode, dense.f16_prefill, dense.f16_ref),
+    "bf16": (dense.bf16_decode, dense.bf16_prefill, dense.bf16_ref),
+}
+
+
+@pytest.mark.parametrize("encoding", list(DENSE))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_dense(encoding, shape, threads):
+    rng = rng_for(encoding, shape)
+    entry = ENCODINGS[encoding].pack(rng.standard_normal(shape).astype(np.float32))
+    w = readonly(entry.parts["data"])
+    decode, prefill, ref = DENSE[encoding]
+    for t in TOKENS:
+        x = activations(rng, t, shape[1])
+        y = run(decode, prefill, x, (w,), shape[0])
+        assert_close(y, ref(x, w), entry.dequantize(), x)
+
+
+def test_f16_conversion_special_values():
+    """Subnormals, ±0, ±inf and NaN convert exactly as numpy's float16 -> float32."""
+    vals = np.array(
+        [0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 65504, -65504, np.inf, -np.inf, 1.0, -2.5], np.float16
+    )
+    w16 = np.zeros((len(vals), len(vals)), np.float16)
+    w16[np.arange(len(vals)), np.arange(len(vals))] = vals
+    w = readonly(w16)
+    x = np.ones(len(vals), np.float32)
+    y = np.empty(len(vals), np.float32)
+    dense.f16_decode(x, w, y)
+    np.testing.assert_array_equal(y, vals.astype(np.float32))
+    wn = readonly(np.full((1, 1), np.nan, np.float16))
+    y1 = np.empty(1, np.float32)
+    dense.f16_decode(np.ones(1, np.float32), wn, y1)
+    assert np.isnan(y1[0])
+
+
+# -- q8 -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group_size", [0, 32, 128])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_q8(shape, group_size, threads):
+    rng = rng_for("q8", shape, group_size)
+    out, n = shape
+    ng = -(-n // (group_size or n))
+    entry = ENCODINGS["q8"].pack(
+        rng.integers(-127, 128, shape).astype(np.int8),
+        (rng.random((out, ng)) * 0.02).astype(np.float16),
+        group_size,
+    )
+    codes, scales = readonly(entry.parts["codes"]), readonly(entry.parts["scales"])
+    group = group_size or n
+    for t in TOKENS:
+        x = activations(rng, t, n)
+        y = run(q8.q8_decode, q8.q8_prefill, x, (codes, scales, group), out)
+        assert_close(y, q8.q8_ref(x, codes, scales, group_size), entry.dequantize(), x)
+
+
+# -- q2 / q3 / q4 -------------------------------------------------------------------------
+
+
+def grouped_entry(rng, bits: int, shape: tuple[int, int], group: int):
+    out, n = shape
+    ng = -(-n // group)
+    return ENCODINGS[f"q{bits}"].pack(
+        rng.integers(0, 2**bits, shape),
+        rng.integers(0, 256, (out, ng)),
+        rng.integers(0, 2**bits, (out, ng)),
+        (rng.random(out) * 0.01 + 1e-3).astype(np.float16),
+        group,
+    )
+
+
+def grouped_magnitudes(entry, group: int) -> np.ndarray:
+    """|row_scale · sq| · (q + z): the size of the terms the kernel sums (Σ q·x and z·Σx are
+    formed separately, so an all-zero row still carries rounding of that size)."""
+    n = entry.shape[1]
+    q = ENCODINGS[entry.encoding].unpack(entry.parts, entry.shape, entry.params).astype(np.float64)
+    per_group = lambda a: np.repeat(a.astype(np.float64), group, axis=1)[:, :n]  # noqa: E731
+    step = entry.parts["row_scale"].astype(np.float64)[:, None] * per_group(entry.parts["scales"])
+    return step * (q + per_group(entry.parts["zeros"]))
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_grouped(shape, bits, group, threads):
+    rng = rng_for("grouped", shape, bits, group)
+    entry = grouped_entry(rng, bits, shape, group)
+    p = {k: readonly(v) for k, v in entry.parts.items()}
+    args = (p["codes"], p["scales"], p["zeros"], p["row_scale"], bits, group)
+    for t in TOKENS:
+        x = activations(rng, t, shape[1])
+        y = run(grouped.grouped_decode, grouped.grouped_prefill, x, args, shape[0])
+        ref = grouped.grouped_ref(x, *args, shape[1])
+        assert_close(y, ref, grouped_magnitudes(entry, group), x)
+
+
+# -- ternary ------------------------------------------------------------------------------
+
+
+TERNARY = {
+    "ternary": (ternary.ternary_decode, ternary.ternary_prefill),
+    "ternary-1.6": (ternary.ternary16_decode, ternary.ternary16_prefill),
+}
+TERNARY_F32 = {"ternary": ternary.ternary_decode_f32, "ternary-1.6": ternary.ternary16_decode_f32}
+
+
+def ternary_entry(rng, encoding: str, shape: tuple[int, int], mode: str):
+    scale = (
+        np.float32([0.37]) if mode == "tensor" else (rng.random(shape[0]) + 0.5).astype(np.float32)
+    )
+    return ENCODINGS[encoding].pack(rng.integers(-1, 2, shape), scale)
+
+
+def run_ternary(
+    encoding: str, x: np.ndarray, codes: np.ndarray, scale: np.ndarray, n: int
+) -> np.ndarray:
+    decode, prefill = TERNARY[encoding]
+    qa = ternary.quantize_activation(x)
+    y = np.full((x.shape[0], codes.shape[0]), np.nan, dtype=np.float32)
+    if x.shape[0] == 1:
+        decode(qa.xq, qa.xsum, qa.s, codes, scale, y[0])
+        fused = np.full(codes.shape[0], np.nan, dtype=np.float32)  # quantises inside the kernel
+        TERNARY_F32[encoding](x[0], codes, scale, fused)
+        np.testing.assert_array_equal(fused, y[0])
+    else:
+        prefill(qa.xq, qa.xsum, qa.s, codes, scale, y)
+    return y
+
+
+@pytest.mark.parametrize("mode", ["tensor", "row"])
+@pytest.mark.parametrize("encoding", list(TERNARY))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_ternary(shape, encoding, mode, threads):
+    """Integer path exact: one unit of the integer sum is ~1e-4 of max|y| here, the tolerance
+    (float32 rounding of the final scale) is 2e-6 per element."""
+    rng = rng_for(encoding, shape, mode)
+    entry = ternary_entry(rng, encoding, shape, mode)
+    codes, scale = readonly(entry.parts["codes"]), readonly(entry.parts["scale"])
+    for t in TOKENS:
+        x = activations(rng, t, shape[1])
+        y = run_ternary(encoding, x, codes, scale, shape[1])
+        ref = ternary.ternary_ref(x, codes, scale, shape[1], encoding)
+        np.testing.assert_allclose(y, ref, rtol=2e-6, atol=2e-6 * np.abs(ref).max() + 1e-30)
+
+
+def test_ternary_integer_sums_exact():
+    """With unit scales and x already on the int8 grid (max|x| = 127 so s = 1), y is the exact
+    integer Σ t·x_q."""
+    rng = np.random.default_rng(5)
+    for encoding in TERNARY:
+        for out, n in [(9, 577), (4, 8640), (3, 1)]:
+            trits = rng.integers(-1, 2, (out, n))
+            entry = ENCODINGS[encoding].pack(trits, np.ones(1, np.float32))
+            codes, scale = readonly(entry.parts["codes"]), readonly(entry.parts["scale"])
+            x = rng.integers(-128, 128, (3, n)).astype(np.float32)
+            x[:, 0] = 127.0
+            np.clip(x, -127, 127, out=x)
+            want = (x.astype(np.int64) @ trits.T).astype(np.float32)
+            for t in (1, 3):
+                y = run_ternary(encoding, x[:t], codes, scale, n)
+                np.testing.assert_array_equal(y, want[:t])
+
+
+def test_quantize_activation_matches_numpy():
+    x = np.array(
+        [[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -127.0], [0.0] * 7, [1e-7, -3e-7, 0, 0, 0, 0, 2e-7]],
+        np.float32,
+    )
+    rng = np.random.default_rng(2)
+    for xx in (x, activations(rng, 5, 577), activations(rng, 2, 8640) * 1e-3):
+        qa = ternary.quantize_activation(xx)
+        want, s = ternary.quantize_activation_ref(xx)
+        n = xx.shape[1]
+        assert qa.xq.shape[1] % ternary.ACT_PAD == 0 and qa.n == n
+        np.testing.assert_array_equal(qa.xq[:, :n], want)
+        assert not qa.xq[:, n:].any()
+        np.testing.assert_array_equal(qa.s, s)
+        np.testing.assert_array_equal(qa.xsum, want.astype(np.int64).sum(axis=1))
+    np.testing.assert_array_equal(
+        ternary.quantize_activation(x).xq[0, :7], [127, 0, 2, 2, 0, -2, -127]
+    )
+
+
+# -- onebit -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_onebit(shape, threads):
+    rng = rng_for("onebit", shape)
+    out, n = shape
+    entry = ENCODINGS["onebit"].pack(
+        rng.standard_normal(shape),
+        (rng.random(n) + 0.1).astype(np.float16),
+        (rng.random(out) + 0.1).astype(np.float16),
+    )
+    p = {k: readonly(v) for k, v in entry.parts.items()}
+    args = (p["signs"], p["g"], p["h"])
+    for t in TOKENS:
+        x = activations(rng, t, n)
+        y = run(onebit.onebit_decode, onebit.onebit_prefill, x, args, out)
+        assert_close(y, onebit.onebit_ref(x, *args), entry.dequantize(), x)
+
+
+# -- metamorphic: prefill == stacked decode, 1 thread == 2 threads --------------------------
+
+
+def all_kernels(rng, shape):
+    """(name, decode(x) -> y [out], prefill(x) -> y [T, out]) for every encoding."""
+    out, n = shape
+    w = rng.standard_normal(shape).astype(np.float32)
+    for name, (dec, pre, _) in DENSE.items():
+        d = readonly(ENCODINGS[name].pack(w).parts["data"])
+        yield (
+            name,
+            (lambda x, dec=dec, d=d: run(dec, None, x, (d,), out)),
+            (lambda x, pre=pre, d=d: run(None, pre, x, (d,), out)),
+        )
+    e = ENCODINGS["q8"].pack(
+        rng.integers(-127, 128, shape).astype(np.int8), np.ones((out, -(-n // 32)), np.float16), 32
+    )
+    a = (readonly(e.parts["codes"]), readonly(e.parts["scales"]), 32)
+    yield (
+        "q8",
+        (lambda x: run(q8.q8_decode, None, x, a, out)),
+        (lambda x: run(None, q8.q8_prefill, x, a, out)),
+    )
+    for bits in (2, 3, 4):
+        p = {k: readonly(v) for k, v in grouped_entry(rng, bits, shape, 64).parts.items()}
+        g = (p["codes"], p["scales"], p["zeros"], p["row_scale"], bits, 64)
+        yield (
+            f"q{bits}",
+            (lambda x, g=g: run(grouped.grouped_decode, None, x, g, out)),
+            (lambda x, g=g: run(None, grouped.grouped_prefill, x, g, out)),
+        )
+    for enc in TERNARY:
+        e = ternary_entry(rng, enc, shape, "row")
+        c, s = readonly(e.parts["codes"]), readonly(e.parts["scale"])
+        f = lambda x, enc=enc, c=c, s=s: run_ternary(enc, x, c, s, n)  # noqa: E731
+        yield enc, f, f
+    e = ENCODINGS["onebit"].pack(w, np.ones(n, np.float16), np.ones(out, np.float16))
+    b = tuple(readonly(e.parts[k]) for k in ("signs", "g", "h"))
+    yield (
+        "onebit",
+        (lambda x: run(onebit.onebit_decode, None, x, b, out)),
+        (lambda x: run(None, onebit.onebit_prefill, x, b, out)),
+    )
+
+
+@pytest.mark.parametrize("shape", [(33, 577), (6, 5460)], ids=str)
+def test_prefill_equals_stacked_decode(shape):
+    rng = np.random.default_rng(11)
+    x = activations(rng, 17, shape[1])
+    for name, decode, prefill in all_kernels(rng, shape):
+        stacked = np.concatenate([decode(x[t : t + 1]) for t in range(x.shape[0])])
+        y = prefill(x)
+        tol = 2e-6 * np.abs(stacked).max()
+        np.testing.assert_allclose(y, stacked, rtol=0, atol=tol, err_msg=name)
+
+
+@pytest.mark.skipif(len(THREADS) < 2, reason="one CPU")
+def test_threads_bit_identical():
+    rng = np.random.default_rng(12)
+    x = activations(rng, 5, 577)
+    old = numba.get_num_threads()
+    try:
+        for name, decode, prefill in all_kernels(rng, (37, 577)):
+            results = []
+            for nt in (1, 2):
+                numba.set_num_threads(nt)
+                results.append((decode(x[:1]), prefill(x)))
+            np.testing.assert_array_equal(results[0][0], results[1][0], err_msg=name)
+            np.testing.assert_array_equal(results[0][1], results[1][1], err_msg=name)
+    finally:
+        numba.set_num_threads(old)
+
+
+def test_simd_dots_match_portable_loops():
+    """The vpmaddubsw dot products (when this CPU has AVX2) equal the portable numba loops."""
+    from numba import njit
+
+    from lowbit.runtime.kernels import simd
+
+    @njit
+    def both(codes, x):
+        return simd.dot_t2(codes, x), simd.dot_t3(codes, x)
+
+    rng = np.random.default_rng(13)
+    for q in (32, 64, 1728):
+        x = rng.integers(-128, 128, 5 * q).astype(np.int8)
+        x[:8] = -128
+        c2 = rng.integers(0, 3, (4, q)).astype(np.uint8)
+        codes2 = (c2[0] | c2[1] << 2 | c2[2] << 4 | c2[3] << 6).astype(np.uint8)
+        codes3 = rng.integers(0, 243, q).astype(np.uint8)
+        want2 = int(sum(c2[j].astype(np.int64) @ x[j * q : (j + 1) * q] for j in range(4)))
+        digits = [(codes3.astype(np.int64) // 3**j) % 3 for j in range(5)]
+        want3 = int(sum(digits[j] @ x[j * q : (j + 1) * q] for j in range(5)))
+        assert both(codes2, x)[0] == want2 == simd.dot_t2_generic(codes2, x)
+        assert both(codes3, x)[1] == want3 == simd.dot_t3_generic(codes3, x)
+
+
+def test_one_signature_per_kernel():
+    """Consistent argument types (read-only weights, float32 activations) compile each kernel
+    once; runs last in this file."""
+    for mod in (dense, q8, grouped, ternary, onebit):
+        for name, f in vars(mod).items():
+            sigs = getattr(f, "signatures", None)
+            if sigs is not None and getattr(f, "targetoptions", {}).get("parallel"):
+                assert len(sigs) <= 1, f"{mod.__name__}.{name}: {sigs}"

@@ -1,0 +1,239 @@
+"""Linear layers (`lowbit.runtime.linear`) and thread settings (`lowbit.runtime.threads`).
+
+Layers are built both from `Encoding.pack()` results and from a real memory-mapped .lowbit file
+(read-only parts), and must give the same numbers as the dequantised weights.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numba
+import numpy as np
+import pytest
+
+from lowbit.formats import LowbitReader, LowbitWriter
+from lowbit.formats.encodings import ENCODINGS
+from lowbit.runtime import threads
+from lowbit.runtime.kernels.ternary import quantize_activation_ref
+from lowbit.runtime.linear import (
+    DenseLinear,
+    GroupedLinear,
+    OneBitLinear,
+    Q8Linear,
+    TernaryLinear,
+    layer_norm,
+    make_linear,
+)
+
+OUT, IN = 24, 300
+
+
+def pack(encoding: str, rng: np.random.Generator, shape=(OUT, IN), layernorm: bool = False):
+    out, n = shape
+    w = rng.standard_normal(shape).astype(np.float32)
+    enc = ENCODINGS[encoding]
+    if encoding in ("f32", "f16", "bf16"):
+        return enc.pack(w)
+    if encoding == "q8":
+        return enc.pack(
+            rng.integers(-127, 128, shape).astype(np.int8),
+            np.full((out, -(-n // 64)), 0.01, np.float16),
+            64,
+        )
+    if encoding in ("q2", "q3", "q4"):
+        ng = -(-n // 32)
+        return enc.pack(
+            rng.integers(0, 2**enc.bits, shape),
+            rng.integers(0, 256, (out, ng)),
+            rng.integers(0, 2**enc.bits, (out, ng)),
+            np.full(out, 1e-3, np.float16),
+            32,
+        )
+    if encoding in ("ternary", "ternary-1.6"):
+        return enc.pack(rng.integers(-1, 2, shape), (rng.random(out) + 0.5).astype(np.float32))
+    return enc.pack(
+        w,
+        (rng.random(n) + 0.5).astype(np.float16),
+        (rng.random(out) + 0.5).astype(np.float16),
+        layernorm,
+    )
+
+
+def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
+    if entry.encoding in ("ternary", "ternary-1.6"):  # BitNet: int8 activations, per token
+        xq, s = quantize_activation_ref(x)
+        scale = entry.parts["scale"].astype(np.float64)
+        trits = np.rint(entry.dequantize() / (scale[:, None] if scale.size > 1 else scale[0]))
+        y = (xq.astype(np.float64) @ trits.T) * (scale if scale.size > 1 else scale[0]) / s[:, None]
+    else:
+        y = x.astype(np.float64) @ entry.dequantize().astype(np.float64).T
+    if entry.encoding == "onebit" and entry.params["layernorm"]:
+        y = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-5)
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def close(y, ref, rtol=2e-5):
+    np.testing.assert_allclose(y, ref, rtol=0, atol=rtol * max(np.abs(ref).max(), 1e-6))
+
+
+CLASSES = {
+    "f32": DenseLinear,
+    "f16": DenseLinear,
+    "bf16": DenseLinear,
+    "q8": Q8Linear,
+    "q2": GroupedLinear,
+    "q3": GroupedLinear,
+    "q4": GroupedLinear,
+    "ternary": TernaryLinear,
+    "ternary-1.6": TernaryLinear,
+    "onebit": OneBitLinear,
+}
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_make_linear_matches_dequantized(encoding):
+    rng = np.random.default_rng(3)
+    entry = pack(encoding, rng)
+    bias = rng.standard_normal(OUT).astype(np.float32)
+    lin = make_linear(entry, bias=bias)
+    assert isinstance(lin, CLASSES[encoding]) and lin.shape == (OUT, IN)
+    for t in (1, 2, 9):
+        x = rng.standard_normal((t, IN)).astype(np.float32)
+        y = lin(x)
+        assert y.dtype == np.float32 and y.shape == (t, OUT)
+        close(y, expected(entry, x, bias))
+    # a 1-D input gives a 1-D output; out= is filled and returned
+    x1 = rng.standard_normal(IN).astype(np.float32)
+    assert lin(x1).shape == (OUT,)
+    buf = np.empty((3, OUT), np.float32)
+    x3 = rng.standard_normal((3, IN)).astype(np.float32)
+    assert lin(x3, out=buf) is buf
+    close(buf, expected(entry, x3, bias))
+
+
+def test_from_memory_mapped_file(tmp_path):
+    """Parts of an open file are read-only views of the mapping; the layers run on them as is."""
+    rng = np.random.default_rng(4)
+    path = tmp_path / "m.lowbit"
+    entries = {name: pack(name, rng, shape=(17, 577)) for name in ENCODINGS}
+    with LowbitWriter(path, {"architecture": "llama"}) as w:
+        for name, e in entries.items():
+            w.add_tensor(name, e)
+    x = rng.standard_normal((4, 577)).astype(np.float32)
+    with LowbitReader(path) as reader:
+        for name, e in entries.items():
+            entry = reader[name]
+            assert not next(iter(entry.parts.values())).flags.writeable
+            lin = make_linear(entry)
+            close(lin(x), expected(e, x))
+            close(lin(x[:1]), expected(e, x[:1]))
+            del lin, entry
+
+
+def test_ternary_shared_quantized_activation():
+    rng = np.random.default_rng(5)
+    a = make_linear(pack("ternary", rng))
+    b = make_linear(pack("ternary-1.6", rng))
+    x = rng.standard_normal((3, IN)).astype(np.float32)
+    qa = a.quantize(x)
+    np.testing.assert_array_equal(a(qa), a(x))
+    np.testing.assert_array_equal(b(qa), b(x))  # one quantisation serves both layouts
+    np.testing.assert_array_equal(a(a.quantize(x[:1])), a(x[:1]))
+    other = make_linear(pack("ternary", rng, shape=(OUT, 200)))
+    with pytest.raises(ValueError):
+        other(qa)
+
+
+def test_onebit_layernorm():
+    """The parameter-free LayerNorm normalises the 1-bit product; a bias is added after it."""
+    rng = np.random.default_rng(6)
+    entry = pack("onebit", rng, layernorm=True)
+    bias = rng.standard_normal(OUT).astype(np.float32)
+    x = rng.standard_normal((5, IN)).astype(np.float32)
+    close(make_linear(entry, bias)(x), expected(entry, x, bias))
+    lin = make_linear(entry)
+    y = lin(x)
+    close(y, expected(entry, x))
+    np.testing.assert_allclose(y.mean(-1), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(-1), 1, atol=1e-3)
+    z = np.zeros((2, 4), np.float32)
+    assert np.array_equal(layer_norm(z), z)
+
+
+def test_bad_inputs():
+    rng = np.random.default_rng(7)
+    lin = make_linear(pack("q4", rng))
+    with pytest.raises(ValueError):
+        lin(np.zeros((2, IN + 1), np.float32))
+    with pytest.raises(ValueError):
+        lin(np.zeros((2, IN), np.float32), out=np.zeros((2, OUT + 1), np.float32))
+    with pytest.raises(ValueError):
+        make_linear(pack("f32", rng), bias=np.zeros(OUT + 1, np.float32))
+    with pytest.raises(ValueError):
+        make_linear(ENCODINGS["f32"].pack(np.zeros(5, np.float32)))
+
+
+def test_inputs_of_other_dtypes_and_readonly():
+    rng = np.random.default_rng(8)
+    entry = pack("q8", rng)
+    lin = make_linear(entry)
+    x = rng.standard_normal((2, IN))  # float64
+    xr = x.astype(np.float32)
+    xr.flags.writeable = False
+    close(lin(x), expected(entry, x.astype(np.float32)))
+    close(lin(xr), expected(entry, xr))
+    assert lin(np.zeros((0, IN), np.float32)).shape == (0, OUT)
+
+
+# -- threads --------------------------------------------------------------------------------
+
+
+def test_resolve_threads(monkeypatch):
+    avail = len(threads._available_cpus())
+    monkeypatch.delenv(threads.ENV, raising=False)
+    assert threads.resolve_threads(1) == 1
+    assert threads.resolve_threads(10_000) == min(avail, numba.config.NUMBA_NUM_THREADS)
+    assert 1 <= threads.resolve_threads() <= avail
+    assert threads.resolve_threads() == min(
+        threads.physical_cores(), numba.config.NUMBA_NUM_THREADS
+    )
+    monkeypatch.setenv(threads.ENV, "1")
+    assert threads.resolve_threads() == 1
+    assert threads.resolve_threads(2) == min(2, avail, numba.config.NUMBA_NUM_THREADS)
+    monkeypatch.setenv(threads.ENV, "lots")
+    with pytest.raises(ValueError):
+        threads.resolve_threads()
+    with pytest.raises(ValueError):
+        threads.resolve_threads(0)
+
+
+def test_physical_cores_counts_hyperthreads_once(tmp_path, monkeypatch):
+    cpus = threads._available_cpus()
+    blocks = []
+    for i, cpu in enumerate(sorted(cpus)):  # two hyper-threads per core
+        blocks.append(f"processor\t: {cpu}\nphysical id\t: 0\ncore id\t\t: {i // 2}\n")
+    info = tmp_path / "cpuinfo"
+    info.write_text("\n".join(blocks))
+    assert threads.physical_cores(str(info)) == -(-len(cpus) // 2)
+    info.write_text("processor\t: 0\n")  # no topology: one core per CPU listed
+    assert threads.physical_cores(str(info)) == 1
+    assert threads.physical_cores(str(tmp_path / "missing")) == len(cpus)
+
+
+def test_set_threads():
+    old = numba.get_num_threads()
+    try:
+        assert threads.set_threads(1) == 1 and numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(old)
+
+
+def test_threading_layer_is_not_workqueue(caplog):
+    """~100 µs per parallel call with workqueue against ~2 µs with TBB/OpenMP (numba-lessons)."""
+    with caplog.at_level(logging.WARNING):
+        layer = threads.check_threading_layer()
+    assert layer in ("tbb", "omp"), layer
+    assert not caplog.records
