@@ -59,8 +59,11 @@ def resolve_model(
     target = cached_path(str(model), method, revision)
     if target.is_file():
         return target
+    from lowbit.convert.architectures import model_spec
     from lowbit.convert.converter import convert
+    from lowbit.convert.sources import open_checkpoint
 
+    model_spec(open_checkpoint(str(model), revision).config)  # refuse bad input before announcing work
     if on_convert is not None:
         on_convert(str(model), target)
     convert(str(model), target, method=method, revision=revision)

