@@ -15,6 +15,7 @@ import numpy as np
 
 from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
+from lowbit.runtime.kernels.attention import attention
 from lowbit.runtime.linear import make_linear
 from lowbit.runtime.rope import RotaryEmbedding
 
@@ -87,21 +88,9 @@ def attention_forward(
     end = start + t
     cache.keys[layer, :, start:end] = k.transpose(1, 0, 2)
     cache.values[layer, :, start:end] = v.transpose(1, 0, 2)
-    keys = cache.keys[layer, :, :end]  # [kvh, L, d]
-    values = cache.values[layer, :, :end]
-    rep = h // kvh
-    qg = q.reshape(t, kvh, rep, d).transpose(1, 2, 0, 3).reshape(kvh, rep * t, d)
-    scores = qg @ keys.transpose(0, 2, 1) / np.float32(np.sqrt(d))  # [kvh, rep*t, L]
-    qpos = np.tile(np.arange(start, end), rep)[:, None]
-    kpos = np.arange(end)[None, :]
-    mask = kpos > qpos
-    if args.sliding_window:
-        mask |= kpos <= qpos - args.sliding_window
-    scores = np.where(mask[None], -np.inf, scores)
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    out = (scores @ values).reshape(kvh, rep, t, d).transpose(2, 0, 1, 3).reshape(t, h * d)
+    out = np.empty((t, h * d), dtype=np.float32)
+    attention(np.ascontiguousarray(q, dtype=np.float32), cache.keys[layer], cache.values[layer], start,
+              args.sliding_window or 0, out)
     if attn.sub_norm is not None:
         out = rms_norm(out, attn.sub_norm, args.rms_norm_eps)
     return attn.o_proj(np.ascontiguousarray(out, dtype=np.float32))

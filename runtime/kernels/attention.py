@@ -1,0 +1,76 @@
+"""Causal grouped-query attention over the KV cache, one numba call per layer.
+
+Queries q [T, H, D] sit at positions start..start+T-1 and attend to keys/values [KVH, L, D]
+(the cache, already holding this step's keys) at positions ≤ their own, and, with a sliding
+window W, > position − W. Query head h reads KV head h // (H / KVH). Parallel over (token, head)
+pairs; each keeps its scores in a private buffer. Softmax in float32 with the max subtracted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from lowbit.runtime.kernels.jit import kernel
+
+
+@kernel
+def attention(q, keys, values, start, window, out):
+    """out [T, H*D] = softmax(q kᵀ / sqrt(D) + causal mask) v, per query head.
+
+    q [T, H, D] f32; keys/values [KVH, ≥ start+T, D] f32; window 0 means no sliding window.
+    """
+    t_len, n_heads, d = q.shape
+    rep = n_heads // keys.shape[0]
+    scale = np.float32(1.0 / math.sqrt(d))
+    for task in prange(t_len * n_heads):
+        t = task // n_heads
+        h = task % n_heads
+        kv = h // rep
+        pos = start + t
+        lo = 0
+        if window > 0 and pos - window + 1 > 0:
+            lo = pos - window + 1
+        n = pos + 1 - lo
+        scores = np.empty(n, np.float32)
+        best = np.float32(-np.inf)
+        for j in range(n):
+            acc = np.float32(0.0)
+            for i in range(d):
+                acc += q[t, h, i] * keys[kv, lo + j, i]
+            acc *= scale
+            scores[j] = acc
+            if acc > best:
+                best = acc
+        total = np.float32(0.0)
+        for j in range(n):
+            e = np.exp(scores[j] - best)
+            scores[j] = e
+            total += e
+        inv = np.float32(1.0) / total
+        base = h * d
+        for i in range(d):
+            out[t, base + i] = 0.0
+        for j in range(n):
+            p = scores[j] * inv
+            for i in range(d):
+                out[t, base + i] += p * values[kv, lo + j, i]
+
+
+def attention_ref(q, keys, values, start, window):
+    """numpy reference: the same result by dense masked softmax."""
+    t_len, n_heads, d = q.shape
+    rep = n_heads // keys.shape[0]
+    out = np.zeros((t_len, n_heads * d), np.float32)
+    for h in range(n_heads):
+        k = keys[h // rep].astype(np.float64)
+        v = values[h // rep].astype(np.float64)
+        for t in range(t_len):
+            pos = start + t
+            lo = max(0, pos - window + 1) if window > 0 else 0
+            s = k[lo : pos + 1] @ q[t, h].astype(np.float64) / math.sqrt(d)
+            p = np.exp(s - s.max())
+            out[t, h * d : (h + 1) * d] = (p / p.sum()) @ v[lo : pos + 1]
+    return out
