@@ -212,7 +212,7 @@ class LowbitReader:
         records = sorted(
             (s["offset"], s["offset"] + s["nbytes"], s["name"]) for s in self._tensor_specs + self._blob_specs
         )
-        for (s0, e0, n0), (s1, _e1, n1) in zip(records, records[1:]):
+        for (_s0, e0, n0), (s1, _e1, n1) in zip(records, records[1:]):
             if s1 < e0:
                 raise OverlappingRecords(f"{self.path}: records {n0!r} and {n1!r} overlap")
 

@@ -6,13 +6,14 @@ import logging
 from typing import Any
 
 import pytest
+from test_tokenizer import hf_smollm2, our_smollm2, smollm2_dir, spec_config
+
 from lowbit.runtime.chat_template import (
     DEFAULT_CHAT_TEMPLATE,
     ChatTemplateError,
     render_chat_template,
 )
 from lowbit.runtime.tokenizer import Tokenizer
-from test_tokenizer import hf_smollm2, our_smollm2, smollm2_dir, spec_config
 
 CONVERSATIONS: list[list[dict[str, Any]]] = [
     [{"role": "user", "content": "What is the capital of France?"}],

@@ -7,9 +7,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from test_tokenizer import our_smollm2, our_sp
+
 from lowbit.runtime.detokenizer import StreamingDetokenizer
 from lowbit.runtime.tokenizer import Tokenizer
-from test_tokenizer import our_smollm2, our_sp
 
 FFFD = "\ufffd"
 

@@ -644,7 +644,6 @@ def test_build_never_leaves_a_half_folder(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_missing_package_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import importlib.util
-
     import subprocess
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from lowbit.runtime.sampling import (
     InvalidSamplingParams,
     SamplingParams,

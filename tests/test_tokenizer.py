@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from lowbit.runtime.tokenizer import Tokenizer, TokenizerError
 
 TEXTS = [

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats.constants import ceil_div
-from lowbit.formats.encodings.base import EncodedTensor, Encoding, PartSpecs, Shape, require, select_rows
+from lowbit.formats.encodings.base import (
+    EncodedTensor,
+    Encoding,
+    PartSpecs,
+    Shape,
+    require,
+    select_rows,
+)
 
 GROUP_SIZES = (32, 64, 128)
 

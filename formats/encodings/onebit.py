@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats.constants import ceil_div
-from lowbit.formats.encodings.base import EncodedTensor, Encoding, PartSpecs, Shape, require, select_rows
+from lowbit.formats.encodings.base import (
+    EncodedTensor,
+    Encoding,
+    PartSpecs,
+    Shape,
+    require,
+    select_rows,
+)
 
 ROW_BLOCK = 64  # rows padded to 64 bits
 

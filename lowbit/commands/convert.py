@@ -28,8 +28,12 @@ def _list_methods() -> None:
 @click.option("--act-order/--no-act-order", default=True, show_default=True, help="GPTQ: quantise columns by decreasing Hessian diagonal.")
 @click.option("--calib-sequences", type=int, default=32, show_default=True, help="Calibration sequences.")
 @click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration sequence.")
+@click.option("--target-bpw", type=float, help="Pick q2/q3/q4/q8 per linear layer by measured sensitivity to hit this bits/weight.")
+@click.option("--eval", "evaluate", is_flag=True, help="Measure PPL/KL against the f32 conversion and store them in the file.")
+@click.option("--eval-text", type=click.Path(exists=True, dir_okay=False), help="Held-out text for --eval (default: shipped).")
+@click.option("--eval-ctx", type=int, default=256, show_default=True, help="Window length for --eval.")
 def convert(source, output, method, recipe, revision, force, list_methods, calibrate, calib_file, quantizer,
-            act_order, calib_sequences, calib_len) -> None:
+            act_order, calib_sequences, calib_len, target_bpw, evaluate, eval_text, eval_ctx) -> None:
     """Convert SOURCE (a Hugging Face folder, hub id or .gguf file) into a .lowbit file."""
     if list_methods:
         _list_methods()
@@ -59,7 +63,7 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
         calibration = CalibrationConfig(text, name, calib_sequences, calib_len, quantizer, act_order)
     try:
         result = run_convert(source, output, method=method, recipe=recipe, revision=revision, force=force,
-                             progress=progress, calibration=calibration)
+                             progress=progress, calibration=calibration, target_bpw=target_bpw)
     finally:
         bar.close()
     size_mb = result.file_size / 1e6
@@ -71,3 +75,21 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
     click.echo(f"largest relative errors: {worst}")
     for w in result.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
+    if evaluate:
+        _quality_card(source, result.path, eval_text, eval_ctx, revision)
+
+
+def _quality_card(source: str, path, eval_text: str | None, ctx: int, revision: str | None) -> None:
+    from lowbit.eval.quality import measure_quality, store_quality
+    from lowbit.models import resolve_model
+    from lowbit.quant.calibrate import default_evaluation_text
+
+    name, text = (eval_text, open(eval_text, encoding="utf-8").read()) if eval_text else default_evaluation_text()
+    click.echo("evaluating against the f32 conversion (cached for next time)…", err=True)
+    reference = resolve_model(source, method="f32", revision=revision)
+    q = measure_quality(path, reference, text, name, ctx)
+    store_quality(path, q)
+    click.echo(
+        f"quality on {name}: PPL {q['ppl']:.3f} (f32 {q['ppl_reference']:.3f}), KL mean {q['kl_mean']:.4f}, "
+        f"p99 {q['kl_p99']:.4f}, top-1 agreement {100 * q['top1_agreement']:.1f}% ({q['tokens_scored']} tokens)"
+    )

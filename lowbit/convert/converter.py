@@ -211,6 +211,7 @@ def convert(
     force: bool = False,
     progress: ProgressFn | None = None,
     calibration: CalibrationConfig | None = None,
+    target_bpw: float | None = None,
 ) -> ConvertResult:
     """Convert a checkpoint into a .lowbit file and report what was written."""
     start = time.perf_counter()
@@ -231,6 +232,13 @@ def convert(
     unexpected = sorted(n for n in canon if n not in required and not optional_tensor(n))
     if unexpected:
         raise ConversionError(f"unexpected tensor {unexpected[0]} for {spec.source_architecture} (an unsupported variant?)")
+    if target_bpw is not None:
+        if spec.ternary_weights is not None:
+            raise ConversionError("--target-bpw does not apply to ternary (BitNet) checkpoints")
+        from lowbit.convert.target_bpw import plan
+
+        rec.rules = plan(_tensor_getter(ckpt), sorted(canon), target_bpw) + rec.rules
+        rec.target_bpw = target_bpw
     blob_name, blob, tok_meta = tokenizer_section(ckpt.tokenizer_files)
     gen = {k: ckpt.generation_config[k] for k in GENERATION_KEYS if k in ckpt.generation_config}
     config = dict(spec.config)

@@ -68,6 +68,7 @@ class Recipe:
     method: str = "q4"
     rules: list[Rule] = field(default_factory=list)
     embeddings: str = "q8"
+    target_bpw: float | None = None
 
     def choose(self, name: str, shape: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
         """The encoding and params for one tensor (by its canonical name)."""
@@ -86,7 +87,10 @@ class Recipe:
         return self.embeddings, _defaults(self.embeddings)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "embeddings": self.embeddings, "rules": [asdict(r) for r in self.rules]}
+        out = {"method": self.method, "embeddings": self.embeddings, "rules": [asdict(r) for r in self.rules]}
+        if self.target_bpw is not None:
+            out["target_bpw"] = self.target_bpw
+        return out
 
 
 def fit_group(params: dict[str, Any], n_in: int) -> dict[str, Any]:

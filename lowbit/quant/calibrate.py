@@ -19,7 +19,14 @@ import numpy as np
 from lowbit.formats.encodings import EncodedTensor, get_encoding
 from lowbit.quant import quantize
 from lowbit.runtime.config import ModelArgs
-from lowbit.runtime.model import KVCache, attention_forward, load_attention, load_mlp, mlp_forward, rms_norm
+from lowbit.runtime.model import (
+    KVCache,
+    attention_forward,
+    load_attention,
+    load_mlp,
+    mlp_forward,
+    rms_norm,
+)
 from lowbit.runtime.rope import RotaryEmbedding
 
 Getter = Callable[[str], np.ndarray | None]
@@ -49,11 +56,20 @@ class CalibrationConfig:
         }
 
 
-def default_calibration_text() -> tuple[str, str]:
-    """(name, text) of the calibration text shipped with lowbit (CC0, see lowbit/data/README.md)."""
+def packaged_text(name: str) -> tuple[str, str]:
+    """(name, text) of a text shipped with lowbit (CC0, see lowbit/data/README.md)."""
     from importlib.resources import files
 
-    return "lowbit/data/calibration.txt", files("lowbit").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+    return f"lowbit/data/{name}", files("lowbit").joinpath(f"data/{name}").read_text(encoding="utf-8")
+
+
+def default_calibration_text() -> tuple[str, str]:
+    return packaged_text("calibration.txt")
+
+
+def default_evaluation_text() -> tuple[str, str]:
+    """Held out: never used for calibration."""
+    return packaged_text("eval.txt")
 
 
 def calibration_batches(ids: list[int], seq_len: int, sequences: int) -> np.ndarray:
@@ -64,8 +80,25 @@ def calibration_batches(ids: list[int], seq_len: int, sequences: int) -> np.ndar
     return np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
 
 
+class InputStats:
+    """H = XᵀX / N of one layer input, shared by the matrices that read it (q/k/v, gate/up);
+    GPTQ's factorisation of it is computed once and reused."""
+
+    def __init__(self, xs: list[np.ndarray]) -> None:
+        x = np.concatenate(xs).astype(np.float32)
+        self.h = (x.T @ x).astype(np.float64) / len(x)
+        self._prepared = None
+
+    def gptq(self, cfg: CalibrationConfig):
+        if self._prepared is None:
+            from lowbit.quant.gptq import prepare_hessian
+
+            self._prepared = prepare_hessian(2 * self.h, cfg.damp, cfg.act_order)
+        return self._prepared
+
+
 def quantize_calibrated(
-    w: np.ndarray, encoding: str, params: dict[str, Any], hessian: np.ndarray, cfg: CalibrationConfig
+    w: np.ndarray, encoding: str, params: dict[str, Any], stats: InputStats, cfg: CalibrationConfig
 ) -> EncodedTensor:
     """The calibrated quantiser for an encoding (GPTQ / imatrix, ALS for onebit, fitted ternary scales)."""
     if encoding in ("q2", "q3", "q4"):
@@ -73,18 +106,18 @@ def quantize_calibrated(
         if cfg.quantizer == "gptq":
             from lowbit.quant.gptq import gptq_quantize
 
-            return gptq_quantize(w, 2 * hessian, bits, group, damp=cfg.damp, act_order=cfg.act_order)
+            return gptq_quantize(w, stats.gptq(cfg), bits, group)
         from lowbit.quant.rtn import quantize_grouped
 
-        return quantize_grouped(w, bits, group, importance=np.diag(hessian))
+        return quantize_grouped(w, bits, group, importance=np.diag(stats.h))
     if encoding in ("ternary", "ternary-1.6"):
         from lowbit.quant.ternary import quantize_ternary_calibrated
 
-        return quantize_ternary_calibrated(w, hessian, base3=encoding == "ternary-1.6")
+        return quantize_ternary_calibrated(w, stats.h, base3=encoding == "ternary-1.6")
     if encoding == "onebit":
         from lowbit.quant.onebit import quantize_onebit_calibrated
 
-        return quantize_onebit_calibrated(w, hessian, bool(params.get("layernorm", False)))
+        return quantize_onebit_calibrated(w, stats.h, bool(params.get("layernorm", False)))
     return quantize(w, encoding, params)
 
 
@@ -98,14 +131,6 @@ class _Capture:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.inputs.append(np.array(x, dtype=np.float32))
         return np.zeros((x.shape[0], self.out_features), dtype=np.float32)
-
-
-def _gram(xs: list[np.ndarray]) -> np.ndarray:
-    h = None
-    for x in xs:
-        x64 = x.astype(np.float64)
-        h = x64.T @ x64 if h is None else h + x64.T @ x64
-    return h / sum(len(x) for x in xs)
 
 
 class _Layer(dict):
@@ -135,12 +160,12 @@ def calibrate_layers(
         p = f"model.layers.{i}."
         layer = _Layer()
 
-        def put(name: str, w: np.ndarray, hessian: np.ndarray | None = None) -> None:
+        def put(name: str, w: np.ndarray, stats: InputStats | None = None, layer: _Layer = layer) -> None:
             enc, params = choose(name, tuple(w.shape))
-            if hessian is None or len(w.shape) != 2:
+            if stats is None or len(w.shape) != 2:
                 layer[name] = quantize(w, enc, params)
             else:
-                layer[name] = quantize_calibrated(w, enc, params, hessian, cfg)
+                layer[name] = quantize_calibrated(w, enc, params, stats, cfg)
 
         plain = [p + "input_layernorm.weight", p + "post_attention_layernorm.weight",
                  p + "self_attn.attn_sub_norm.weight", p + "mlp.ffn_sub_norm.weight"]
@@ -153,11 +178,11 @@ def calibrate_layers(
         norm2 = layer[p + "post_attention_layernorm.weight"].dequantize()
         # q, k, v: inputs are norm(x)
         h1 = [np.ascontiguousarray(rms_norm(x, norm1, eps), dtype=np.float32) for x in xs]
-        gram = _gram(h1)
+        stats = InputStats(h1)
         for x in "qkv":
             n = p + f"self_attn.{x}_proj.weight"
             weights[n] = get(n)
-            put(n, weights[n], gram)
+            put(n, weights[n], stats)
         # o_proj: input is the attention output with quantised q/k/v
         o_name = p + "self_attn.o_proj.weight"
         weights[o_name] = get(o_name)
@@ -168,17 +193,17 @@ def calibrate_layers(
         for x in h1:
             cache.reset()
             attention_forward(args, rope, attn, x, cache, i, 0)
-        put(o_name, weights[o_name], _gram(capture.inputs))
+        put(o_name, weights[o_name], InputStats(capture.inputs))
         o_lin = load_attention(layer.lookup, i).o_proj
         xs = [x + o_lin(a) for x, a in zip(xs, capture.inputs)]
         del capture, h1
         # gate, up: inputs are norm(x + attn)
         h2 = [np.ascontiguousarray(rms_norm(x, norm2, eps), dtype=np.float32) for x in xs]
-        gram = _gram(h2)
+        stats = InputStats(h2)
         for x in ("gate", "up"):
             n = p + f"mlp.{x}_proj.weight"
             weights[n] = get(n)
-            put(n, weights[n], gram)
+            put(n, weights[n], stats)
         d_name = p + "mlp.down_proj.weight"
         weights[d_name] = get(d_name)
         layer[d_name] = get_encoding("f32").pack(weights[d_name])
@@ -187,7 +212,7 @@ def calibrate_layers(
         mlp.down_proj = capture
         for x in h2:
             mlp_forward(args, mlp, x)
-        put(d_name, weights[d_name], _gram(capture.inputs))
+        put(d_name, weights[d_name], InputStats(capture.inputs))
         down = load_mlp(layer.lookup, i).down_proj
         xs = [x + down(m) for x, m in zip(xs, capture.inputs)]
         del capture, h2
