@@ -216,3 +216,18 @@ def test_hub_id_offline_from_cache(tmp_path, tiny_dirs):
         assert np.array_equal(r["model.layers.1.self_attn.k_proj.bias"].dequantize(), src.get("model.layers.1.self_attn.k_proj.bias"))
     proc = run_cli("convert", "tiny-org/absent", "-o", str(tmp_path / "x.lowbit"), env=env)
     assert_one_line_error(proc, "tiny-org/absent")
+
+
+@pytest.mark.parametrize("method", ["q4", "q8", "f16"])
+def test_row_chunked_conversion_is_identical(tiny_dirs, tmp_path, monkeypatch, method):
+    """Large tensors are quantised in row blocks to bound memory; the bytes must not change."""
+    import lowbit.convert.converter as converter
+
+    whole = convert(tiny_dirs["qwen2"], tmp_path / "whole.lowbit", method=method).path
+    monkeypatch.setattr(converter, "CHUNK_WEIGHTS", 1000)
+    chunked = convert(tiny_dirs["qwen2"], tmp_path / "chunked.lowbit", method=method).path
+    with LowbitReader(whole) as a, LowbitReader(chunked) as b:
+        for name, e in a.tensors.items():
+            for part, arr in e.parts.items():
+                assert np.array_equal(arr, b[name].parts[part]), (name, part)
+            assert e.info == b[name].info

@@ -276,10 +276,14 @@ def convert(
             )
         else:
             order = set(names)
-            for src_name, w in ckpt.iter_tensors():
+            for src_name, w in _iter_source(ckpt, rec, native):
                 if src_name not in order:
                     continue
                 name = canonical_name(src_name)
+                if isinstance(w, _RowChunks):
+                    encoded, err = w.encode()
+                    write(name, w, encoded, err)
+                    continue
                 check_weight(name, w)
                 if native and is_linear_weight(name):
                     encoded = _native_ternary(ckpt, src_name, w, spec, base3=rec.method == "ternary-1.6")
@@ -290,6 +294,8 @@ def convert(
                     encoded = quantize(w, encoding, params)
                     err = relative_error(w, encoded.dequantize())
                 write(name, w, encoded, err)
+                if hasattr(ckpt, "release"):
+                    ckpt.release(src_name)
                 del w, encoded
     lin_err = [t.rel_error for t in reports if is_linear_weight(t.name)]
     if not native and METHODS[rec.method].needs_training and lin_err and not calibrate:
@@ -299,6 +305,53 @@ def convert(
             "measure it with `lowbit eval`."
         )
     return ConvertResult(output, time.perf_counter() - start, output.stat().st_size, reports, warnings)
+
+
+ROW_SEPARABLE = ("f32", "f16", "bf16", "q8", "q2", "q3", "q4")
+CHUNK_WEIGHTS = 16 << 20  # tensors above this many weights are quantised in row blocks
+
+
+class _RowChunks:
+    """A large row-separable tensor (an embedding, lm_head) quantised block by block, so memory
+    stays at one block of float32 rows instead of the whole widened matrix."""
+
+    def __init__(self, ckpt: Any, name: str, shape: list[int], encoding: str, params: dict[str, Any]) -> None:
+        self.ckpt, self.name, self.shape = ckpt, name, shape
+        self.encoding, self.params = encoding, params
+
+    def encode(self) -> tuple[EncodedTensor, float]:
+        out, n_in = self.shape
+        step = max(1, CHUNK_WEIGHTS // n_in)
+        pieces, num, den = [], 0.0, 0.0
+        for start in range(0, out, step):
+            w = self.ckpt.rows(self.name, start, min(start + step, out))
+            check_weight(canonical_name(self.name), w)
+            enc = quantize(w, self.encoding, self.params)
+            num += float(np.sum((enc.dequantize() - w) ** 2, dtype=np.float64))
+            den += float(np.sum(w.astype(np.float64) ** 2))
+            pieces.append(enc)
+        self.ckpt.release(self.name)
+        if den == 0:
+            raise ConversionError(f"tensor {canonical_name(self.name)} is all zeros (a broken checkpoint?)")
+        parts = {k: np.concatenate([p.parts[k] for p in pieces]) for k in pieces[0].parts}
+        encoded = EncodedTensor(self.encoding, (out, n_in), pieces[0].params, parts)
+        return encoded, (num**0.5 / den**0.5 if den > 0 else 0.0)
+
+
+def _iter_source(ckpt: Any, rec: Recipe, native: bool = False):
+    """(name, float32 array or _RowChunks) for every tensor, in the source's order."""
+    if not hasattr(ckpt, "rows"):
+        yield from ckpt.iter_tensors()
+        return
+    for name in ckpt.tensor_names():
+        shape = ckpt.shape(name)
+        big = len(shape) == 2 and shape[0] * shape[1] > CHUNK_WEIGHTS
+        if big and ckpt.dtype(name) in ("F32", "F16", "BF16") and not (native and is_linear_weight(canonical_name(name))):
+            encoding, params = rec.choose(canonical_name(name), tuple(shape))
+            if encoding in ROW_SEPARABLE:
+                yield name, _RowChunks(ckpt, name, shape, encoding, params)
+                continue
+        yield name, ckpt.get(name)
 
 
 def _tensor_getter(ckpt: Any) -> Callable[[str], np.ndarray | None]:

@@ -108,6 +108,15 @@ class HFCheckpoint:
             return f.raw(name)
         return f.float32(name)
 
+    def shape(self, name: str) -> list[int]:
+        return self._files[self._where[name]].shape(name)
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._files[self._where[name]].rows_float32(name, start, stop)
+
+    def release(self, name: str) -> None:
+        self._files[self._where[name]].release(name)
+
     def iter_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._where:
             yield name, self.get(name)

@@ -76,6 +76,23 @@ class SafetensorsFile:
         arr = np.frombuffer(self._mmap, dtype=_DTYPES[dtype], count=count, offset=self._base + start)
         return arr.reshape(shape)
 
+    def rows_float32(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of a 2-D tensor widened to float32 (only that slice is touched)."""
+        arr = self.raw(name)[start:stop]
+        if self.dtype(name) == "BF16":
+            return (arr.astype(np.uint32) << 16).view(np.float32)
+        return arr.astype(np.float32)
+
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process (they stay in the page cache): without it a
+        streamed conversion's RSS would grow to the whole mapped model."""
+        _, _, start, end = self._entries[name]
+        page = mmap.PAGESIZE
+        lo = (self._base + start) // page * page
+        hi = self._base + end
+        if hi > lo and hasattr(self._mmap, "madvise"):
+            self._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
     def float32(self, name: str) -> np.ndarray:
         """The tensor widened to float32 (a copy unless it is already f32)."""
         arr = self.raw(name)

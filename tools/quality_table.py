@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Accuracy per bit for SmolLM2-135M-Instruct in one run: lowbit's encodings (RTN and calibrated)
+and llama.cpp's types (quantised from the same f16 weights), all scored on the same held-out text
+and the same windows against lowbit's f32 reference: file size, bits/weight, PPL, KL, top-1.
+
+    python tools/quality_table.py [--ctx 256] [--calib-sequences 16] [--out docs/quality.md]
+
+llama.cpp is driven through llama-cpp-python (`pip install -e '.[bench]'`) on our token ids, so
+both engines see exactly the same tokens and windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gguf_variants import dequantized_f16_gguf, gguf_summary, quantize_gguf  # noqa: E402
+
+from lowbit.convert.converter import convert  # noqa: E402
+from lowbit.demo_model import ensure_smollm2_checkpoint, smollm2_gguf_path  # noqa: E402
+from lowbit.eval.perplexity import make_windows, model_bos, scored_logprobs  # noqa: E402
+from lowbit.inspect import summarize  # noqa: E402
+from lowbit.models import lowbit_home  # noqa: E402
+from lowbit.quant.calibrate import (  # noqa: E402
+    CalibrationConfig,
+    default_calibration_text,
+    default_evaluation_text,
+)
+from lowbit.runtime import load  # noqa: E402
+
+LOWBIT_VARIANTS = [  # label, convert() keyword arguments, calibrated?
+    ("q8", dict(method="q8"), False),
+    ("q4 g128 RTN", dict(method="q4"), False),
+    ("q4 g128 GPTQ", dict(method="q4"), True),
+    ("q3 g128 RTN", dict(method="q3"), False),
+    ("q3 g128 GPTQ", dict(method="q3"), True),
+    ("q2 g64 RTN", dict(method="q2"), False),
+    ("q2 g64 GPTQ", dict(method="q2"), True),
+    ("ternary absmean", dict(method="ternary"), False),
+    ("ternary calibrated", dict(method="ternary"), True),
+    ("onebit SVID", dict(method="onebit"), False),
+    ("onebit calibrated", dict(method="onebit"), True),
+    ("target-bpw 2.5 (GPTQ)", dict(method="q2", target_bpw=2.5), True),
+    ("target-bpw 3.0 (GPTQ)", dict(method="q2", target_bpw=3.0), True),
+]
+LLAMA_TYPES = ["Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "TQ2_0"]
+
+
+def score(logprob_fn, windows, ref_lp) -> dict:
+    """PPL, KL(ref ‖ model), top-1 agreement over the scored halves of all windows."""
+    nll, kls, agree = [], [], []
+    for w, lr in zip(windows, ref_lp):
+        lp, targets = logprob_fn(w)
+        nll.append(-lp[np.arange(len(targets)), targets])
+        kls.append(np.maximum((np.exp(lr) * (lr - lp)).sum(-1), 0))
+        agree.append(lp.argmax(-1) == lr.argmax(-1))
+    nll, kl = np.concatenate(nll), np.concatenate(kls)
+    return {"ppl": float(np.exp(nll.mean())), "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)),
+            "top1": float(np.concatenate(agree).mean())}
+
+
+def lowbit_logprobs(path: Path, ctx: int):
+    llm = load(path, context_length=ctx)
+    return lambda w: scored_logprobs(llm.logits(w), w)
+
+
+def llama_logprobs(path: Path, ctx: int, threads: int):
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, n_threads=threads, n_threads_batch=threads,
+                          logits_all=True, verbose=False)
+
+    def fn(w):
+        llm.reset()
+        llm.eval(w)
+        return scored_logprobs(np.array(llm.scores[: len(w)], dtype=np.float32), w)
+
+    return fn
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--calib-sequences", type=int, default=16)
+    ap.add_argument("--calib-len", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=lowbit_home() / "quality")
+    ap.add_argument("--out", type=Path, default=Path("docs/quality.md"))
+    ap.add_argument("--only", help="comma-separated labels to run (default: all)")
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    hf = ensure_smollm2_checkpoint()
+    text_name, text = default_evaluation_text()
+    cal_name, cal_text = default_calibration_text()
+    calib = CalibrationConfig(cal_text, cal_name, args.calib_sequences, args.calib_len)
+
+    f32 = args.workdir / "f32.lowbit"
+    if not f32.exists():
+        convert(hf, f32, method="f32")
+    ref = load(f32, context_length=args.ctx)
+    windows = make_windows(ref.tokenize(text, add_special_tokens=False), args.ctx, model_bos(ref))
+    ref_lp = [scored_logprobs(ref.logits(w), w)[0] for w in windows]
+    rows = [{"engine": "lowbit", "variant": "f32 reference", "file_mb": f32.stat().st_size / 1e6,
+             "linear_bpw": 32.0, **score(lowbit_logprobs(f32, args.ctx), windows, ref_lp), "seconds": 0}]
+    only = set(args.only.split(",")) if args.only else None
+    for label, kwargs, calibrated in LOWBIT_VARIANTS:
+        if only and label not in only:
+            continue
+        path = args.workdir / (label.replace(" ", "_").replace("(", "").replace(")", "") + ".lowbit")
+        t0 = time.perf_counter()
+        if not path.exists():
+            convert(hf, path, calibration=calib if calibrated else None, **kwargs)
+        seconds = time.perf_counter() - t0
+        info = summarize(path)
+        rows.append({"engine": "lowbit", "variant": label, "file_mb": path.stat().st_size / 1e6,
+                     "linear_bpw": info["linear_bits_per_weight"], **score(lowbit_logprobs(path, args.ctx), windows, ref_lp),
+                     "seconds": round(seconds, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    f16 = args.workdir / "smollm2-F16.gguf"
+    if not f16.exists():
+        dequantized_f16_gguf(smollm2_gguf_path(), f16)
+    for t in LLAMA_TYPES:
+        if only and t not in only:
+            continue
+        path = args.workdir / f"smollm2-{t}.gguf"
+        if not path.exists():
+            quantize_gguf(f16, path, t)
+        s = gguf_summary(path)
+        types = ", ".join(f"{k}×{v}" for k, v in s["linear_types"].items())
+        rows.append({"engine": "llama.cpp", "variant": f"{t} ({types})", "file_mb": s["file_size_bytes"] / 1e6,
+                     "linear_bpw": s["linear_bits_per_weight"], **score(llama_logprobs(path, args.ctx, args.threads), windows, ref_lp),
+                     "seconds": 0})
+        print(json.dumps(rows[-1]), flush=True)
+    lines = [
+        f"# Quality per bit: SmolLM2-135M-Instruct on `{text_name}`",
+        "",
+        f"Made by `python tools/quality_table.py` (ctx {args.ctx}, {len(windows)} windows, second half of each scored as "
+        f"llama.cpp's perplexity tool does; KL and top-1 against lowbit's f32; calibration {args.calib_sequences}×"
+        f"{args.calib_len} tokens of `{cal_name}`). bits/weight are of the linear layers; llama.cpp falls back to other "
+        "types for rows that are not a multiple of 256 (listed).",
+        "",
+        "| engine | variant | file MB | linear bits/weight | PPL | KL mean | KL p99 | top-1 | convert s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {r['variant']} | {r['file_mb']:.1f} | {r['linear_bpw']:.3f} | {r['ppl']:.3f} | "
+                     f"{r['kl_mean']:.4f} | {r['kl_p99']:.3f} | {100 * r['top1']:.1f}% | {r['seconds']} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
