@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lowbit.runtime.kernels as _kernels
+from lowbit.runtime.threads import check_threading_layer
 
 
 def kernels_cached() -> bool:
@@ -20,3 +21,4 @@ def warm_up_kernels(llm) -> None:
     logits = llm.prefill(ids)
     llm.decode(int(logits.argmax()))
     llm.reset()
+    check_threading_layer()  # warns (logging) when numba fell back to the slow workqueue layer
