@@ -246,6 +246,14 @@ class LowbitReader:
         except KeyError:
             raise KeyError(f"{self.path}: no tensor named {name!r}") from None
 
+    @property
+    def buffer(self) -> np.ndarray | None:
+        """The whole mapped file as read-only uint8 (every tensor part is a view into it), or
+        None for an empty file."""
+        if self._mmap is None:
+            return None
+        return np.frombuffer(self._mmap, dtype=np.uint8)
+
     def blob_names(self) -> list[str]:
         return [b["name"] for b in self._blob_specs]
 

@@ -4,12 +4,14 @@
     y = lin(x)            # x float32 [T, in] (or [in]) -> y float32 [T, out] (or [out])
     lin(x, out=buf)       # write into a preallocated C-contiguous float32 [T, out]
 
-T == 1 runs the decode (matrix-vector) kernel, T > 1 the prefill kernel. Weights stay packed and
+T == 1 runs the generic matrix-vector kernel (`kernels.matvec`, on the layer's `descriptor`),
+T > 1 the encoding's prefill kernel. Weights stay packed and
 memory-mapped; the layers pass read-only views of them to the kernels, so numba compiles one
 signature per kernel whether a tensor came from a file or from `Encoding.pack()`.
 
 Ternary layers quantise their input to int8 once per call; `quantize(x)` exposes that step so
-that several matrices with the same input (q/k/v, gate/up) can share one quantised activation:
+that several matrices with the same prefill input (q/k/v, gate/up) can share one quantised
+activation:
 
     qa = q_proj.quantize(x); q, k, v = q_proj(qa), k_proj(qa), v_proj(qa)
 """
@@ -22,6 +24,7 @@ import numpy as np
 
 from lowbit.formats.encodings.q8 import group_size_of
 from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
+from lowbit.runtime.kernels.matvec import make_descriptor, matvec
 from lowbit.runtime.kernels.ternary import QuantizedActivation, quantize_activation
 
 LAYERNORM_EPS = 1e-5
@@ -47,7 +50,8 @@ def _as_input(x: np.ndarray) -> np.ndarray:
 
 
 class Linear:
-    """Base class: shape checks, output buffer, bias. Subclasses set `_decode` and `_prefill`."""
+    """Base class: shape checks, output buffer, bias, the decode path. Subclasses set `_prefill`
+    and, where the descriptor needs them, `_group` and `_layernorm`."""
 
     encoding: str
 
@@ -68,6 +72,15 @@ class Linear:
                     f"bias has {b.shape[0]} values, the layer has {self.out_features} outputs"
                 )
             self.bias = b
+        self.descriptor = make_descriptor(
+            entry.encoding, entry.parts, self._group(), self._layernorm(), self.bias
+        )
+
+    def _group(self) -> int:
+        return 0
+
+    def _layernorm(self) -> bool:
+        return False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -81,16 +94,14 @@ class Linear:
                 f"{self._what()}: input shape {list(x.shape)}, expected [T, {self.in_features}]"
             )
         y = self._output(x2.shape[0], out)
-        self._run(x2, y)
-        self._finish(y)
+        if x2.shape[0] == 1:
+            matvec(self.descriptor, x2[0], y[0])  # bias and LayerNorm included
+        elif x2.shape[0] > 1:
+            self._prefill(x2, y)
+            self._finish(y)
         return y[0] if one and out is None else y
 
     # -- helpers for subclasses ----------------------------------------------------------------
-    def _run(self, x2: np.ndarray, y: np.ndarray) -> None:
-        if x2.shape[0] == 1:
-            self._decode(x2[0], y[0])
-        elif x2.shape[0] > 1:
-            self._prefill(x2, y)
 
     def _output(self, t: int, out: np.ndarray | None) -> np.ndarray:
         if out is None:
@@ -122,37 +133,41 @@ class DenseLinear(Linear):
     """f32, f16 (raw u16 bits) and bf16 weights."""
 
     _KERNELS = {
-        "f32": (dense.f32_decode, dense.f32_prefill, np.float32),
-        "f16": (dense.f16_decode, dense.f16_prefill, np.uint16),
-        "bf16": (dense.bf16_decode, dense.bf16_prefill, np.uint16),
+        "f32": (dense.f32_prefill, np.float32),
+        "f16": (dense.f16_prefill, np.uint16),
+        "bf16": (dense.bf16_prefill, np.uint16),
     }
 
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
-        dec, pre, dt = self._KERNELS[entry.encoding]
+        pre, dt = self._KERNELS[entry.encoding]
         self.w = _readonly(entry.parts["data"], dt)
         w = self.w
-        self._decode = lambda x, y: dec(x, w, y)
         self._prefill = lambda x, y: pre(x, w, y)
 
 
 class Q8Linear(Linear):
+    def _group(self) -> int:
+        return group_size_of(self.shape, self.params)
+
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
         codes = _readonly(entry.parts["codes"], np.int8)
         scales = _readonly(entry.parts["scales"], np.uint16)
-        group = group_size_of(self.shape, self.params)
-        self._decode = lambda x, y: q8.q8_decode(x, codes, scales, group, y)
+        group = self._group()
         self._prefill = lambda x, y: q8.q8_prefill(x, codes, scales, group, y)
 
 
 class GroupedLinear(Linear):
     """q2, q3, q4."""
 
+    def _group(self) -> int:
+        return int(self.params["group_size"])
+
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
         bits = int(entry.encoding[1:])
-        group = int(self.params["group_size"])
+        group = self._group()
         p = entry.parts
         args = (
             _readonly(p["codes"], np.uint8),
@@ -162,7 +177,6 @@ class GroupedLinear(Linear):
             bits,
             group,
         )
-        self._decode = lambda x, y: grouped.grouped_decode(x, *args, y)
         self._prefill = lambda x, y: grouped.grouped_prefill(x, *args, y)
 
 
@@ -177,11 +191,9 @@ class TernaryLinear(Linear):
         per_byte = 4 if entry.encoding == "ternary" else 5
         self.padded_in = self.codes.shape[1] * per_byte
         if entry.encoding == "ternary":
-            self._dec, self._pre = ternary.ternary_decode, ternary.ternary_prefill
-            self._dec_f32 = ternary.ternary_decode_f32
+            self._pre = ternary.ternary_prefill
         else:
-            self._dec, self._pre = ternary.ternary16_decode, ternary.ternary16_prefill
-            self._dec_f32 = ternary.ternary16_decode_f32
+            self._pre = ternary.ternary16_prefill
 
     def quantize(self, x: np.ndarray) -> QuantizedActivation:
         x2 = _as_input(x.reshape(1, -1) if x.ndim == 1 else x)
@@ -207,16 +219,11 @@ class TernaryLinear(Linear):
                     f"{self._what()}: input shape {list(x.shape)}, expected [T, {self.in_features}]"
                 )
             if x2.shape[0] == 1:  # decode: quantise inside the kernel, one call
-                y = self._output(1, out)
-                self._dec_f32(x2[0], self.codes, self.scale, y[0])
-                self._finish(y)
-                return y[0] if one and out is None else y
+                return super().__call__(x, out)
             qa = quantize_activation(x2)
         t = qa.xq.shape[0]
         y = self._output(t, out)
-        if t == 1:
-            self._dec(qa.xq, qa.xsum, qa.s, self.codes, self.scale, y[0])
-        elif t > 1:
+        if t:
             self._pre(qa.xq, qa.xsum, qa.s, self.codes, self.scale, y)
         self._finish(y)
         return y[0] if one and out is None else y
@@ -225,6 +232,9 @@ class TernaryLinear(Linear):
 class OneBitLinear(Linear):
     """Sign planes with f16 value vectors; the parameter-free LayerNorm when params.layernorm."""
 
+    def _layernorm(self) -> bool:
+        return bool(self.params.get("layernorm", False))
+
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
         args = (
@@ -232,8 +242,7 @@ class OneBitLinear(Linear):
             _readonly(entry.parts["g"], np.uint16),
             _readonly(entry.parts["h"], np.uint16),
         )
-        self.layernorm = bool(self.params.get("layernorm", False))
-        self._decode = lambda x, y: onebit.onebit_decode(x, *args, y)
+        self.layernorm = self._layernorm()
         self._prefill = lambda x, y: onebit.onebit_prefill(x, *args, y)
 
     def _finish(self, y: np.ndarray) -> None:

@@ -15,7 +15,10 @@ import numpy as np
 
 from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
+from lowbit.runtime.decode_table import build_decode_table
 from lowbit.runtime.kernels.attention import attention
+from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
+from lowbit.runtime.kernels.decode_step import decode_layers
 from lowbit.runtime.linear import make_linear
 from lowbit.runtime.rope import RotaryEmbedding
 
@@ -163,6 +166,14 @@ class Transformer:
         self.norm = _dense(lookup, "model.norm.weight")
         self.lm_head = make_linear(lookup("lm_head.weight") or self.embed)
         self.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta, args.rope_scaling)
+        self.decode_table = build_decode_table(self.blocks, reader.buffer)
+        self.fused_decode = self.decode_table is not None  # False: decode runs block_forward
+
+    def decode_step(self, x: np.ndarray, cache: KVCache, pos: int) -> None:
+        """x [hidden] at position pos through every layer, in place (kernels.decode_step)."""
+        a = self.args
+        decode_layers(x, *self.decode_table, cache.keys, cache.values, self.rope.cos, self.rope.sin, pos,
+                      a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.sliding_window or 0)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
@@ -174,8 +185,11 @@ class Transformer:
         if start + t > cache.context_length:
             raise ValueError(f"context length {cache.context_length} exceeded ({start} + {t} tokens)")
         x = self.embed_tokens(ids)
-        for i, block in enumerate(self.blocks):
-            x = block_forward(self.args, self.rope, block, x, cache, i, start)
+        if t == 1 and self.fused_decode:
+            self.decode_step(x[0], cache, start)
+        else:
+            for i, block in enumerate(self.blocks):
+                x = block_forward(self.args, self.rope, block, x, cache, i, start)
         cache.length = start + t
         if not all_logits:
             x = x[-1:]

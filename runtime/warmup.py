@@ -12,7 +12,7 @@ from lowbit.runtime.threads import check_threading_layer
 def kernels_cached() -> bool:
     """True when numba's cache already holds compiled kernels (so warm-up will be quick)."""
     cache_dir = Path(_kernels.__file__).parent / "__pycache__"
-    return cache_dir.is_dir() and any(cache_dir.glob("*.nbi"))
+    return cache_dir.is_dir() and any(cache_dir.glob("decode_step*.nbi"))  # the largest compile
 
 
 def warm_up_kernels(llm) -> None:

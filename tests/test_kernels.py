@@ -13,6 +13,7 @@ import pytest
 
 from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
+from lowbit.runtime.kernels.matvec import make_descriptor, matvec
 
 SHAPES = [(1, 1), (1, 577), (7, 1), (33, 577), (19, 5460), (5, 8640), (64, 128)]
 TOKENS = (1, 3, 17)
@@ -36,6 +37,32 @@ def activations(rng: np.random.Generator, t: int, n: int) -> np.ndarray:
     x = rng.standard_normal((t, n)).astype(np.float32)
     x[:, rng.integers(0, n)] *= 8  # an outlier channel, as real activations have
     return x
+
+
+def decoder(encoding: str, names: tuple[str, ...], group_arg: int | None = None):
+    """The generic `matvec` with a descriptor of the encoding's parts, called like the old
+    per-encoding decode kernels: decode(x, *parts[, bits], [group], y)."""
+
+    def decode(x, *args):
+        *parts, y = args
+        group = parts[group_arg] if group_arg is not None else 0
+        matvec(make_descriptor(encoding, dict(zip(names, parts)), group), x, y)
+
+    return decode
+
+
+f32_decode = decoder("f32", ("data",))
+f16_decode = decoder("f16", ("data",))
+bf16_decode = decoder("bf16", ("data",))
+q8_decode = decoder("q8", ("codes", "scales"), group_arg=2)
+onebit_decode = decoder("onebit", ("signs", "g", "h"))
+GROUPED_DECODE = {
+    b: decoder(f"q{b}", ("codes", "scales", "zeros", "row_scale"), group_arg=5) for b in (2, 3, 4)
+}
+
+
+def grouped_decode(x, codes, scales, zeros, row_scale, bits, group, y):
+    GROUPED_DECODE[bits](x, codes, scales, zeros, row_scale, bits, group, y)
 
 
 def run(decode, prefill, x: np.ndarray, args: tuple, out: int) -> np.ndarray:
@@ -69,9 +96,9 @@ def threads(request):
 
 
 DENSE = {
-    "f32": (dense.f32_decode, dense.f32_prefill, dense.f32_ref),
-    "f16": (dense.f16_decode, dense.f16_prefill, dense.f16_ref),
-    "bf16": (dense.bf16_decode, dense.bf16_prefill, dense.bf16_ref),
+    "f32": (f32_decode, dense.f32_prefill, dense.f32_ref),
+    "f16": (f16_decode, dense.f16_prefill, dense.f16_ref),
+    "bf16": (bf16_decode, dense.bf16_prefill, dense.bf16_ref),
 }
 
 
@@ -98,11 +125,11 @@ def test_f16_conversion_special_values():
     w = readonly(w16)
     x = np.ones(len(vals), np.float32)
     y = np.empty(len(vals), np.float32)
-    dense.f16_decode(x, w, y)
+    f16_decode(x, w, y)
     np.testing.assert_array_equal(y, vals.astype(np.float32))
     wn = readonly(np.full((1, 1), np.nan, np.float16))
     y1 = np.empty(1, np.float32)
-    dense.f16_decode(np.ones(1, np.float32), wn, y1)
+    f16_decode(np.ones(1, np.float32), wn, y1)
     assert np.isnan(y1[0])
 
 
@@ -124,7 +151,7 @@ def test_q8(shape, group_size, threads):
     group = group_size or n
     for t in TOKENS:
         x = activations(rng, t, n)
-        y = run(q8.q8_decode, q8.q8_prefill, x, (codes, scales, group), out)
+        y = run(q8_decode, q8.q8_prefill, x, (codes, scales, group), out)
         assert_close(y, q8.q8_ref(x, codes, scales, group_size), entry.dequantize(), x)
 
 
@@ -163,7 +190,7 @@ def test_grouped(shape, bits, group, threads):
     args = (p["codes"], p["scales"], p["zeros"], p["row_scale"], bits, group)
     for t in TOKENS:
         x = activations(rng, t, shape[1])
-        y = run(grouped.grouped_decode, grouped.grouped_prefill, x, args, shape[0])
+        y = run(grouped_decode, grouped.grouped_prefill, x, args, shape[0])
         ref = grouped.grouped_ref(x, *args, shape[1])
         assert_close(y, ref, grouped_magnitudes(entry, group), x)
 
@@ -171,11 +198,7 @@ def test_grouped(shape, bits, group, threads):
 # -- ternary ------------------------------------------------------------------------------
 
 
-TERNARY = {
-    "ternary": (ternary.ternary_decode, ternary.ternary_prefill),
-    "ternary-1.6": (ternary.ternary16_decode, ternary.ternary16_prefill),
-}
-TERNARY_F32 = {"ternary": ternary.ternary_decode_f32, "ternary-1.6": ternary.ternary16_decode_f32}
+TERNARY = {"ternary": ternary.ternary_prefill, "ternary-1.6": ternary.ternary16_prefill}
 
 
 def ternary_entry(rng, encoding: str, shape: tuple[int, int], mode: str):
@@ -188,16 +211,15 @@ def ternary_entry(rng, encoding: str, shape: tuple[int, int], mode: str):
 def run_ternary(
     encoding: str, x: np.ndarray, codes: np.ndarray, scale: np.ndarray, n: int
 ) -> np.ndarray:
-    decode, prefill = TERNARY[encoding]
+    prefill = TERNARY[encoding]
     qa = ternary.quantize_activation(x)
     y = np.full((x.shape[0], codes.shape[0]), np.nan, dtype=np.float32)
-    if x.shape[0] == 1:
-        decode(qa.xq, qa.xsum, qa.s, codes, scale, y[0])
-        fused = np.full(codes.shape[0], np.nan, dtype=np.float32)  # quantises inside the kernel
-        TERNARY_F32[encoding](x[0], codes, scale, fused)
-        np.testing.assert_array_equal(fused, y[0])
-    else:
-        prefill(qa.xq, qa.xsum, qa.s, codes, scale, y)
+    prefill(qa.xq, qa.xsum, qa.s, codes, scale, y)
+    if x.shape[0] == 1:  # matvec quantises inside: the same integers (float steps to 1 ulp)
+        fused = np.full(codes.shape[0], np.nan, dtype=np.float32)
+        desc = make_descriptor(encoding, {"codes": codes, "scale": scale})
+        matvec(desc, x[0], fused)
+        np.testing.assert_allclose(fused, y[0], rtol=3e-7, atol=1e-30)
     return y
 
 
@@ -271,7 +293,7 @@ def test_onebit(shape, threads):
     args = (p["signs"], p["g"], p["h"])
     for t in TOKENS:
         x = activations(rng, t, n)
-        y = run(onebit.onebit_decode, onebit.onebit_prefill, x, args, out)
+        y = run(onebit_decode, onebit.onebit_prefill, x, args, out)
         assert_close(y, onebit.onebit_ref(x, *args), entry.dequantize(), x)
 
 
@@ -295,7 +317,7 @@ def all_kernels(rng, shape):
     a = (readonly(e.parts["codes"]), readonly(e.parts["scales"]), 32)
     yield (
         "q8",
-        (lambda x: run(q8.q8_decode, None, x, a, out)),
+        (lambda x: run(q8_decode, None, x, a, out)),
         (lambda x: run(None, q8.q8_prefill, x, a, out)),
     )
     for bits in (2, 3, 4):
@@ -303,7 +325,7 @@ def all_kernels(rng, shape):
         g = (p["codes"], p["scales"], p["zeros"], p["row_scale"], bits, 64)
         yield (
             f"q{bits}",
-            (lambda x, g=g: run(grouped.grouped_decode, None, x, g, out)),
+            (lambda x, g=g: run(grouped_decode, None, x, g, out)),
             (lambda x, g=g: run(None, grouped.grouped_prefill, x, g, out)),
         )
     for enc in TERNARY:
@@ -315,7 +337,7 @@ def all_kernels(rng, shape):
     b = tuple(readonly(e.parts[k]) for k in ("signs", "g", "h"))
     yield (
         "onebit",
-        (lambda x: run(onebit.onebit_decode, None, x, b, out)),
+        (lambda x: run(onebit_decode, None, x, b, out)),
         (lambda x: run(None, onebit.onebit_prefill, x, b, out)),
     )
 

@@ -141,7 +141,8 @@ def test_ternary_shared_quantized_activation():
     qa = a.quantize(x)
     np.testing.assert_array_equal(a(qa), a(x))
     np.testing.assert_array_equal(b(qa), b(x))  # one quantisation serves both layouts
-    np.testing.assert_array_equal(a(a.quantize(x[:1])), a(x[:1]))
+    # decode quantises inside matvec: the same integers, the final float steps to 1 ulp
+    np.testing.assert_allclose(a(a.quantize(x[:1])), a(x[:1]), rtol=3e-7, atol=1e-30)
     other = make_linear(pack("ternary", rng, shape=(OUT, 200)))
     with pytest.raises(ValueError):
         other(qa)

@@ -13,7 +13,47 @@ import math
 import numpy as np
 from numba import prange
 
-from lowbit.runtime.kernels.jit import kernel
+from lowbit.runtime.kernels.jit import helper, kernel
+
+
+@helper
+def attend(qh, keys, values, lo, n, scale, out):
+    """out [D] = softmax(keys[lo:lo+n] · qh × scale) · values[lo:lo+n] for one query head
+    (keys/values [L, D] of its KV head); the scores live in a private buffer."""
+    d = qh.shape[0]
+    scores = np.empty(n, np.float32)
+    best = np.float32(-np.inf)
+    for j in range(n):
+        kj = keys[lo + j]
+        acc = np.float32(0.0)
+        for i in range(d):
+            acc += qh[i] * kj[i]
+        acc *= scale
+        scores[j] = acc
+        if acc > best:
+            best = acc
+    total = np.float32(0.0)
+    for j in range(n):
+        e = np.exp(scores[j] - best)
+        scores[j] = e
+        total += e
+    inv = np.float32(1.0) / total
+    for i in range(d):
+        out[i] = 0.0
+    for j in range(n):
+        p = scores[j] * inv
+        vj = values[lo + j]
+        for i in range(d):
+            out[i] += p * vj[i]
+
+
+@helper
+def visible(pos, window):
+    """(first position, count) a query at pos attends to."""
+    lo = 0
+    if window > 0 and pos - window + 1 > 0:
+        lo = pos - window + 1
+    return lo, pos + 1 - lo
 
 
 @kernel
@@ -28,35 +68,8 @@ def attention(q, keys, values, start, window, out):
     for task in prange(t_len * n_heads):
         t = task // n_heads
         h = task % n_heads
-        kv = h // rep
-        pos = start + t
-        lo = 0
-        if window > 0 and pos - window + 1 > 0:
-            lo = pos - window + 1
-        n = pos + 1 - lo
-        scores = np.empty(n, np.float32)
-        best = np.float32(-np.inf)
-        for j in range(n):
-            acc = np.float32(0.0)
-            for i in range(d):
-                acc += q[t, h, i] * keys[kv, lo + j, i]
-            acc *= scale
-            scores[j] = acc
-            if acc > best:
-                best = acc
-        total = np.float32(0.0)
-        for j in range(n):
-            e = np.exp(scores[j] - best)
-            scores[j] = e
-            total += e
-        inv = np.float32(1.0) / total
-        base = h * d
-        for i in range(d):
-            out[t, base + i] = 0.0
-        for j in range(n):
-            p = scores[j] * inv
-            for i in range(d):
-                out[t, base + i] += p * values[kv, lo + j, i]
+        lo, n = visible(start + t, window)
+        attend(q[t, h], keys[h // rep], values[h // rep], lo, n, scale, out[t, h * d : (h + 1) * d])
 
 
 def attention_ref(q, keys, values, start, window):

@@ -21,45 +21,6 @@ from lowbit.runtime.kernels.jit import bf16_to_f32, f16_to_f32, kernel
 
 
 @kernel
-def f32_decode(x, w, y):
-    """x f32 [in], w f32 [out, in], y f32 [out]."""
-    out = w.shape[0]
-    n = w.shape[1]
-    for r in prange(out):
-        row = w[r]
-        s = np.float32(0.0)
-        for k in range(n):
-            s += row[k] * x[k]
-        y[r] = s
-
-
-@kernel
-def f16_decode(x, w, y):
-    """x f32 [in], w u16 [out, in] (f16 bits), y f32 [out]."""
-    out = w.shape[0]
-    n = w.shape[1]
-    for r in prange(out):
-        row = w[r]
-        s = np.float32(0.0)
-        for k in range(n):
-            s += f16_to_f32(row[k]) * x[k]
-        y[r] = s
-
-
-@kernel
-def bf16_decode(x, w, y):
-    """x f32 [in], w u16 [out, in] (bf16 bits), y f32 [out]."""
-    out = w.shape[0]
-    n = w.shape[1]
-    for r in prange(out):
-        row = w[r]
-        s = np.float32(0.0)
-        for k in range(n):
-            s += bf16_to_f32(row[k]) * x[k]
-        y[r] = s
-
-
-@kernel
 def f32_prefill(x, w, y):
     """x f32 [T, in], w f32 [out, in], y f32 [T, out]."""
     out = w.shape[0]

@@ -25,9 +25,8 @@ import numpy as np
 from numba import prange
 
 from lowbit.formats.encodings import Q2, Q3, Q4
-from lowbit.runtime.kernels.common import ROW_BLOCK, pad_vector, rows_times_tokens
+from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
-from lowbit.runtime.kernels.simd import row_dot_q2, row_dot_q3, row_dot_q4
 
 f32 = np.float32
 i32 = np.int32
@@ -44,30 +43,6 @@ def group_sums(xp, group):
             s += xg[k]
         xs[g] = s
     return xs
-
-
-@kernel
-def grouped_decode(x, codes, scales, zeros, row_scale, bits, group, y):
-    """x f32 [in]; codes u8 [out, ng·G·b/8]; scales, zeros u8 [out, ng]; row_scale u16 [out]
-    (f16 bits); bits b ∈ {2, 3, 4}; group G; y f32 [out]."""
-    out, ng = scales.shape
-    xp = pad_vector(x, ng * group)
-    xs = group_sums(xp, group)
-    if bits == 4:
-        for r in prange(out):
-            y[r] = row_dot_q4(codes[r], xp, scales[r], zeros[r], xs, group) * f16_to_f32(
-                row_scale[r]
-            )
-    elif bits == 3:
-        for r in prange(out):
-            y[r] = row_dot_q3(codes[r], xp, scales[r], zeros[r], xs, group) * f16_to_f32(
-                row_scale[r]
-            )
-    else:
-        for r in prange(out):
-            y[r] = row_dot_q2(codes[r], xp, scales[r], zeros[r], xs, group) * f16_to_f32(
-                row_scale[r]
-            )
 
 
 # -- prefill -------------------------------------------------------------------------------
@@ -112,7 +87,8 @@ def _unpack_row(bits, c, sc, zr, rs, group, dst):
 
 @kernel
 def grouped_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
-    """x f32 [T, in]; parts as grouped_decode; y f32 [T, out]."""
+    """x f32 [T, in]; codes u8 [out, ng·G·b/8]; scales, zeros u8 [out, ng]; row_scale u16 [out]
+    (f16 bits); bits b ∈ {2, 3, 4}; group G; y f32 [T, out]."""
     out, ng = scales.shape
     nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
     for b in prange(nblocks):

@@ -23,7 +23,7 @@ i32 = np.int32
 
 
 @helper
-def _scaled_input(x, g, n_p):
+def scaled_input(x, g, n_p):
     """x' = g ⊙ x padded to n_p, and its sum."""
     n = x.shape[0]
     xg = np.zeros(n_p, dtype=np.float32)
@@ -36,7 +36,7 @@ def _scaled_input(x, g, n_p):
 
 
 @helper
-def _select_sum(c, xg):
+def select_sum(c, xg):
     """Σ over set bits: Σ_j Σ_k bit_j(c[k]) · xg[jQ + k] (selects, no multiplications).
 
     Bit j is shifted into the sign of an int32 (`b << 31 - j < 0`), which x86 turns into
@@ -75,16 +75,6 @@ def _select_sum(c, xg):
             + (a7 if i32(b << 24) < 0 else zero)
         )
     return s
-
-
-@kernel
-def onebit_decode(x, signs, g, h, y):
-    """x f32 [in]; signs u8 [out, Q]; g u16 [in], h u16 [out] (f16 bits); y f32 [out]."""
-    out, q = signs.shape
-    xg, tot = _scaled_input(x, g, q * 8)
-    for r in prange(out):
-        s = _select_sum(signs[r], xg)
-        y[r] = f16_to_f32(h[r]) * (f32(2.0) * s - tot)
 
 
 @helper
@@ -172,7 +162,7 @@ def _bits_times_tokens(bb, nr, xg, tot, h, y, r0):
 
 @kernel
 def onebit_prefill(x, signs, g, h, y):
-    """x f32 [T, in]; signs, g, h as onebit_decode; y f32 [T, out]."""
+    """x f32 [T, in]; signs, g, h as onebit_prefill docs; y f32 [T, out]."""
     out = signs.shape[0]
     t_count, n = x.shape
     xg = np.empty((t_count, n), dtype=np.float32)

@@ -18,27 +18,6 @@ from lowbit.runtime.kernels.jit import f16_to_f32, kernel
 
 
 @kernel
-def q8_decode(x, codes, scales, group, y):
-    """x f32 [in], codes i8 [out, in], scales u16 [out, ng], y f32 [out]."""
-    out, n = codes.shape
-    ng = scales.shape[1]
-    for r in prange(out):
-        c = codes[r]
-        sc = scales[r]
-        acc = np.float32(0.0)
-        for g in range(ng):
-            lo = g * group
-            m = min(group, n - lo)
-            cg = c[lo : lo + m]
-            xg = x[lo : lo + m]
-            d = np.float32(0.0)
-            for k in range(m):
-                d += np.float32(cg[k]) * xg[k]
-            acc += f16_to_f32(sc[g]) * d
-        y[r] = acc
-
-
-@kernel
 def q8_prefill(x, codes, scales, group, y):
     """x f32 [T, in], codes i8 [out, in], scales u16 [out, ng], y f32 [T, out]."""
     out, n = codes.shape

@@ -54,7 +54,7 @@ class QuantizedActivation(NamedTuple):
 
 
 @exact
-def _quantize_into(row, dst):
+def quantize_into(row, dst):
     """Quantise one token row into dst (int8, zero-filled, len >= len(row)); (Σ x_q, s)."""
     n = row.shape[0]
     m = f32(0.0)
@@ -80,7 +80,7 @@ def _quantize(x, n_p):
     xsum = np.empty(t_count, dtype=np.int32)
     scale = np.empty(t_count, dtype=np.float32)
     for t in range(t_count):
-        xsum[t], scale[t] = _quantize_into(x[t], xq[t])
+        xsum[t], scale[t] = quantize_into(x[t], xq[t])
     return xq, xsum, scale
 
 
@@ -103,52 +103,6 @@ def quantize_activation_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @helper
 def _row_scale(scale, r):
     return scale[r] if scale.shape[0] > 1 else scale[0]
-
-
-@kernel
-def ternary_decode(xq, xsum, s, codes, scale, y):
-    """One token: xq int8 [1, >= in_p], xsum int32 [1], s f32 [1] (a QuantizedActivation);
-    codes u8 [out, Q = in_p / 4]; scale f32 [1] or [out]; y f32 [out]."""
-    out = codes.shape[0]
-    x = xq[0]
-    off = xsum[0]
-    inv = f32(1.0) / s[0]
-    for r in prange(out):
-        y[r] = f32(dot_t2(codes[r], x) - off) * (_row_scale(scale, r) * inv)
-
-
-@kernel
-def ternary16_decode(xq, xsum, s, codes, scale, y):
-    """As ternary_decode for base-3 codes u8 [out, Q = in_p / 5]."""
-    out = codes.shape[0]
-    x = xq[0]
-    off = xsum[0]
-    inv = f32(1.0) / s[0]
-    for r in prange(out):
-        y[r] = f32(dot_t3(codes[r], x) - off) * (_row_scale(scale, r) * inv)
-
-
-@kernel
-def ternary_decode_f32(x, codes, scale, y):
-    """One float32 token x [in]: quantises it (exactly as quantize_activation) and runs
-    ternary_decode, in one call (a decode step's matrix with an input of its own)."""
-    out = codes.shape[0]
-    xq = np.zeros(codes.shape[1] * 4, dtype=np.int8)
-    off, st = _quantize_into(x, xq)
-    inv = f32(1.0) / st
-    for r in prange(out):
-        y[r] = f32(dot_t2(codes[r], xq) - off) * (_row_scale(scale, r) * inv)
-
-
-@kernel
-def ternary16_decode_f32(x, codes, scale, y):
-    """As ternary_decode_f32 for base-3 codes."""
-    out = codes.shape[0]
-    xq = np.zeros(codes.shape[1] * 5, dtype=np.int8)
-    off, st = _quantize_into(x, xq)
-    inv = f32(1.0) / st
-    for r in prange(out):
-        y[r] = f32(dot_t3(codes[r], xq) - off) * (_row_scale(scale, r) * inv)
 
 
 @helper

@@ -1,0 +1,88 @@
+"""The flat table `kernels.decode_step` reads a model's layers from.
+
+A decode step runs every layer inside one numba call, so the layers' arrays must reach numba in
+a form that is cheap to pass and quick to type. Tuples of ~40 arrays per layer in a typed list
+cost seconds of uncached compilation at every start; instead each array is described by four
+integers (buffer, byte offset, rows, bytes per row) into one of two uint8 buffers:
+
+- buffer 0: the memory-mapped file itself (weights stay packed and mapped, nothing is copied);
+- buffer 1: a small side arena for arrays that are not views into the file (norms and biases
+  converted to float32, parts of in-memory tensors).
+
+Table row per layer: 11 entries (input norm, post norm, attention sub-norm, MLP sub-norm, then
+q, k, v, o, gate, up, down), each `ENTRY` ints: kind, group, flags, then the specs of the
+descriptor's a, b, c, d and bias (norms use only the first spec). See `kernels.matvec` for what
+a..d hold per encoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SPEC = 4  # (buffer, byte offset, rows, bytes per row)
+ENTRY = 3 + 5 * SPEC
+ALIGN = 64
+
+
+class _Buffers:
+    """Locates arrays in the mapped file, or copies them into the side arena."""
+
+    def __init__(self, file_buffer: np.ndarray | None) -> None:
+        self.file = file_buffer
+        self.base = file_buffer.__array_interface__["data"][0] if file_buffer is not None else 0
+        self.side: list[np.ndarray] = []
+        self.side_size = 0
+
+    def spec(self, a: np.ndarray) -> tuple[int, int, int, int]:
+        a2 = a.reshape(1, -1) if a.ndim != 2 else a
+        rows, row_bytes = a2.shape[0], a2.shape[1] * a2.itemsize
+        if a.size == 0:
+            return (1, 0, rows, 0)
+        if self.file is not None and a.flags.c_contiguous:
+            off = a.__array_interface__["data"][0] - self.base
+            if 0 <= off and off + a.nbytes <= self.file.nbytes:
+                return (0, off, rows, row_bytes)
+        off = self.side_size
+        self.side.append(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+        self.side_size += -(-a.nbytes // ALIGN) * ALIGN
+        return (1, off, rows, row_bytes)
+
+    def arena(self) -> np.ndarray:
+        out = np.zeros(max(self.side_size, ALIGN), dtype=np.uint8)
+        pos = 0
+        for chunk in self.side:
+            out[pos : pos + chunk.size] = chunk
+            pos += -(-chunk.size // ALIGN) * ALIGN
+        out.flags.writeable = False
+        return out
+
+
+def build_decode_table(blocks: list[Any], file_buffer: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(file buffer, side arena, table int64 [layers, 11, ENTRY]) for `decode_layers`, or None
+    when some linear layer has no descriptor (a custom class): decode then runs block by block."""
+    buffers = _Buffers(file_buffer)
+    table = np.zeros((len(blocks), 11, ENTRY), dtype=np.int64)
+    for i, b in enumerate(blocks):
+        a, m = b.attn, b.mlp
+        for j, norm in enumerate((b.input_norm, b.post_norm, a.sub_norm, m.sub_norm)):
+            if norm is not None:
+                table[i, j, 3 : 3 + SPEC] = buffers.spec(np.ascontiguousarray(norm, dtype=np.float32))
+            else:
+                table[i, j, 3 : 3 + SPEC] = (1, 0, 1, 0)
+        linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+        for j, lin in enumerate(linears, start=4):
+            desc = getattr(lin, "descriptor", None)
+            if desc is None:
+                return None
+            kind, *arrays, group, flags = desc
+            table[i, j, :3] = (kind, group, flags)
+            for k, arr in enumerate(arrays):
+                table[i, j, 3 + k * SPEC : 3 + (k + 1) * SPEC] = buffers.spec(arr)
+    if not len(blocks):
+        return None
+    file = file_buffer if file_buffer is not None else np.zeros(ALIGN, np.uint8)
+    file = file.view()
+    file.flags.writeable = False
+    return file, buffers.arena(), table

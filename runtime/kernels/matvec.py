@@ -1,0 +1,234 @@
+"""One matrix-vector product for every encoding, driven by a uniform *packed-linear descriptor*.
+
+Decode (one token) is where Python overhead hurts: a 135M-parameter model runs ~200 small
+products per token. Giving every encoding the same numba type lets one compiled function run a
+whole decode step (`kernels.decode_step`) over a typed list of layers, whatever mix of encodings
+a file holds, and lets the per-layer products share parallel regions (q/k/v, gate/up).
+
+A descriptor is the tuple
+
+    (kind, a, b, c, d, bias, group, flags)
+
+with a..d read-only C-contiguous uint8 [rows, bytes] arrays (the encoding's parts viewed as
+bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
+
+    kind          a       b            c        d           group   flags
+    F32/F16/BF16  data    -            -        -           -       -
+    Q8            codes   scales f16   -        -           G       -
+    Q2/Q3/Q4      codes   scales u8    zeros    row_scale   G       -
+    T2/T3         codes   -            -        scale f32   -       -
+    ONEBIT        signs   g f16        h f16    -           -       1 = LayerNorm
+
+`prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
+quantisation, group sums, g ⊙ x); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
+with the encoding's row kernel (`simd`, `grouped`, `onebit`, …); `finish(desc, y)` adds the
+bias and applies OneBit's LayerNorm. `matvec_ref` is the numpy reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from lowbit.runtime.kernels.common import pad_vector
+from lowbit.runtime.kernels.grouped import group_sums
+from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel
+from lowbit.runtime.kernels.onebit import scaled_input, select_sum
+from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3, row_dot_q4
+from lowbit.runtime.kernels.ternary import quantize_into
+
+F32, F16, BF16, Q8, Q2, Q3, Q4, T2, T3, ONEBIT = range(10)
+KINDS = {
+    "f32": F32, "f16": F16, "bf16": BF16, "q8": Q8, "q2": Q2, "q3": Q3, "q4": Q4,
+    "ternary": T2, "ternary-1.6": T3, "onebit": ONEBIT,
+}  # fmt: skip
+ROWS_PER_TASK = 16  # output rows one parallel task computes (one kind branch per task)
+LAYERNORM_EPS = 1e-5
+
+f32 = np.float32
+i64 = np.int64
+
+# Not inlined: each is compiled once and called from every place that needs it, which keeps the
+# fused decode step's compile time reasonable (LLVM still inlines where it pays).
+ROW = {k: v for k, v in HELPER.items() if k != "inline"}
+row_fn = njit(**ROW)
+
+
+@row_fn
+def prepare(desc, x):
+    """What the rows of this matrix need from input x (float32 [in]):
+    (xf f32 padded / scaled input, xq int8 input, xs f32 group sums, tot, off, inv)."""
+    kind, a, b = desc[0], desc[1], desc[2]
+    group = desc[6]
+    xf = x
+    xq = np.empty(0, dtype=np.int8)
+    xs = np.empty(0, dtype=np.float32)
+    tot = f32(0.0)
+    off = i64(0)
+    inv = f32(1.0)
+    if kind == Q2 or kind == Q3 or kind == Q4:
+        xf = pad_vector(x, b.shape[1] * group)
+        xs = group_sums(xf, group)
+    elif kind == T2 or kind == T3:
+        per = 4 if kind == T2 else 5
+        xq = np.zeros(a.shape[1] * per, dtype=np.int8)
+        o, st = quantize_into(x, xq)
+        off = i64(o)
+        inv = f32(1.0) / st
+    elif kind == ONEBIT:
+        xf, tot = scaled_input(x, b[0].view(np.uint16), a.shape[1] * 8)
+    return xf, xq, xs, tot, off, inv
+
+
+@row_fn
+def rows_into(desc, act, y, r0, r1):
+    """y[r] for r in r0..r1-1 (y float32 [out])."""
+    kind, a, b, c, d = desc[0], desc[1], desc[2], desc[3], desc[4]
+    group = desc[6]
+    xf, xq, xs, tot, off, inv = act
+    if kind == T2 or kind == T3:
+        scale = d[0].view(np.float32)
+        per_row = scale.shape[0] > 1
+        for r in range(r0, r1):
+            acc = dot_t2(a[r], xq) if kind == T2 else dot_t3(a[r], xq)
+            s = scale[r] if per_row else scale[0]
+            y[r] = f32(acc - off) * (s * inv)
+    elif kind == Q4 or kind == Q3 or kind == Q2:
+        rs = d[0].view(np.uint16)
+        for r in range(r0, r1):
+            if kind == Q4:
+                v = row_dot_q4(a[r], xf, b[r], c[r], xs, group)
+            elif kind == Q3:
+                v = row_dot_q3(a[r], xf, b[r], c[r], xs, group)
+            else:
+                v = row_dot_q2(a[r], xf, b[r], c[r], xs, group)
+            y[r] = v * f16_to_f32(rs[r])
+    elif kind == ONEBIT:
+        h = c[0].view(np.uint16)
+        for r in range(r0, r1):
+            y[r] = f16_to_f32(h[r]) * (f32(2.0) * select_sum(a[r], xf) - tot)
+    elif kind == Q8:
+        n = a.shape[1]
+        for r in range(r0, r1):
+            codes = a[r].view(np.int8)
+            sc = b[r].view(np.uint16)
+            acc = f32(0.0)
+            for g in range(sc.shape[0]):
+                lo = g * group
+                m = min(group, n - lo)
+                cg = codes[lo : lo + m]
+                xg = xf[lo : lo + m]
+                dg = f32(0.0)
+                for k in range(m):
+                    dg += f32(cg[k]) * xg[k]
+                acc += f16_to_f32(sc[g]) * dg
+            y[r] = acc
+    elif kind == F32:
+        for r in range(r0, r1):
+            w = a[r].view(np.float32)
+            s = f32(0.0)
+            for k in range(w.shape[0]):
+                s += w[k] * xf[k]
+            y[r] = s
+    elif kind == F16:
+        for r in range(r0, r1):
+            w = a[r].view(np.uint16)
+            s = f32(0.0)
+            for k in range(w.shape[0]):
+                s += f16_to_f32(w[k]) * xf[k]
+            y[r] = s
+    else:  # BF16
+        for r in range(r0, r1):
+            w = a[r].view(np.uint16)
+            s = f32(0.0)
+            for k in range(w.shape[0]):
+                s += bf16_to_f32(w[k]) * xf[k]
+            y[r] = s
+
+
+@row_fn
+def finish(desc, y):
+    """Bias, and OneBit's parameter-free LayerNorm (applied before the bias), in place."""
+    bias, flags = desc[5], desc[7]
+    if desc[0] == ONEBIT and flags & 1:
+        layer_norm(y)
+    if bias.shape[0]:
+        for r in range(y.shape[0]):
+            y[r] += bias[r]
+
+
+@row_fn
+def layer_norm(y):
+    """(y − mean) / sqrt(var + eps) in place, statistics in float64 (as `linear.layer_norm`)."""
+    n = y.shape[0]
+    m = 0.0
+    for r in range(n):
+        m += y[r]
+    mean = f32(m / n)
+    v = 0.0
+    for r in range(n):
+        y[r] -= mean
+        v += float(y[r]) * float(y[r])
+    scale = f32(1.0 / np.sqrt(v / n + LAYERNORM_EPS))
+    for r in range(n):
+        y[r] *= scale
+
+
+@row_fn
+def task_count(out):
+    return (out + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+
+
+@kernel
+def matvec(desc, x, y):
+    """y [out] = W x for one token (x float32 [in]), bias and LayerNorm included."""
+    act = prepare(desc, x)
+    out = y.shape[0]
+    for t in prange(task_count(out)):
+        r0 = t * ROWS_PER_TASK
+        rows_into(desc, act, y, r0, min(out, r0 + ROWS_PER_TASK))
+    finish(desc, y)
+
+
+# -- building descriptors ----------------------------------------------------------------------
+
+
+def _bytes2d(a: np.ndarray) -> np.ndarray:
+    """A read-only C-contiguous uint8 view: [rows, bytes] for 2-D parts, [1, bytes] for 1-D."""
+    a = np.ascontiguousarray(a)
+    if a.ndim != 2:
+        a = a.reshape(1, -1)
+    v = a.view(np.uint8)
+    v.flags.writeable = False
+    return v
+
+
+_EMPTY = _bytes2d(np.zeros((1, 0), np.uint8))
+_NO_BIAS = np.zeros(0, np.float32)
+_NO_BIAS.flags.writeable = False
+
+
+_GROUPED = ("codes", "scales", "zeros", "row_scale")
+_TERNARY = ("codes", None, None, "scale")
+_PART_NAMES = {
+    F32: ("data",), F16: ("data",), BF16: ("data",), Q8: ("codes", "scales"),
+    Q2: _GROUPED, Q3: _GROUPED, Q4: _GROUPED, T2: _TERNARY, T3: _TERNARY,
+    ONEBIT: ("signs", "g", "h"),
+}  # fmt: skip
+
+
+def make_descriptor(
+    encoding: str, parts: dict[str, np.ndarray], group: int = 0, layernorm: bool = False,
+    bias: np.ndarray | None = None,
+) -> tuple:
+    """The descriptor tuple for one linear layer's parts (see the module docstring)."""
+    kind = KINDS[encoding]
+    names = _PART_NAMES[kind]
+    arrays = [_bytes2d(parts[n]) if n else _EMPTY for n in names]
+    arrays += [_EMPTY] * (4 - len(arrays))
+    if bias is None:
+        b = _NO_BIAS
+    else:
+        b = np.ascontiguousarray(bias, dtype=np.float32).copy()
+        b.flags.writeable = False
+    return (kind, *arrays, b, int(group), int(bool(layernorm)))
