@@ -17,7 +17,8 @@ PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "one
 
 class ReferenceLinear:
     """y = x Ŵᵀ with Ŵ dequantised by the format's numpy reference; ternary layers quantise the
-    activation per token to int8 first (BitNet semantics); onebit optionally layer-normalises."""
+    and onebit layers quantise the activation (onebit: g ⊙ x) per token to int8 first (BitNet
+    semantics); onebit optionally layer-normalises."""
 
     def __init__(self, entry, bias=None) -> None:
         self.encoding = entry.encoding
@@ -28,6 +29,10 @@ class ReferenceLinear:
             self.trits = get_encoding(self.encoding).unpack(entry.parts, entry.shape, entry.params).astype(np.float64)
             scale = entry.parts["scale"].astype(np.float64)
             self.scale = scale if scale.size > 1 else scale[0]
+        if self.encoding == "onebit":
+            self.signs = get_encoding("onebit").unpack(entry.parts, entry.shape, entry.params).astype(np.float64)
+            self.g = entry.parts["g"].astype(np.float64)
+            self.h = entry.parts["h"].astype(np.float64)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float64)
@@ -35,6 +40,10 @@ class ReferenceLinear:
             s = 127.0 / np.maximum(np.abs(x).max(-1, keepdims=True), 1e-5)
             xq = np.clip(np.round(x * s), -128, 127)
             y = (xq @ self.trits.T) * self.scale / s
+        elif self.encoding == "onebit":
+            xg = x * self.g
+            s = 127.0 / np.maximum(np.abs(xg).max(-1, keepdims=True), 1e-5)
+            y = (np.clip(np.round(xg * s), -128, 127) @ self.signs.T) * self.h / s
         else:
             y = x @ self.w.T
         if self.layernorm:

@@ -20,7 +20,7 @@ bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
     ONEBIT        signs   g f16        h f16    -           -       1 = LayerNorm
 
 `prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
-quantisation, group sums, g ⊙ x); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
+quantisation of x or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
 with the encoding's row kernel (`simd`, `grouped`, `onebit`, …); `finish(desc, y)` adds the
 bias and applies OneBit's LayerNorm. `matvec_ref` is the numpy reference.
 """
@@ -33,7 +33,8 @@ from numba import njit, prange
 from lowbit.runtime.kernels.common import pad_vector
 from lowbit.runtime.kernels.grouped import group_sums
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel
-from lowbit.runtime.kernels.onebit import scaled_input, select_sum
+from lowbit.runtime.kernels.onebit import row_value as onebit_row
+from lowbit.runtime.kernels.onebit import scaled_input
 from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3, row_dot_q4
 from lowbit.runtime.kernels.ternary import quantize_into
 
@@ -57,13 +58,12 @@ row_fn = njit(**ROW)
 @row_fn
 def prepare(desc, x):
     """What the rows of this matrix need from input x (float32 [in]):
-    (xf f32 padded / scaled input, xq int8 input, xs f32 group sums, tot, off, inv)."""
+    (xf f32 padded input, xq int8 input, xs f32 group sums, off Σ x_q, inv 1/s)."""
     kind, a, b = desc[0], desc[1], desc[2]
     group = desc[6]
     xf = x
     xq = np.empty(0, dtype=np.int8)
     xs = np.empty(0, dtype=np.float32)
-    tot = f32(0.0)
     off = i64(0)
     inv = f32(1.0)
     if kind == Q2 or kind == Q3 or kind == Q4:
@@ -76,8 +76,9 @@ def prepare(desc, x):
         off = i64(o)
         inv = f32(1.0) / st
     elif kind == ONEBIT:
-        xf, tot = scaled_input(x, b[0].view(np.uint16), a.shape[1] * 8)
-    return xf, xq, xs, tot, off, inv
+        xq, o, inv = scaled_input(x, b[0].view(np.uint16), a.shape[1] * 8)
+        off = i64(o)
+    return xf, xq, xs, off, inv
 
 
 @row_fn
@@ -85,7 +86,7 @@ def rows_into(desc, act, y, r0, r1):
     """y[r] for r in r0..r1-1 (y float32 [out])."""
     kind, a, b, c, d = desc[0], desc[1], desc[2], desc[3], desc[4]
     group = desc[6]
-    xf, xq, xs, tot, off, inv = act
+    xf, xq, xs, off, inv = act
     if kind == T2 or kind == T3:
         scale = d[0].view(np.float32)
         per_row = scale.shape[0] > 1
@@ -105,8 +106,9 @@ def rows_into(desc, act, y, r0, r1):
             y[r] = v * f16_to_f32(rs[r])
     elif kind == ONEBIT:
         h = c[0].view(np.uint16)
+        tail = np.zeros(32, dtype=np.uint8)
         for r in range(r0, r1):
-            y[r] = f16_to_f32(h[r]) * (f32(2.0) * select_sum(a[r], xf) - tot)
+            y[r] = onebit_row(a[r], xq, off, f16_to_f32(h[r]), inv, tail)
     elif kind == Q8:
         n = a.shape[1]
         for r in range(r0, r1):

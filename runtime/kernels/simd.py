@@ -57,11 +57,13 @@ def _splat(ty: ir.Type, n: int, value: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(ty, n), [ir.Constant(ty, value)] * n)
 
 
-def _build_dot(context, builder, sig, args, streams: int, unpack) -> ir.Value:
-    """Emit the loop: acc += pmaddwd(Σ_j pmaddubsw(code_j, x_j), 1) over 32-byte steps."""
+def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None) -> ir.Value:
+    """Emit the loop: acc += pmaddwd(Σ_j pmaddubsw(code_j, x_j), 1) over 32-byte steps; stream j
+    of code byte k pairs with x[k + j·stride] (stride = the number of code bytes by default)."""
     ca = context.make_array(sig.args[0])(context, builder, args[0])
     xa = context.make_array(sig.args[1])(context, builder, args[1])
     q = builder.extract_value(ca.shape, 0)
+    step = q if stride is None else stride
     mod = builder.module
     maddubs = cgutils.get_or_insert_function(
         mod, ir.FunctionType(_v16i16, [_v32i8, _v32i8]), "llvm.x86.avx2.pmadd.ub.sw"
@@ -91,7 +93,7 @@ def _build_dot(context, builder, sig, args, streams: int, unpack) -> ir.Value:
     codes = unpack(builder, load(ca.data, i))
     pairs = None
     for j in range(streams):
-        off = builder.add(i, builder.mul(q, ir.Constant(_i64, j)))
+        off = builder.add(i, builder.mul(step, ir.Constant(_i64, j)))
         p = builder.call(maddubs, [codes[j], load(xa.data, off)])
         pairs = p if pairs is None else builder.add(pairs, p)
     acc_next = builder.add(acc, builder.call(maddwd, [pairs, _splat(_i16, 16, 1)]))
@@ -115,6 +117,11 @@ def _unpack2(builder, c):
         builder.and_(builder.lshr(c, _splat(_i8, 32, 4)), three),
         builder.lshr(c, _splat(_i8, 32, 6)),
     ]
+
+
+def _unpack1(builder, c):
+    one = _splat(_i8, 32, 1)
+    return [builder.and_(builder.lshr(c, _splat(_i8, 32, j)), one) for j in range(8)]
 
 
 def _unpack3(builder, c):
@@ -161,6 +168,20 @@ def _dot_t3_avx2(typingctx, codes, x):
         return _build_dot(context, builder, sig, args, 5, _unpack3)
 
     return types.int32(codes, x), codegen
+
+
+@intrinsic
+def _dot_b1_avx2(typingctx, codes, x, stride):
+    """Σ over set bits for the first len(codes) // 32 · 32 bytes; bit j of byte k ↔ x[k + j·stride]
+    (the 8 pair sums per i16 lane stay ≤ 8 · 2 · 127)."""
+    if not _check(codes, x) or not isinstance(stride, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        st = context.cast(builder, args[2], sig.args[2], types.int64)
+        return _build_dot(context, builder, sig, args, 8, _unpack1, stride=st)
+
+    return types.int32(codes, x, stride), codegen
 
 
 # -- portable fallbacks (also the reference the tests hold the intrinsics to) ----------------
@@ -220,12 +241,45 @@ def dot_t3_generic(codes, x):
     return acc
 
 
+@helper
+def dot_b1_generic(codes, x, stride):
+    """As _dot_b1_avx2 (whole 32-byte runs of codes only), in plain loops."""
+    q = codes.shape[0] // _RUN * _RUN
+    acc = _i32n(0)
+    for o in range(0, q, _RUN):
+        s = _i32n(0)
+        for k in range(_RUN):
+            b = _i32n(codes[o + k])
+            for j in range(8):
+                s += ((b >> j) & 1) * _i32n(x[o + k + j * stride])
+        acc = _i32n(acc + s)
+    return acc
+
+
 if HAVE_AVX2:
     dot_t2 = _dot_t2_avx2
     dot_t3 = _dot_t3_avx2
+    _dot_b1_runs = _dot_b1_avx2
 else:  # pragma: no cover - exercised on machines without AVX2
     dot_t2 = dot_t2_generic
     dot_t3 = dot_t3_generic
+    _dot_b1_runs = dot_b1_generic
+
+
+@helper
+def dot_b1(codes, x, tail):
+    """Σ_k Σ_j bit_j(codes[k]) · x[k + jQ] (Q = len(codes)): one OneBit row's sum of the int8
+    activations where the sign is +1. The last Q % 32 bytes are copied into `tail` (uint8 [32],
+    zero beyond them, reused across rows) and run as one more vector step, reading up to 31
+    bytes past x[8Q]: x must be zero-padded to 8Q + 32."""
+    q = codes.shape[0]
+    runs = q // _RUN * _RUN
+    acc = _dot_b1_runs(codes[:runs], x, q)
+    if runs < q:
+        for k in range(q - runs):
+            tail[k] = codes[runs + k]
+        acc += _dot_b1_runs(tail, x[runs:], q)
+    return acc
 
 
 # -- grouped q2 / q3 / q4: one row's Σ_g sq_g (Σ q·x − z_g xs_g) in portable vector IR -----------

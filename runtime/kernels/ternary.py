@@ -74,7 +74,8 @@ def quantize_into(row, dst):
 
 
 @exact
-def _quantize(x, n_p):
+def quantize_tokens(x, n_p):
+    """Every row of x (float32 [T, n]) quantised: (x_q int8 [T, n_p] zero-padded, Σ x_q, s)."""
     t_count = x.shape[0]
     xq = np.zeros((t_count, n_p), dtype=np.int8)
     xsum = np.empty(t_count, dtype=np.int32)
@@ -88,7 +89,7 @@ def quantize_activation(x: np.ndarray) -> QuantizedActivation:
     """x float32 [T, in] (C-contiguous) -> QuantizedActivation."""
     n = x.shape[1]
     n_p = -(-n // ACT_PAD) * ACT_PAD
-    xq, xsum, s = _quantize(x, n_p)
+    xq, xsum, s = quantize_tokens(x, n_p)
     return QuantizedActivation(xq, xsum, s, n)
 
 
