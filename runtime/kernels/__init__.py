@@ -22,7 +22,6 @@ import hashlib
 from pathlib import Path
 
 
-
 def _clear_stale_cache() -> None:
     here = Path(__file__).parent
     try:

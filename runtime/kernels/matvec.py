@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from lowbit.runtime.kernels.common import pad_vector
 from lowbit.runtime.kernels.grouped import group_sums
-from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel
+from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
 from lowbit.runtime.kernels.onebit import scaled_input
 from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3, row_dot_q4
@@ -44,6 +44,8 @@ KINDS = {
     "ternary": T2, "ternary-1.6": T3, "onebit": ONEBIT,
 }  # fmt: skip
 ROWS_PER_TASK = 16  # output rows one parallel task computes (one kind branch per task)
+MAX_TASKS = 64  # parallel tasks of one matvec call at most
+AHEAD = 4  # rows ahead whose weights are prefetched (measured best of 2/4/8 on the q8 head)
 LAYERNORM_EPS = 1e-5
 
 f32 = np.float32
@@ -91,12 +93,14 @@ def rows_into(desc, act, y, r0, r1):
         scale = d[0].view(np.float32)
         per_row = scale.shape[0] > 1
         for r in range(r0, r1):
+            prefetch_row(a, r + AHEAD)
             acc = dot_t2(a[r], xq) if kind == T2 else dot_t3(a[r], xq)
             s = scale[r] if per_row else scale[0]
             y[r] = f32(acc - off) * (s * inv)
     elif kind == Q4 or kind == Q3 or kind == Q2:
         rs = d[0].view(np.uint16)
         for r in range(r0, r1):
+            prefetch_row(a, r + AHEAD)
             if kind == Q4:
                 v = row_dot_q4(a[r], xf, b[r], c[r], xs, group)
             elif kind == Q3:
@@ -108,12 +112,16 @@ def rows_into(desc, act, y, r0, r1):
         h = c[0].view(np.uint16)
         tail = np.zeros(32, dtype=np.uint8)
         for r in range(r0, r1):
+            prefetch_row(a, r + AHEAD)
             y[r] = onebit_row(a[r], xq, off, f16_to_f32(h[r]), inv, tail)
     elif kind == Q8:
         n = a.shape[1]
+        codes2 = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
+        sc2 = b.view(np.uint16)
         for r in range(r0, r1):
-            codes = a[r].view(np.int8)
-            sc = b[r].view(np.uint16)
+            prefetch_row(a, r + AHEAD)
+            codes = codes2[r]
+            sc = sc2[r]
             acc = f32(0.0)
             for g in range(sc.shape[0]):
                 lo = g * group
@@ -126,22 +134,28 @@ def rows_into(desc, act, y, r0, r1):
                 acc += f16_to_f32(sc[g]) * dg
             y[r] = acc
     elif kind == F32:
+        w2 = a.view(np.float32)
         for r in range(r0, r1):
-            w = a[r].view(np.float32)
+            prefetch_row(a, r + AHEAD)
+            w = w2[r]
             s = f32(0.0)
             for k in range(w.shape[0]):
                 s += w[k] * xf[k]
             y[r] = s
     elif kind == F16:
+        w2 = a.view(np.uint16)
         for r in range(r0, r1):
-            w = a[r].view(np.uint16)
+            prefetch_row(a, r + AHEAD)
+            w = w2[r]
             s = f32(0.0)
             for k in range(w.shape[0]):
                 s += f16_to_f32(w[k]) * xf[k]
             y[r] = s
     else:  # BF16
+        w2 = a.view(np.uint16)
         for r in range(r0, r1):
-            w = a[r].view(np.uint16)
+            prefetch_row(a, r + AHEAD)
+            w = w2[r]
             s = f32(0.0)
             for k in range(w.shape[0]):
                 s += bf16_to_f32(w[k]) * xf[k]
@@ -183,12 +197,15 @@ def task_count(out):
 
 @kernel
 def matvec(desc, x, y):
-    """y [out] = W x for one token (x float32 [in]), bias and LayerNorm included."""
+    """y [out] = W x for one token (x float32 [in]), bias and LayerNorm included. Large matrices
+    (the lm_head) run in at most MAX_TASKS contiguous row ranges: long sequential streams per
+    thread measured faster than thousands of 16-row tasks."""
     act = prepare(desc, x)
     out = y.shape[0]
-    for t in prange(task_count(out)):
-        r0 = t * ROWS_PER_TASK
-        rows_into(desc, act, y, r0, min(out, r0 + ROWS_PER_TASK))
+    step = max(ROWS_PER_TASK, (out + MAX_TASKS - 1) // MAX_TASKS)
+    for t in prange((out + step - 1) // step):
+        r0 = t * step
+        rows_into(desc, act, y, r0, min(out, r0 + step))
     finish(desc, y)
 
 
