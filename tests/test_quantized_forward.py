@@ -11,6 +11,7 @@ import lowbit.runtime.model as model_module
 from lowbit.convert.converter import convert
 from lowbit.formats.encodings import get_encoding
 from lowbit.runtime import load
+from lowbit.runtime.kernels.q8 import q8_activation_ref
 
 PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "onebit"]
 
@@ -18,7 +19,7 @@ PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "one
 class ReferenceLinear:
     """y = x Ŵᵀ with Ŵ dequantised by the format's numpy reference; ternary layers quantise the
     and onebit layers quantise the activation (onebit: g ⊙ x) per token to int8 first (BitNet
-    semantics); onebit optionally layer-normalises."""
+    semantics), q8 layers in blocks of 32; onebit optionally layer-normalises."""
 
     def __init__(self, entry, bias=None) -> None:
         self.encoding = entry.encoding
@@ -44,6 +45,8 @@ class ReferenceLinear:
             xg = x * self.g
             s = 127.0 / np.maximum(np.abs(xg).max(-1, keepdims=True), 1e-5)
             y = (np.clip(np.round(xg * s), -128, 127) @ self.signs.T) * self.h / s
+        elif self.encoding == "q8":  # int8 activations in blocks of 32 (llama.cpp's Q8_0 dot)
+            y = q8_activation_ref(x.astype(np.float32)) @ self.w.T
         else:
             y = x @ self.w.T
         if self.layernorm:

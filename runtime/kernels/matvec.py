@@ -20,7 +20,7 @@ bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
     ONEBIT        signs   g f16        h f16    -           -       1 = LayerNorm
 
 `prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
-quantisation of x or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
+quantisation of x (per token, or per block of 32 for q8) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
 with the encoding's row kernel (`simd`, `grouped`, `onebit`, …); `finish(desc, y)` adds the
 bias and applies OneBit's LayerNorm. `matvec_ref` is the numpy reference.
 """
@@ -35,6 +35,7 @@ from lowbit.runtime.kernels.grouped import group_sums
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
 from lowbit.runtime.kernels.onebit import scaled_input
+from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
 from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3, row_dot_q4
 from lowbit.runtime.kernels.ternary import quantize_into
 
@@ -60,7 +61,8 @@ row_fn = njit(**ROW)
 @row_fn
 def prepare(desc, x):
     """What the rows of this matrix need from input x (float32 [in]):
-    (xf f32 padded input, xq int8 input, xs f32 group sums, off Σ x_q, inv 1/s)."""
+    (xf f32 padded input, xq int8 input, xs f32 group sums or q8 block scales, off Σ x_q,
+    inv 1/s)."""
     kind, a, b = desc[0], desc[1], desc[2]
     group = desc[6]
     xf = x
@@ -68,7 +70,12 @@ def prepare(desc, x):
     xs = np.empty(0, dtype=np.float32)
     off = i64(0)
     inv = f32(1.0)
-    if kind == Q2 or kind == Q3 or kind == Q4:
+    if kind == Q8:
+        nb = (x.shape[0] + BLOCK - 1) // BLOCK
+        xq = np.zeros(nb * BLOCK, dtype=np.int8)
+        xs = np.empty(nb, dtype=np.float32)
+        quantize_blocks_into(x, xq, xs)
+    elif kind == Q2 or kind == Q3 or kind == Q4:
         xf = pad_vector(x, b.shape[1] * group)
         xs = group_sums(xf, group)
     elif kind == T2 or kind == T3:
@@ -115,24 +122,11 @@ def rows_into(desc, act, y, r0, r1):
             prefetch_row(a, r + AHEAD)
             y[r] = onebit_row(a[r], xq, off, f16_to_f32(h[r]), inv, tail)
     elif kind == Q8:
-        n = a.shape[1]
-        codes2 = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
-        sc2 = b.view(np.uint16)
+        codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
+        scales = b.view(np.uint16)
         for r in range(r0, r1):
             prefetch_row(a, r + AHEAD)
-            codes = codes2[r]
-            sc = sc2[r]
-            acc = f32(0.0)
-            for g in range(sc.shape[0]):
-                lo = g * group
-                m = min(group, n - lo)
-                cg = codes[lo : lo + m]
-                xg = xf[lo : lo + m]
-                dg = f32(0.0)
-                for k in range(m):
-                    dg += f32(cg[k]) * xg[k]
-                acc += f16_to_f32(sc[g]) * dg
-            y[r] = acc
+            y[r] = q8_row(codes[r], xq, xs, scales[r], group)
     elif kind == F32:
         w2 = a.view(np.float32)
         for r in range(r0, r1):

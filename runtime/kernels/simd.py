@@ -282,6 +282,119 @@ def dot_b1(codes, x, tail):
     return acc
 
 
+# -- q8 × int8 activations in blocks of 32 (llama.cpp's Q8_0 × Q8_0 dot) ---------------------
+
+_v8f32_ = ir.VectorType(ir.FloatType(), 8)
+
+
+@intrinsic
+def _dot_q8_avx2(typingctx, codes, x, d):
+    """Σ_b d[b] · Σ_{k<32} codes[32b+k] · x[32b+k] over len(codes) // 32 blocks (float32):
+    |c| × sign(x, c) in `vpmaddubsw` (pairs ≤ 2·128·127), `vpmaddwd` to int32, then one
+    convert and one FMA by the block's activation scale per 32 weights."""
+    ok = (
+        all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d))
+        and codes.dtype == types.int8
+        and x.dtype == types.int8
+        and d.dtype == types.float32
+    )
+    if not ok:
+        return None
+
+    def codegen(context, builder, sig, args):
+        b = builder
+        ca, xa, da = (context.make_array(t)(context, b, a) for t, a in zip(sig.args, args))
+        nb = b.sdiv(b.extract_value(ca.shape, 0), ir.Constant(_i64, 32))
+        mod = b.module
+        fn = cgutils.get_or_insert_function
+        maddubs = fn(mod, ir.FunctionType(_v16i16, [_v32i8, _v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
+        maddwd = fn(mod, ir.FunctionType(_v8i32, [_v16i16, _v16i16]), "llvm.x86.avx2.pmadd.wd")
+        psign = fn(mod, ir.FunctionType(_v32i8, [_v32i8, _v32i8]), "llvm.x86.avx2.psign.b")
+        absb = fn(mod, ir.FunctionType(_v32i8, [_v32i8, ir.IntType(1)]), "llvm.abs.v32i8")
+        fma = fn(mod, ir.FunctionType(_v8f32_, [_v8f32_] * 3), "llvm.fmuladd.v8f32")
+        reduce = fn(mod, ir.FunctionType(ir.FloatType(), [ir.FloatType(), _v8f32_]), "llvm.vector.reduce.fadd.v8f32")
+
+        def load(ptr, off):
+            return b.load(b.bitcast(b.gep(ptr, [off]), _v32i8.as_pointer()), align=1)
+
+        def block(i, acc):
+            off = b.mul(i, ir.Constant(_i64, 32))
+            c = load(ca.data, off)
+            xv = load(xa.data, off)
+            sx = b.call(psign, [xv, c])
+            pairs = b.call(maddubs, [b.call(absb, [c, ir.Constant(ir.IntType(1), 0)]), sx])
+            ints = b.call(maddwd, [pairs, _splat(_i16, 16, 1)])
+            scale = b.load(b.gep(da.data, [i]))
+            splat = b.shuffle_vector(
+                b.insert_element(ir.Constant(_v8f32_, ir.Undefined), scale, ir.Constant(_i32, 0)),
+                ir.Constant(_v8f32_, ir.Undefined),
+                ir.Constant(ir.VectorType(_i32, 8), [0] * 8),
+            )
+            return b.call(fma, [b.sitofp(ints, _v8f32_), splat, acc])
+
+        # two blocks per step into two accumulators: the FMA chain's latency, not the loads,
+        # bounds a single accumulator (measured 123 → 103 cycles per 576-byte row streamed from memory)
+        zero = ir.Constant(_v8f32_, None)
+        pairs_n = b.sdiv(nb, ir.Constant(_i64, 2))
+        pre = b.block
+        loop = b.append_basic_block("q8dot.loop")
+        after = b.append_basic_block("q8dot.after")
+        b.cbranch(b.icmp_signed(">", pairs_n, ir.Constant(_i64, 0)), loop, after)
+        b.position_at_end(loop)
+        i = b.phi(_i64)
+        acc0 = b.phi(_v8f32_)
+        acc1 = b.phi(_v8f32_)
+        i.add_incoming(ir.Constant(_i64, 0), pre)
+        acc0.add_incoming(zero, pre)
+        acc1.add_incoming(zero, pre)
+        two_i = b.mul(i, ir.Constant(_i64, 2))
+        n0 = block(two_i, acc0)
+        n1 = block(b.add(two_i, ir.Constant(_i64, 1)), acc1)
+        i_next = b.add(i, ir.Constant(_i64, 1))
+        i.add_incoming(i_next, b.block)
+        acc0.add_incoming(n0, b.block)
+        acc1.add_incoming(n1, b.block)
+        b.cbranch(b.icmp_signed("<", i_next, pairs_n), loop, after)
+        b.position_at_end(after)
+        s0 = b.phi(_v8f32_)
+        s1 = b.phi(_v8f32_)
+        s0.add_incoming(zero, pre)
+        s1.add_incoming(zero, pre)
+        s0.add_incoming(n0, loop)
+        s1.add_incoming(n1, loop)
+        total = b.fadd(s0, s1)
+        odd = b.icmp_signed("!=", b.mul(pairs_n, ir.Constant(_i64, 2)), nb)
+        here = b.block
+        odd_bb = b.append_basic_block("q8dot.odd")
+        end_bb = b.append_basic_block("q8dot.end")
+        b.cbranch(odd, odd_bb, end_bb)
+        b.position_at_end(odd_bb)
+        last = block(b.sub(nb, ir.Constant(_i64, 1)), total)
+        b.branch(end_bb)
+        b.position_at_end(end_bb)
+        res = b.phi(_v8f32_)
+        res.add_incoming(total, here)
+        res.add_incoming(last, odd_bb)
+        return b.call(reduce, [ir.Constant(ir.FloatType(), 0.0), res])
+
+    return types.float32(codes, x, d), codegen
+
+
+@helper
+def dot_q8_generic(codes, x, d):
+    """As _dot_q8_avx2, in plain loops."""
+    acc = np.float32(0.0)
+    for blk in range(codes.shape[0] // _RUN):
+        s = _i32n(0)
+        for k in range(blk * _RUN, (blk + 1) * _RUN):
+            s += _i32n(codes[k]) * _i32n(x[k])
+        acc += np.float32(s) * d[blk]
+    return acc
+
+
+dot_q8 = _dot_q8_avx2 if HAVE_AVX2 else dot_q8_generic
+
+
 # -- grouped q2 / q3 / q4: one row's Σ_g sq_g (Σ q·x − z_g xs_g) in portable vector IR -----------
 #
 # The numba loops reduce each group's partial dot product horizontally (G/2 bytes = two vector
