@@ -177,7 +177,11 @@ class GroupedLinear(Linear):
             bits,
             group,
         )
-        self._prefill = lambda x, y: grouped.grouped_prefill(x, *args, y)
+        if bits == 4:  # int8 activations, as its decode
+            q4 = (*args[:4], group)
+            self._prefill = lambda x, y: grouped.q4_prefill(x, *q4, y)
+        else:
+            self._prefill = lambda x, y: grouped.grouped_prefill(x, *args, y)
 
 
 class TernaryLinear(Linear):

@@ -71,7 +71,7 @@ def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
         xq, s = quantize_activation_ref(x * entry.parts["g"].astype(np.float32))
         signs = ENCODINGS["onebit"].unpack(entry.parts, entry.shape, entry.params).astype(np.float64)
         y = (xq.astype(np.float64) @ signs.T) * entry.parts["h"].astype(np.float64) / s[:, None]
-    elif entry.encoding == "q8":  # int8 activations in blocks of 32
+    elif entry.encoding in ("q8", "q4"):  # int8 activations in blocks of 32
         y = q8_activation_ref(x) @ entry.dequantize().astype(np.float64).T
     else:
         y = x.astype(np.float64) @ entry.dequantize().astype(np.float64).T

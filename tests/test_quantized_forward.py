@@ -19,7 +19,7 @@ PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "one
 class ReferenceLinear:
     """y = x Ŵᵀ with Ŵ dequantised by the format's numpy reference; ternary layers quantise the
     and onebit layers quantise the activation (onebit: g ⊙ x) per token to int8 first (BitNet
-    semantics), q8 layers in blocks of 32; onebit optionally layer-normalises."""
+    semantics), q8 and q4 layers in blocks of 32; onebit optionally layer-normalises."""
 
     def __init__(self, entry, bias=None) -> None:
         self.encoding = entry.encoding
@@ -45,7 +45,7 @@ class ReferenceLinear:
             xg = x * self.g
             s = 127.0 / np.maximum(np.abs(xg).max(-1, keepdims=True), 1e-5)
             y = (np.clip(np.round(xg * s), -128, 127) @ self.signs.T) * self.h / s
-        elif self.encoding == "q8":  # int8 activations in blocks of 32 (llama.cpp's Q8_0 dot)
+        elif self.encoding in ("q8", "q4"):  # int8 activations in blocks of 32 (as llama.cpp)
             y = q8_activation_ref(x.astype(np.float32)) @ self.w.T
         else:
             y = x @ self.w.T

@@ -31,12 +31,12 @@ import numpy as np
 from numba import njit, prange
 
 from lowbit.runtime.kernels.common import pad_vector
-from lowbit.runtime.kernels.grouped import group_sums
+from lowbit.runtime.kernels.grouped import group_sums, q4_row, quantize_groups
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
 from lowbit.runtime.kernels.onebit import scaled_input
 from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
-from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3, row_dot_q4
+from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3
 from lowbit.runtime.kernels.ternary import quantize_into
 
 F32, F16, BF16, Q8, Q2, Q3, Q4, T2, T3, ONEBIT = range(10)
@@ -61,8 +61,8 @@ row_fn = njit(**ROW)
 @row_fn
 def prepare(desc, x):
     """What the rows of this matrix need from input x (float32 [in]):
-    (xf f32 padded input, xq int8 input, xs f32 group sums or q8 block scales, off Σ x_q,
-    inv 1/s)."""
+    (xf f32 padded input, xq int8 input, xs f32 group sums or block scales, zs f32 q4 group
+    sums of the quantised input, off Σ x_q, inv 1/s)."""
     kind, a, b = desc[0], desc[1], desc[2]
     group = desc[6]
     xf = x
@@ -70,12 +70,19 @@ def prepare(desc, x):
     xs = np.empty(0, dtype=np.float32)
     off = i64(0)
     inv = f32(1.0)
+    zs = np.empty(0, dtype=np.float32)
     if kind == Q8:
         nb = (x.shape[0] + BLOCK - 1) // BLOCK
         xq = np.zeros(nb * BLOCK, dtype=np.int8)
         xs = np.empty(nb, dtype=np.float32)
         quantize_blocks_into(x, xq, xs)
-    elif kind == Q2 or kind == Q3 or kind == Q4:
+    elif kind == Q4:
+        ng = b.shape[1]
+        xq = np.zeros(ng * group, dtype=np.int8)
+        xs = np.empty(ng * group // BLOCK, dtype=np.float32)
+        zs = np.empty(ng, dtype=np.float32)
+        quantize_groups(x, xq, xs, zs, group)
+    elif kind == Q2 or kind == Q3:
         xf = pad_vector(x, b.shape[1] * group)
         xs = group_sums(xf, group)
     elif kind == T2 or kind == T3:
@@ -87,7 +94,7 @@ def prepare(desc, x):
     elif kind == ONEBIT:
         xq, o, inv = scaled_input(x, b[0].view(np.uint16), a.shape[1] * 8)
         off = i64(o)
-    return xf, xq, xs, off, inv
+    return xf, xq, xs, zs, off, inv
 
 
 @row_fn
@@ -95,7 +102,7 @@ def rows_into(desc, act, y, r0, r1):
     """y[r] for r in r0..r1-1 (y float32 [out])."""
     kind, a, b, c, d = desc[0], desc[1], desc[2], desc[3], desc[4]
     group = desc[6]
-    xf, xq, xs, off, inv = act
+    xf, xq, xs, zs, off, inv = act
     if kind == T2 or kind == T3:
         scale = d[0].view(np.float32)
         per_row = scale.shape[0] > 1
@@ -104,13 +111,16 @@ def rows_into(desc, act, y, r0, r1):
             acc = dot_t2(a[r], xq) if kind == T2 else dot_t3(a[r], xq)
             s = scale[r] if per_row else scale[0]
             y[r] = f32(acc - off) * (s * inv)
-    elif kind == Q4 or kind == Q3 or kind == Q2:
+    elif kind == Q4:
         rs = d[0].view(np.uint16)
         for r in range(r0, r1):
             prefetch_row(a, r + AHEAD)
-            if kind == Q4:
-                v = row_dot_q4(a[r], xf, b[r], c[r], xs, group)
-            elif kind == Q3:
+            y[r] = q4_row(a[r], xq, xs, zs, b[r], c[r], group) * f16_to_f32(rs[r])
+    elif kind == Q3 or kind == Q2:
+        rs = d[0].view(np.uint16)
+        for r in range(r0, r1):
+            prefetch_row(a, r + AHEAD)
+            if kind == Q3:
                 v = row_dot_q3(a[r], xf, b[r], c[r], xs, group)
             else:
                 v = row_dot_q2(a[r], xf, b[r], c[r], xs, group)

@@ -395,6 +395,122 @@ def dot_q8_generic(codes, x, d):
 dot_q8 = _dot_q8_avx2 if HAVE_AVX2 else dot_q8_generic
 
 
+# -- q4 codes × int8 activations in blocks of 32 --------------------------------------------
+
+
+@intrinsic
+def _dot_q4_i8_avx2(typingctx, codes, x, d, scales, group):
+    """Σ_g scales[g] · Σ_{b in g} d[b] · Σ_{k in b} q_k · x_k for one q4 row with G % 64 == 0:
+    each 32-byte chunk of a group holds the low-nibble codes of block c and the high-nibble codes
+    of block c + G/64 (the group's stream layout), so one load feeds two `vpmaddubsw` (u4 × i8,
+    pairs ≤ 2·15·127), each widened, converted and scaled by sq·d[b] in its own accumulator."""
+    ok = (
+        all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d, scales))
+        and codes.dtype == types.uint8
+        and x.dtype == types.int8
+        and d.dtype == types.float32
+        and scales.dtype == types.uint8
+        and isinstance(group, types.Integer)
+    )
+    if not ok:
+        return None
+
+    def codegen(context, builder, sig, args):
+        b = builder
+        ca, xa, da, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args[:4], args[:4]))
+        g64 = b.sdiv(context.cast(b, args[4], sig.args[4], types.int64), ir.Constant(_i64, 64))
+        chunks = b.mul(b.extract_value(sa.shape, 0), g64)
+        mod = b.module
+        fn = cgutils.get_or_insert_function
+        maddubs = fn(mod, ir.FunctionType(_v16i16, [_v32i8, _v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
+        maddwd = fn(mod, ir.FunctionType(_v8i32, [_v16i16, _v16i16]), "llvm.x86.avx2.pmadd.wd")
+        fma = fn(mod, ir.FunctionType(_v8f32_, [_v8f32_] * 3), "llvm.fmuladd.v8f32")
+        reduce = fn(mod, ir.FunctionType(ir.FloatType(), [ir.FloatType(), _v8f32_]), "llvm.vector.reduce.fadd.v8f32")
+        f32t = ir.FloatType()
+
+        def load32(ptr, off):
+            return b.load(b.bitcast(b.gep(ptr, [off]), _v32i8.as_pointer()), align=1)
+
+        def splat8(v):
+            one = b.insert_element(ir.Constant(_v8f32_, ir.Undefined), v, ir.Constant(_i32, 0))
+            return b.shuffle_vector(one, ir.Constant(_v8f32_, ir.Undefined), ir.Constant(ir.VectorType(_i32, 8), [0] * 8))
+
+        def term(codes4, blk, sq, acc):
+            xv = load32(xa.data, b.mul(blk, ir.Constant(_i64, 32)))
+            ints = b.call(maddwd, [b.call(maddubs, [codes4, xv]), _splat(_i16, 16, 1)])
+            scale = b.fmul(sq, b.load(b.gep(da.data, [blk])))
+            return b.call(fma, [b.sitofp(ints, _v8f32_), splat8(scale), acc])
+
+        zero = ir.Constant(_v8f32_, None)
+        pre = b.block
+        loop = b.append_basic_block("q4dot.loop")
+        done = b.append_basic_block("q4dot.done")
+        b.cbranch(b.icmp_signed(">", chunks, ir.Constant(_i64, 0)), loop, done)
+        b.position_at_end(loop)
+        i = b.phi(_i64)
+        acc_lo = b.phi(_v8f32_)
+        acc_hi = b.phi(_v8f32_)
+        i.add_incoming(ir.Constant(_i64, 0), pre)
+        acc_lo.add_incoming(zero, pre)
+        acc_hi.add_incoming(zero, pre)
+        g = b.sdiv(i, g64)
+        c = b.srem(i, g64)
+        sq = b.uitofp(b.load(b.gep(sa.data, [g])), f32t)
+        blk_lo = b.add(b.mul(g, b.mul(g64, ir.Constant(_i64, 2))), c)
+        v = load32(ca.data, b.mul(i, ir.Constant(_i64, 32)))
+        lo = b.and_(v, _splat(_i8, 32, 15))
+        hi = b.and_(b.lshr(v, _splat(_i8, 32, 4)), _splat(_i8, 32, 15))
+        n_lo = term(lo, blk_lo, sq, acc_lo)
+        n_hi = term(hi, b.add(blk_lo, g64), sq, acc_hi)
+        i_next = b.add(i, ir.Constant(_i64, 1))
+        i.add_incoming(i_next, b.block)
+        acc_lo.add_incoming(n_lo, b.block)
+        acc_hi.add_incoming(n_hi, b.block)
+        b.cbranch(b.icmp_signed("<", i_next, chunks), loop, done)
+        b.position_at_end(done)
+        t_lo = b.phi(_v8f32_)
+        t_hi = b.phi(_v8f32_)
+        t_lo.add_incoming(zero, pre)
+        t_hi.add_incoming(zero, pre)
+        t_lo.add_incoming(n_lo, loop)
+        t_hi.add_incoming(n_hi, loop)
+        return b.call(reduce, [ir.Constant(f32t, 0.0), b.fadd(t_lo, t_hi)])
+
+    return types.float32(codes, x, d, scales, group), codegen
+
+
+@helper
+def dot_q4_i8_generic(codes, x, d, scales, group):
+    """As _dot_q4_i8_avx2 for any G (a multiple of 32), in plain loops."""
+    half = group // 2
+    per = group // _RUN
+    acc = np.float32(0.0)
+    for g in range(scales.shape[0]):
+        cg = codes[g * half : (g + 1) * half]
+        sq = np.float32(scales[g])
+        for j in range(per):  # block j of the group: low nibbles first, then high
+            s = _i32n(0)
+            for k in range(_RUN):
+                i = j * _RUN + k
+                q = (cg[i] & 15) if i < half else (cg[i - half] >> 4)
+                s += _i32n(q) * _i32n(x[g * group + i])
+            acc += np.float32(s) * (sq * d[g * per + j])
+    return acc
+
+
+if HAVE_AVX2:
+
+    @helper
+    def dot_q4_i8(codes, x, d, scales, group):
+        """Σ_g sq_g Σ_{b in g} d_b Σ q·x_q for one q4 row (vector path when G % 64 == 0)."""
+        if group % 64 == 0:
+            return _dot_q4_i8_avx2(codes, x, d, scales, group)
+        return dot_q4_i8_generic(codes, x, d, scales, group)
+
+else:  # pragma: no cover - exercised on machines without AVX2
+    dot_q4_i8 = dot_q4_i8_generic
+
+
 # -- grouped q2 / q3 / q4: one row's Σ_g sq_g (Σ q·x − z_g xs_g) in portable vector IR -----------
 #
 # The numba loops reduce each group's partial dot product horizontally (G/2 bytes = two vector
