@@ -48,10 +48,10 @@ class ChatSession:
 
     def reply(self, text: str) -> None:
         self.history.append({"role": "user", "content": text})
-        ids = self.prompt_ids()
         pieces: list[str] = []
         last = None
-        try:
+        try:  # Ctrl-C anywhere in the turn (prompt processing too) ends the reply, not the chat
+            ids = self.prompt_ids()
             for r in self.llm.stream_generate(ids, **self.sampling):
                 last = r
                 if r.text:
