@@ -177,11 +177,7 @@ class GroupedLinear(Linear):
             bits,
             group,
         )
-        if bits == 4:  # int8 activations, as its decode
-            q4 = (*args[:4], group)
-            self._prefill = lambda x, y: grouped.q4_prefill(x, *q4, y)
-        else:
-            self._prefill = lambda x, y: grouped.grouped_prefill(x, *args, y)
+        self._prefill = lambda x, y: grouped.grouped_prefill(x, *args, y)
 
 
 class TernaryLinear(Linear):

