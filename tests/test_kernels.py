@@ -351,9 +351,12 @@ def test_prefill_equals_stacked_decode(shape):
     for name, decode, prefill in all_kernels(rng, shape):
         stacked = np.concatenate([decode(x[t : t + 1]) for t in range(x.shape[0])])
         y = prefill(x)
-        # q8/q4 decode multiplies int8 activation blocks (≤ 1/254 of each block's max off),
-        # their prefill float32 activations: equal up to that rounding
-        tol = (2e-2 if name in ("q8", "q4") else 2e-6) * np.abs(stacked).max()
+        # q8/q4 decode multiplies int8 blocks of 32 (≤ 1/254 of a block's max off), onebit
+        # int8 per token (of the whole token's max: coarse next to the ×8 outlier channel),
+        # their prefill float32 activations: equal up to that rounding. Decode itself is held
+        # exactly to its int8 reference in test_q8 / test_grouped / test_onebit.
+        rounding = {"q8": 2e-2, "q4": 2e-2, "onebit": 1e-1}
+        tol = rounding.get(name, 2e-6) * np.abs(stacked).max()
         np.testing.assert_allclose(y, stacked, rtol=0, atol=tol, err_msg=name)
 
 

@@ -67,7 +67,7 @@ def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
         scale = entry.parts["scale"].astype(np.float64)
         trits = np.rint(entry.dequantize() / (scale[:, None] if scale.size > 1 else scale[0]))
         y = (xq.astype(np.float64) @ trits.T) * (scale if scale.size > 1 else scale[0]) / s[:, None]
-    elif entry.encoding == "onebit":  # int8 activations of g ⊙ x, per token
+    elif entry.encoding == "onebit" and x.shape[0] == 1:  # decode: int8 g ⊙ x, per token
         xq, s = quantize_activation_ref(x * entry.parts["g"].astype(np.float32))
         signs = ENCODINGS["onebit"].unpack(entry.parts, entry.shape, entry.params).astype(np.float64)
         y = (xq.astype(np.float64) @ signs.T) * entry.parts["h"].astype(np.float64) / s[:, None]

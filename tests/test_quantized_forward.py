@@ -18,8 +18,8 @@ PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "one
 
 class ReferenceLinear:
     """y = x Ŵᵀ with Ŵ dequantised by the format's numpy reference; ternary layers quantise the
-    and onebit layers quantise the activation (onebit: g ⊙ x) per token to int8 first (BitNet
-    semantics), q8 and q4 layers in blocks of 32 when decoding one token; onebit optionally
+    activation per token to int8 first (BitNet semantics); when decoding one token, onebit
+    layers do so for g ⊙ x, and q8 and q4 layers quantise in blocks of 32; onebit optionally
     layer-normalises."""
 
     def __init__(self, entry, bias=None) -> None:
@@ -42,7 +42,7 @@ class ReferenceLinear:
             s = 127.0 / np.maximum(np.abs(x).max(-1, keepdims=True), 1e-5)
             xq = np.clip(np.round(x * s), -128, 127)
             y = (xq @ self.trits.T) * self.scale / s
-        elif self.encoding == "onebit":
+        elif self.encoding == "onebit" and x.shape[0] == 1:  # decode: int8 g ⊙ x, per token
             xg = x * self.g
             s = 127.0 / np.maximum(np.abs(xg).max(-1, keepdims=True), 1e-5)
             y = (np.clip(np.round(xg * s), -128, 127) @ self.signs.T) * self.h / s

@@ -102,6 +102,19 @@ def _rows(desc, act, y, task):
     rows_into(desc, act, y, r0, min(y.shape[0], r0 + ROWS_PER_TASK))
 
 
+@helper
+def _project_add(desc, inp, x):
+    """x += W inp (o_proj, down_proj: the residual adds); inlined, so its prange is one of the
+    caller's parallel regions."""
+    act = prepare(desc, inp)
+    out = np.empty(desc[1].shape[0], dtype=np.float32)
+    for t in prange(task_count(out.shape[0])):
+        _rows(desc, act, out, t)
+    finish(desc, out)
+    for i in range(x.shape[0]):
+        x[i] += out[i]
+
+
 @kernel
 def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, eps, act, window):
     """Run x (float32 [hidden], the token's embedding) at position pos through every layer, in
@@ -155,13 +168,7 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
                    att[h * d : (h + 1) * d])
         if attn_sub.shape[0]:
             att = rms_norm(att, attn_sub, eps)
-        ao = prepare(lo, att)
-        o = np.empty(lo[1].shape[0], dtype=np.float32)
-        for t in prange(task_count(o.shape[0])):
-            _rows(lo, ao, o, t)
-        finish(lo, o)
-        for i in range(x.shape[0]):
-            x[i] += o[i]
+        _project_add(lo, att, x)
 
         xn = rms_norm(x, _norm(file, side, row[1]), eps)
         ag = prepare(lg, xn)
@@ -179,11 +186,5 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
         hidden = activate(gate, up, act)
         if ffn_sub.shape[0]:
             hidden = rms_norm(hidden, ffn_sub, eps)
-        ad = prepare(ld, hidden)
-        down = np.empty(ld[1].shape[0], dtype=np.float32)
-        for t in prange(task_count(down.shape[0])):
-            _rows(ld, ad, down, t)
-        finish(ld, down)
-        for i in range(x.shape[0]):
-            x[i] += down[i]
+        _project_add(ld, hidden, x)
 

@@ -146,23 +146,15 @@ def rows_into(desc, act, y, r0, r1):
             for k in range(w.shape[0]):
                 s += w[k] * xf[k]
             y[r] = s
-    elif kind == F16:
+    else:  # F16, BF16 (raw u16 bits); LLVM unswitches the loop on `kind`
         w2 = a.view(np.uint16)
         for r in range(r0, r1):
             prefetch_row(a, r + AHEAD)
             w = w2[r]
             s = f32(0.0)
             for k in range(w.shape[0]):
-                s += f16_to_f32(w[k]) * xf[k]
-            y[r] = s
-    else:  # BF16
-        w2 = a.view(np.uint16)
-        for r in range(r0, r1):
-            prefetch_row(a, r + AHEAD)
-            w = w2[r]
-            s = f32(0.0)
-            for k in range(w.shape[0]):
-                s += bf16_to_f32(w[k]) * xf[k]
+                v = f16_to_f32(w[k]) if kind == F16 else bf16_to_f32(w[k])
+                s += v * xf[k]
             y[r] = s
 
 

@@ -6,8 +6,10 @@
 Byte k of a row holds bit j = sign of weight k + j·Q, so stream j walks consecutive bytes against
 the contiguous slice x_q[jQ:(j+1)Q]; `simd.dot_b1` unpacks 32 bytes into eight 0/1 byte vectors
 and runs `vpmaddubsw` on each (the ternary kernel's trick with one bit per weight: 256 weights per
-eight instructions). Quantising the activation costs ~1/127 of max|x'| per element and made the
-kernel ~3× faster than the float select-and-add it replaced. The parameter-free LayerNorm of
+eight instructions). Quantising the activation costs ~1/127 of max|x'| per element and made
+decode ~3× faster than the float select-and-add, which prefill keeps (there each unpacked
+row serves every token, and float keeps calibrated g/h exact: with int8 prefill the calibrated
+file lost its edge over SVID in tests/test_quality.py). The parameter-free LayerNorm of
 OneBit students is applied by the caller (`matvec.finish`, `linear`). g and h arrive as raw f16
 bits (u16).
 """
@@ -21,7 +23,7 @@ from lowbit.formats.encodings import ONEBIT
 from lowbit.runtime.kernels.common import ROW_BLOCK
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.simd import dot_b1
-from lowbit.runtime.kernels.ternary import quantize_activation_ref, quantize_into, quantize_tokens
+from lowbit.runtime.kernels.ternary import quantize_activation_ref, quantize_into
 
 f32 = np.float32
 i32 = np.int32
@@ -47,30 +49,121 @@ def row_value(signs_row, xq, off, h_r, inv, tail):
     return f32(2 * dot_b1(signs_row, xq, tail) - off) * (h_r * inv)
 
 
+@helper
+def _unpack_bits(c, dst, n):
+    """Sign bits of one row -> dst u8 [>= n] (1 = +1) in natural order."""
+    q = c.shape[0]
+    for j in range(8):
+        lo = j * q
+        if lo >= n:
+            break
+        m = min(q, n - lo)
+        d = dst[lo : lo + m]
+        for k in range(m):
+            d[k] = (c[k] >> j) & 1
+
+
+@helper
+def _bits_times_tokens(bb, nr, xg, tot, h, y, r0):
+    """y[t, r0+i] = h · (2 Σ_{bit} xg[t] − tot[t]): selects only, four rows × two tokens."""
+    t_count, n = xg.shape
+    zero = f32(0.0)
+    two = f32(2.0)
+    i = 0
+    while i + 4 <= nr:
+        b0 = bb[i]
+        b1 = bb[i + 1]
+        b2 = bb[i + 2]
+        b3 = bb[i + 3]
+        h0 = f16_to_f32(h[r0 + i])
+        h1 = f16_to_f32(h[r0 + i + 1])
+        h2 = f16_to_f32(h[r0 + i + 2])
+        h3 = f16_to_f32(h[r0 + i + 3])
+        t = 0
+        while t < t_count:
+            tb = min(
+                t + 1, t_count - 1
+            )  # the second token of the pair (the last one twice at the end)
+            xa = xg[t]
+            xb = xg[tb]
+            a0 = f32(0.0)
+            a1 = f32(0.0)
+            a2 = f32(0.0)
+            a3 = f32(0.0)
+            c0 = f32(0.0)
+            c1 = f32(0.0)
+            c2 = f32(0.0)
+            c3 = f32(0.0)
+            for k in range(n):
+                u = xa[k]
+                v = xb[k]
+                m0 = b0[k] != 0
+                m1 = b1[k] != 0
+                m2 = b2[k] != 0
+                m3 = b3[k] != 0
+                a0 += u if m0 else zero
+                a1 += u if m1 else zero
+                a2 += u if m2 else zero
+                a3 += u if m3 else zero
+                c0 += v if m0 else zero
+                c1 += v if m1 else zero
+                c2 += v if m2 else zero
+                c3 += v if m3 else zero
+            y[t, r0 + i] = h0 * (two * a0 - tot[t])
+            y[t, r0 + i + 1] = h1 * (two * a1 - tot[t])
+            y[t, r0 + i + 2] = h2 * (two * a2 - tot[t])
+            y[t, r0 + i + 3] = h3 * (two * a3 - tot[t])
+            y[tb, r0 + i] = h0 * (two * c0 - tot[tb])
+            y[tb, r0 + i + 1] = h1 * (two * c1 - tot[tb])
+            y[tb, r0 + i + 2] = h2 * (two * c2 - tot[tb])
+            y[tb, r0 + i + 3] = h3 * (two * c3 - tot[tb])
+            t += 2
+        i += 4
+    while i < nr:
+        bi = bb[i]
+        hi = f16_to_f32(h[r0 + i])
+        for t in range(t_count):
+            xt = xg[t]
+            s = f32(0.0)
+            for k in range(n):
+                v = xt[k]
+                s += v if bi[k] != 0 else zero
+            y[t, r0 + i] = hi * (two * s - tot[t])
+        i += 1
+
+
 @kernel
 def onebit_prefill(x, signs, g, h, y):
-    """x f32 [T, in]; signs u8 [out, Q]; g u16 [in], h u16 [out] (f16 bits); y f32 [T, out]."""
-    out, q = signs.shape
+    """x f32 [T, in]; signs, g, h as onebit_decode; y f32 [T, out]."""
+    out = signs.shape[0]
     t_count, n = x.shape
-    xg = np.zeros((t_count, n), dtype=np.float32)
+    xg = np.empty((t_count, n), dtype=np.float32)
+    tot = np.empty(t_count, dtype=np.float32)
     for t in prange(t_count):
+        s = f32(0.0)
         for k in range(n):
-            xg[t, k] = f16_to_f32(g[k]) * x[t, k]
-    xq, xsum, s = quantize_tokens(xg, q * 8 + PAD)
+            v = f16_to_f32(g[k]) * x[t, k]
+            xg[t, k] = v
+            s += v
+        tot[t] = s
     nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
     for b in prange(nblocks):
         r0 = b * ROW_BLOCK
-        r1 = min(out, r0 + ROW_BLOCK)
-        tail = np.zeros(PAD, dtype=np.uint8)
-        for t in range(t_count):
-            inv = f32(1.0) / s[t]  # as scaled_input: the same float steps as decode
-            for r in range(r0, r1):
-                y[t, r] = row_value(signs[r], xq[t], xsum[t], f16_to_f32(h[r]), inv, tail)
+        nr = min(ROW_BLOCK, out - r0)
+        bb = np.empty((ROW_BLOCK, n), dtype=np.uint8)
+        for i in range(nr):
+            _unpack_bits(signs[r0 + i], bb[i], n)
+        _bits_times_tokens(bb, nr, xg, tot, h, y, r0)
 
 
 def onebit_ref(x: np.ndarray, signs: np.ndarray, g: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """x [T, in] -> [T, out] (without the optional LayerNorm): g ⊙ x in float32, quantised per
-    token to int8 as the kernels do, times the encoding's own unpacked signs in exact integers."""
+    """x [T, in] -> [T, out] (without the optional LayerNorm) as the kernels compute it: for one
+    token (decode) g ⊙ x quantised per token to int8 times the encoding's own unpacked signs in
+    exact integers; for several (prefill) in float through the encoding's dequantize()."""
+    if x.shape[0] != 1:
+        parts = {"signs": signs, "g": g.view(np.float16), "h": h.view(np.float16)}
+        w = ONEBIT.dequantize(parts, (signs.shape[0], g.shape[0]), {"layernorm": False})
+        return (np.asarray(x, np.float64) @ w.astype(np.float64).T).astype(np.float32)
     gf = g.view(np.float16).astype(np.float32)
     xq, s = quantize_activation_ref(np.asarray(x, np.float32) * gf)
     parts = {"signs": signs, "g": g.view(np.float16), "h": h.view(np.float16)}
