@@ -24,10 +24,9 @@ import numpy as np
 
 from lowbit.formats.encodings.q8 import group_size_of
 from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
+from lowbit.runtime.kernels.matvec import layer_norm as layer_norm_row
 from lowbit.runtime.kernels.matvec import make_descriptor, matvec
 from lowbit.runtime.kernels.ternary import QuantizedActivation, quantize_activation
-
-LAYERNORM_EPS = 1e-5
 
 
 def _readonly(a: np.ndarray, dtype: Any = None) -> np.ndarray:
@@ -251,12 +250,11 @@ class OneBitLinear(Linear):
         super()._finish(y)
 
 
-def layer_norm(y: np.ndarray, eps: float = LAYERNORM_EPS) -> np.ndarray:
-    """In place over the last axis: (y − mean) / sqrt(var + eps), no weight or bias."""
-    mean = y.mean(axis=-1, keepdims=True, dtype=np.float64)
-    y -= mean.astype(np.float32)
-    var = np.mean(np.square(y, dtype=np.float64), axis=-1, keepdims=True)
-    y *= (1.0 / np.sqrt(var + eps)).astype(np.float32)
+def layer_norm(y: np.ndarray) -> np.ndarray:
+    """In place over the last axis: (y − mean) / sqrt(var + eps), no weight or bias; the same
+    numba routine decode applies (`kernels.matvec.layer_norm`), one row at a time."""
+    for row in y.reshape(-1, y.shape[-1]):
+        layer_norm_row(row)
     return y
 
 

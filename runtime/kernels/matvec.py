@@ -33,8 +33,8 @@ from numba import njit, prange
 from lowbit.runtime.kernels.common import pad_vector
 from lowbit.runtime.kernels.grouped import group_sums, q4_row, quantize_groups
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
+from lowbit.runtime.kernels.onebit import PAD, scaled_input
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
-from lowbit.runtime.kernels.onebit import scaled_input
 from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
 from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3
 from lowbit.runtime.kernels.ternary import quantize_into
@@ -127,7 +127,7 @@ def rows_into(desc, act, y, r0, r1):
             y[r] = v * f16_to_f32(rs[r])
     elif kind == ONEBIT:
         h = c[0].view(np.uint16)
-        tail = np.zeros(32, dtype=np.uint8)
+        tail = np.zeros(PAD, dtype=np.uint8)
         for r in range(r0, r1):
             prefetch_row(a, r + AHEAD)
             y[r] = onebit_row(a[r], xq, off, f16_to_f32(h[r]), inv, tail)
@@ -171,7 +171,7 @@ def finish(desc, y):
 
 @row_fn
 def layer_norm(y):
-    """(y − mean) / sqrt(var + eps) in place, statistics in float64 (as `linear.layer_norm`)."""
+    """(y − mean) / sqrt(var + eps) in place for one row, statistics in float64."""
     n = y.shape[0]
     m = 0.0
     for r in range(n):
