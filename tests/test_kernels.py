@@ -377,28 +377,54 @@ def test_threads_bit_identical():
         numba.set_num_threads(old)
 
 
-def test_simd_dots_match_portable_loops():
-    """The vpmaddubsw dot products (when this CPU has AVX2) equal the portable numba loops."""
+def _simd_variants() -> list[str]:
+    from lowbit.runtime.kernels import simd
+
+    return (["avx2"] if simd.HAVE_AVX2 else []) + (["vnni"] if simd.HAVE_VNNI else [])
+
+
+@pytest.mark.parametrize("variant", _simd_variants() or ["selected"])
+def test_simd_dots_match_portable_loops(variant):
+    """Every vector dot product this CPU can run (AVX2 vpmaddubsw, VNNI vpdpbusd) equals the
+    portable numba loops, whichever one the runtime selected."""
     from numba import njit
 
     from lowbit.runtime.kernels import simd
 
+    pick = {
+        "avx2": (simd._dot_t2_avx2, simd._dot_t3_avx2, simd._dot_b1_avx2, simd._dot_q4_i8_avx2),
+        "vnni": (simd._dot_t2_vnni, simd._dot_t3_vnni, simd._dot_b1_vnni, simd._dot_q4_i8_vnni),
+    }.get(variant)
+    t2, t3, b1, q4 = pick or (simd.dot_t2, simd.dot_t3, simd._dot_b1_runs, simd.dot_q4_i8_generic)
+
     @njit
-    def both(codes, x):
-        return simd.dot_t2(codes, x), simd.dot_t3(codes, x)
+    def run(codes2, codes3, codes1, x, stride, c4, d, sq, group):
+        return t2(codes2, x), t3(codes3, x), b1(codes1, x, stride), q4(c4, x, d, sq, group)
 
     rng = np.random.default_rng(13)
     for q in (32, 64, 1728):
-        x = rng.integers(-128, 128, 5 * q).astype(np.int8)
+        x = rng.integers(-128, 128, 8 * q).astype(np.int8)
         x[:8] = -128
         c2 = rng.integers(0, 3, (4, q)).astype(np.uint8)
         codes2 = (c2[0] | c2[1] << 2 | c2[2] << 4 | c2[3] << 6).astype(np.uint8)
         codes3 = rng.integers(0, 243, q).astype(np.uint8)
+        codes1 = rng.integers(0, 256, q).astype(np.uint8)
         want2 = int(sum(c2[j].astype(np.int64) @ x[j * q : (j + 1) * q] for j in range(4)))
         digits = [(codes3.astype(np.int64) // 3**j) % 3 for j in range(5)]
         want3 = int(sum(digits[j] @ x[j * q : (j + 1) * q] for j in range(5)))
-        assert both(codes2, x)[0] == want2 == simd.dot_t2_generic(codes2, x)
-        assert both(codes3, x)[1] == want3 == simd.dot_t3_generic(codes3, x)
+        bits = [(codes1.astype(np.int64) >> j) & 1 for j in range(8)]
+        want1 = int(sum(bits[j] @ x[j * q : (j + 1) * q] for j in range(8)))
+        group = 128 if q % 64 == 0 else 64
+        n = 2 * q // group * group  # q4 row of n inputs: n / 2 code bytes
+        c4 = rng.integers(0, 256, n // 2).astype(np.uint8)
+        d = rng.random(n // 32).astype(np.float32)
+        sq = rng.integers(1, 256, n // group).astype(np.uint8)
+        got = run(codes2, codes3, codes1, x, q, c4, d, sq, group)
+        assert got[0] == want2 == simd.dot_t2_generic(codes2, x)
+        assert got[1] == want3 == simd.dot_t3_generic(codes3, x)
+        assert got[2] == want1 == simd.dot_b1_generic(codes1, x, q)
+        want4 = simd.dot_q4_i8_generic(c4, x, d, sq, group)
+        np.testing.assert_allclose(got[3], want4, rtol=1e-5)
 
 
 def test_one_signature_per_kernel():

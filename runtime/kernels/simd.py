@@ -42,7 +42,20 @@ def _has_avx2() -> bool:
         return False
 
 
+def _has_vnni() -> bool:
+    """AVX-512 VNNI (with VL) or AVX-VNNI: `vpdpbusd` on 256-bit vectors (u8 × i8, four products
+    summed straight into each int32 lane)."""
+    if not HAVE_AVX2:
+        return False
+    try:
+        f = llvm.get_host_cpu_features()
+    except Exception:  # pragma: no cover - feature detection unavailable
+        return False
+    return bool((f.get("avx512vnni", False) and f.get("avx512vl", False)) or f.get("avxvnni", False))
+
+
 HAVE_AVX2 = _has_avx2()
+HAVE_VNNI = _has_vnni()
 
 _i8 = ir.IntType(8)
 _i16 = ir.IntType(16)
@@ -57,9 +70,17 @@ def _splat(ty: ir.Type, n: int, value: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(ty, n), [ir.Constant(ty, value)] * n)
 
 
-def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None) -> ir.Value:
-    """Emit the loop: acc += pmaddwd(Σ_j pmaddubsw(code_j, x_j), 1) over 32-byte steps; stream j
-    of code byte k pairs with x[k + j·stride] (stride = the number of code bytes by default)."""
+def _dpbusd(builder) -> ir.Function:
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_v8i32, [_v8i32] * 3), "llvm.x86.avx512.vpdpbusd.256"
+    )
+
+
+def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None, vnni: bool = False) -> ir.Value:
+    """Emit the loop over 32-byte steps: stream j of code byte k pairs with x[k + j·stride]
+    (stride = the number of code bytes by default). AVX2: acc += pmaddwd(Σ_j pmaddubsw(code_j, x_j), 1);
+    VNNI: acc_j = vpdpbusd(acc_j, code_j, x_j), one accumulator per stream (the instruction's
+    latency would otherwise chain the streams), summed after the loop."""
     ca = context.make_array(sig.args[0])(context, builder, args[0])
     xa = context.make_array(sig.args[1])(context, builder, args[1])
     q = builder.extract_value(ca.shape, 0)
@@ -74,12 +95,14 @@ def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None) -
     reduce_add = cgutils.get_or_insert_function(
         mod, ir.FunctionType(_i32, [_v8i32]), "llvm.vector.reduce.add.v8i32"
     )
+    dpbusd = _dpbusd(builder) if vnni else None
 
     def load(ptr: ir.Value, offset: ir.Value) -> ir.Value:
         p = builder.bitcast(builder.gep(ptr, [offset]), _v32i8.as_pointer())
         return builder.load(p, align=1)
 
     zero = ir.Constant(_v8i32, None)
+    n_acc = streams if vnni else 1
     pre = builder.block
     loop = builder.append_basic_block("tdot.loop")
     done = builder.append_basic_block("tdot.done")
@@ -87,25 +110,39 @@ def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None) -
 
     builder.position_at_end(loop)
     i = builder.phi(_i64)
-    acc = builder.phi(_v8i32)
+    accs = [builder.phi(_v8i32) for _ in range(n_acc)]
     i.add_incoming(ir.Constant(_i64, 0), pre)
-    acc.add_incoming(zero, pre)
+    for acc in accs:
+        acc.add_incoming(zero, pre)
     codes = unpack(builder, load(ca.data, i))
-    pairs = None
-    for j in range(streams):
-        off = builder.add(i, builder.mul(step, ir.Constant(_i64, j)))
-        p = builder.call(maddubs, [codes[j], load(xa.data, off)])
-        pairs = p if pairs is None else builder.add(pairs, p)
-    acc_next = builder.add(acc, builder.call(maddwd, [pairs, _splat(_i16, 16, 1)]))
+    xs = [load(xa.data, builder.add(i, builder.mul(step, ir.Constant(_i64, j)))) for j in range(streams)]
+    if vnni:
+        nexts = [
+            builder.call(dpbusd, [accs[j], builder.bitcast(codes[j], _v8i32), builder.bitcast(xs[j], _v8i32)])
+            for j in range(streams)
+        ]
+    else:
+        pairs = None
+        for j in range(streams):
+            p = builder.call(maddubs, [codes[j], xs[j]])
+            pairs = p if pairs is None else builder.add(pairs, p)
+        nexts = [builder.add(accs[0], builder.call(maddwd, [pairs, _splat(_i16, 16, 1)]))]
     i_next = builder.add(i, ir.Constant(_i64, 32))
     i.add_incoming(i_next, builder.block)
-    acc.add_incoming(acc_next, builder.block)
+    for acc, nxt in zip(accs, nexts):
+        acc.add_incoming(nxt, builder.block)
     builder.cbranch(builder.icmp_signed("<", i_next, q), loop, done)
 
     builder.position_at_end(done)
-    total = builder.phi(_v8i32)
-    total.add_incoming(zero, pre)
-    total.add_incoming(acc_next, loop)
+    totals = []
+    for nxt in nexts:  # phis first: LLVM wants them at the top of the block
+        t = builder.phi(_v8i32)
+        t.add_incoming(zero, pre)
+        t.add_incoming(nxt, loop)
+        totals.append(t)
+    total = totals[0]
+    for t in totals[1:]:
+        total = builder.add(total, t)
     return builder.call(reduce_add, [total])
 
 
@@ -148,40 +185,43 @@ def _check(codes, x):
     )
 
 
-@intrinsic
-def _dot_t2_avx2(typingctx, codes, x):
-    if not _check(codes, x):
-        return None
+def _ternary_dot(streams: int, unpack, vnni: bool):
+    @intrinsic
+    def dot(typingctx, codes, x):
+        if not _check(codes, x):
+            return None
 
-    def codegen(context, builder, sig, args):
-        return _build_dot(context, builder, sig, args, 4, _unpack2)
+        def codegen(context, builder, sig, args):
+            return _build_dot(context, builder, sig, args, streams, unpack, vnni=vnni)
 
-    return types.int32(codes, x), codegen
+        return types.int32(codes, x), codegen
 
-
-@intrinsic
-def _dot_t3_avx2(typingctx, codes, x):
-    if not _check(codes, x):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _build_dot(context, builder, sig, args, 5, _unpack3)
-
-    return types.int32(codes, x), codegen
+    return dot
 
 
-@intrinsic
-def _dot_b1_avx2(typingctx, codes, x, stride):
-    """Σ over set bits for the first len(codes) // 32 · 32 bytes; bit j of byte k ↔ x[k + j·stride]
-    (the 8 pair sums per i16 lane stay ≤ 8 · 2 · 127)."""
-    if not _check(codes, x) or not isinstance(stride, types.Integer):
-        return None
+def _onebit_dot(vnni: bool):
+    @intrinsic
+    def dot(typingctx, codes, x, stride):
+        """Σ over set bits for the first len(codes) // 32 · 32 bytes; bit j of byte k ↔ x[k + j·stride]
+        (AVX2: the 8 pair sums per i16 lane stay ≤ 8 · 2 · 127)."""
+        if not _check(codes, x) or not isinstance(stride, types.Integer):
+            return None
 
-    def codegen(context, builder, sig, args):
-        st = context.cast(builder, args[2], sig.args[2], types.int64)
-        return _build_dot(context, builder, sig, args, 8, _unpack1, stride=st)
+        def codegen(context, builder, sig, args):
+            st = context.cast(builder, args[2], sig.args[2], types.int64)
+            return _build_dot(context, builder, sig, args, 8, _unpack1, stride=st, vnni=vnni)
 
-    return types.int32(codes, x, stride), codegen
+        return types.int32(codes, x, stride), codegen
+
+    return dot
+
+
+_dot_t2_avx2 = _ternary_dot(4, _unpack2, vnni=False)
+_dot_t3_avx2 = _ternary_dot(5, _unpack3, vnni=False)
+_dot_b1_avx2 = _onebit_dot(vnni=False)
+_dot_t2_vnni = _ternary_dot(4, _unpack2, vnni=True)
+_dot_t3_vnni = _ternary_dot(5, _unpack3, vnni=True)
+_dot_b1_vnni = _onebit_dot(vnni=True)
 
 
 # -- portable fallbacks (also the reference the tests hold the intrinsics to) ----------------
@@ -256,7 +296,11 @@ def dot_b1_generic(codes, x, stride):
     return acc
 
 
-if HAVE_AVX2:
+if HAVE_VNNI:
+    dot_t2 = _dot_t2_vnni
+    dot_t3 = _dot_t3_vnni
+    _dot_b1_runs = _dot_b1_vnni
+elif HAVE_AVX2:
     dot_t2 = _dot_t2_avx2
     dot_t3 = _dot_t3_avx2
     _dot_b1_runs = _dot_b1_avx2
@@ -398,85 +442,103 @@ dot_q8 = _dot_q8_avx2 if HAVE_AVX2 else dot_q8_generic
 # -- q4 codes × int8 activations in blocks of 32 --------------------------------------------
 
 
-@intrinsic
-def _dot_q4_i8_avx2(typingctx, codes, x, d, scales, group):
-    """Σ_g scales[g] · Σ_{b in g} d[b] · Σ_{k in b} q_k · x_k for one q4 row with G % 64 == 0:
-    each 32-byte chunk of a group holds the low-nibble codes of block c and the high-nibble codes
-    of block c + G/64 (the group's stream layout), so one load feeds two `vpmaddubsw` (u4 × i8,
-    pairs ≤ 2·15·127), each widened, converted and scaled by sq·d[b] in its own accumulator."""
-    ok = (
-        all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d, scales))
-        and codes.dtype == types.uint8
-        and x.dtype == types.int8
-        and d.dtype == types.float32
-        and scales.dtype == types.uint8
-        and isinstance(group, types.Integer)
-    )
-    if not ok:
-        return None
+def _q4_i8_dot(vnni: bool):
+    @intrinsic
+    def dot(typingctx, codes, x, d, scales, group):
+        """Σ_g scales[g] · Σ_{b in g} d[b] · Σ_{k in b} q_k · x_k for one q4 row with G % 64 == 0:
+        each 32-byte chunk of a group holds the low-nibble codes of block c and the high-nibble codes
+        of block c + G/64 (the group's stream layout), so one load feeds two `vpmaddubsw` (u4 × i8,
+        pairs ≤ 2·15·127), each widened, converted and scaled by sq·d[b] in its own accumulator
+        (VNNI: one `vpdpbusd` per block instead of `vpmaddubsw` + `vpmaddwd`)."""
+        ok = (
+            all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d, scales))
+            and codes.dtype == types.uint8
+            and x.dtype == types.int8
+            and d.dtype == types.float32
+            and scales.dtype == types.uint8
+            and isinstance(group, types.Integer)
+        )
+        if not ok:
+            return None
 
-    def codegen(context, builder, sig, args):
-        b = builder
-        ca, xa, da, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args[:4], args[:4]))
-        g64 = b.sdiv(context.cast(b, args[4], sig.args[4], types.int64), ir.Constant(_i64, 64))
-        chunks = b.mul(b.extract_value(sa.shape, 0), g64)
-        mod = b.module
-        fn = cgutils.get_or_insert_function
-        maddubs = fn(mod, ir.FunctionType(_v16i16, [_v32i8, _v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
-        maddwd = fn(mod, ir.FunctionType(_v8i32, [_v16i16, _v16i16]), "llvm.x86.avx2.pmadd.wd")
-        fma = fn(mod, ir.FunctionType(_v8f32_, [_v8f32_] * 3), "llvm.fmuladd.v8f32")
-        reduce = fn(mod, ir.FunctionType(ir.FloatType(), [ir.FloatType(), _v8f32_]), "llvm.vector.reduce.fadd.v8f32")
-        f32t = ir.FloatType()
+        def codegen(context, builder, sig, args):
+            b = builder
+            ca, xa, da, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args[:4], args[:4]))
+            g64 = b.sdiv(context.cast(b, args[4], sig.args[4], types.int64), ir.Constant(_i64, 64))
+            chunks = b.mul(b.extract_value(sa.shape, 0), g64)
+            mod = b.module
+            fn = cgutils.get_or_insert_function
+            maddubs = fn(mod, ir.FunctionType(_v16i16, [_v32i8, _v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
+            maddwd = fn(mod, ir.FunctionType(_v8i32, [_v16i16, _v16i16]), "llvm.x86.avx2.pmadd.wd")
+            fma = fn(mod, ir.FunctionType(_v8f32_, [_v8f32_] * 3), "llvm.fmuladd.v8f32")
+            reduce = fn(mod, ir.FunctionType(ir.FloatType(), [ir.FloatType(), _v8f32_]), "llvm.vector.reduce.fadd.v8f32")
+            f32t = ir.FloatType()
 
-        def load32(ptr, off):
-            return b.load(b.bitcast(b.gep(ptr, [off]), _v32i8.as_pointer()), align=1)
+            def load32(ptr, off):
+                return b.load(b.bitcast(b.gep(ptr, [off]), _v32i8.as_pointer()), align=1)
 
-        def splat8(v):
-            one = b.insert_element(ir.Constant(_v8f32_, ir.Undefined), v, ir.Constant(_i32, 0))
-            return b.shuffle_vector(one, ir.Constant(_v8f32_, ir.Undefined), ir.Constant(ir.VectorType(_i32, 8), [0] * 8))
+            def splat8(v):
+                one = b.insert_element(ir.Constant(_v8f32_, ir.Undefined), v, ir.Constant(_i32, 0))
+                return b.shuffle_vector(one, ir.Constant(_v8f32_, ir.Undefined), ir.Constant(ir.VectorType(_i32, 8), [0] * 8))
 
-        def term(codes4, blk, sq, acc):
-            xv = load32(xa.data, b.mul(blk, ir.Constant(_i64, 32)))
-            ints = b.call(maddwd, [b.call(maddubs, [codes4, xv]), _splat(_i16, 16, 1)])
-            scale = b.fmul(sq, b.load(b.gep(da.data, [blk])))
-            return b.call(fma, [b.sitofp(ints, _v8f32_), splat8(scale), acc])
+            dpbusd = _dpbusd(b) if vnni else None
 
-        zero = ir.Constant(_v8f32_, None)
-        pre = b.block
-        loop = b.append_basic_block("q4dot.loop")
-        done = b.append_basic_block("q4dot.done")
-        b.cbranch(b.icmp_signed(">", chunks, ir.Constant(_i64, 0)), loop, done)
-        b.position_at_end(loop)
-        i = b.phi(_i64)
-        acc_lo = b.phi(_v8f32_)
-        acc_hi = b.phi(_v8f32_)
-        i.add_incoming(ir.Constant(_i64, 0), pre)
-        acc_lo.add_incoming(zero, pre)
-        acc_hi.add_incoming(zero, pre)
-        g = b.sdiv(i, g64)
-        c = b.srem(i, g64)
-        sq = b.uitofp(b.load(b.gep(sa.data, [g])), f32t)
-        blk_lo = b.add(b.mul(g, b.mul(g64, ir.Constant(_i64, 2))), c)
-        v = load32(ca.data, b.mul(i, ir.Constant(_i64, 32)))
-        lo = b.and_(v, _splat(_i8, 32, 15))
-        hi = b.and_(b.lshr(v, _splat(_i8, 32, 4)), _splat(_i8, 32, 15))
-        n_lo = term(lo, blk_lo, sq, acc_lo)
-        n_hi = term(hi, b.add(blk_lo, g64), sq, acc_hi)
-        i_next = b.add(i, ir.Constant(_i64, 1))
-        i.add_incoming(i_next, b.block)
-        acc_lo.add_incoming(n_lo, b.block)
-        acc_hi.add_incoming(n_hi, b.block)
-        b.cbranch(b.icmp_signed("<", i_next, chunks), loop, done)
-        b.position_at_end(done)
-        t_lo = b.phi(_v8f32_)
-        t_hi = b.phi(_v8f32_)
-        t_lo.add_incoming(zero, pre)
-        t_hi.add_incoming(zero, pre)
-        t_lo.add_incoming(n_lo, loop)
-        t_hi.add_incoming(n_hi, loop)
-        return b.call(reduce, [ir.Constant(f32t, 0.0), b.fadd(t_lo, t_hi)])
+            def term(codes4, blk, sq, acc):
+                xv = load32(xa.data, b.mul(blk, ir.Constant(_i64, 32)))
+                if vnni:
+                    ints = b.call(dpbusd, [ir.Constant(_v8i32, None), b.bitcast(codes4, _v8i32), b.bitcast(xv, _v8i32)])
+                else:
+                    ints = b.call(maddwd, [b.call(maddubs, [codes4, xv]), _splat(_i16, 16, 1)])
+                scale = b.fmul(sq, b.load(b.gep(da.data, [blk])))
+                return b.call(fma, [b.sitofp(ints, _v8f32_), splat8(scale), acc])
 
-    return types.float32(codes, x, d, scales, group), codegen
+            zero = ir.Constant(_v8f32_, None)
+            pre = b.block
+            loop = b.append_basic_block("q4dot.loop")
+            done = b.append_basic_block("q4dot.done")
+            b.cbranch(b.icmp_signed(">", chunks, ir.Constant(_i64, 0)), loop, done)
+            b.position_at_end(loop)
+            i = b.phi(_i64)
+            g = b.phi(_i64)  # group and chunk within it, stepped without a division per chunk
+            c = b.phi(_i64)
+            acc_lo = b.phi(_v8f32_)
+            acc_hi = b.phi(_v8f32_)
+            for v in (i, g, c):
+                v.add_incoming(ir.Constant(_i64, 0), pre)
+            acc_lo.add_incoming(zero, pre)
+            acc_hi.add_incoming(zero, pre)
+            sq = b.uitofp(b.load(b.gep(sa.data, [g])), f32t)
+            blk_lo = b.add(b.mul(g, b.mul(g64, ir.Constant(_i64, 2))), c)
+            v = load32(ca.data, b.mul(i, ir.Constant(_i64, 32)))
+            lo = b.and_(v, _splat(_i8, 32, 15))
+            hi = b.and_(b.lshr(v, _splat(_i8, 32, 4)), _splat(_i8, 32, 15))
+            n_lo = term(lo, blk_lo, sq, acc_lo)
+            n_hi = term(hi, b.add(blk_lo, g64), sq, acc_hi)
+            i_next = b.add(i, ir.Constant(_i64, 1))
+            c_inc = b.add(c, ir.Constant(_i64, 1))
+            wrap = b.icmp_signed("==", c_inc, g64)
+            i.add_incoming(i_next, b.block)
+            c.add_incoming(b.select(wrap, ir.Constant(_i64, 0), c_inc), b.block)
+            g.add_incoming(b.add(g, b.zext(wrap, _i64)), b.block)
+            acc_lo.add_incoming(n_lo, b.block)
+            acc_hi.add_incoming(n_hi, b.block)
+            b.cbranch(b.icmp_signed("<", i_next, chunks), loop, done)
+            b.position_at_end(done)
+            t_lo = b.phi(_v8f32_)
+            t_hi = b.phi(_v8f32_)
+            t_lo.add_incoming(zero, pre)
+            t_hi.add_incoming(zero, pre)
+            t_lo.add_incoming(n_lo, loop)
+            t_hi.add_incoming(n_hi, loop)
+            return b.call(reduce, [ir.Constant(f32t, 0.0), b.fadd(t_lo, t_hi)])
+
+        return types.float32(codes, x, d, scales, group), codegen
+
+    return dot
+
+
+_dot_q4_i8_avx2 = _q4_i8_dot(vnni=False)
+_dot_q4_i8_vnni = _q4_i8_dot(vnni=True)
 
 
 @helper
@@ -499,12 +561,13 @@ def dot_q4_i8_generic(codes, x, d, scales, group):
 
 
 if HAVE_AVX2:
+    _dot_q4_i8_fast = _dot_q4_i8_avx2
 
     @helper
     def dot_q4_i8(codes, x, d, scales, group):
         """Σ_g sq_g Σ_{b in g} d_b Σ q·x_q for one q4 row (vector path when G % 64 == 0)."""
         if group % 64 == 0:
-            return _dot_q4_i8_avx2(codes, x, d, scales, group)
+            return _dot_q4_i8_fast(codes, x, d, scales, group)
         return dot_q4_i8_generic(codes, x, d, scales, group)
 
 else:  # pragma: no cover - exercised on machines without AVX2
