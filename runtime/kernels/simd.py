@@ -56,6 +56,7 @@ def _has_vnni() -> bool:
 
 HAVE_AVX2 = _has_avx2()
 HAVE_VNNI = _has_vnni()
+VNNI_ACCUMULATORS = 4  # streams j go to accumulator j % 4: two dependent vpdpbusd per step, not 4-8
 
 _i8 = ir.IntType(8)
 _i16 = ir.IntType(16)
@@ -79,8 +80,8 @@ def _dpbusd(builder) -> ir.Function:
 def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None, vnni: bool = False) -> ir.Value:
     """Emit the loop over 32-byte steps: stream j of code byte k pairs with x[k + j·stride]
     (stride = the number of code bytes by default). AVX2: acc += pmaddwd(Σ_j pmaddubsw(code_j, x_j), 1);
-    VNNI: acc_j = vpdpbusd(acc_j, code_j, x_j), one accumulator per stream (the instruction's
-    latency would otherwise chain the streams), summed after the loop."""
+    VNNI: acc = vpdpbusd(acc, code_j, x_j) into VNNI_ACCUMULATORS accumulators (one would chain
+    every stream through the instruction's latency), summed after the loop."""
     ca = context.make_array(sig.args[0])(context, builder, args[0])
     xa = context.make_array(sig.args[1])(context, builder, args[1])
     q = builder.extract_value(ca.shape, 0)
@@ -102,7 +103,7 @@ def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None, v
         return builder.load(p, align=1)
 
     zero = ir.Constant(_v8i32, None)
-    n_acc = streams if vnni else 1
+    n_acc = min(streams, VNNI_ACCUMULATORS) if vnni else 1
     pre = builder.block
     loop = builder.append_basic_block("tdot.loop")
     done = builder.append_basic_block("tdot.done")
@@ -117,10 +118,10 @@ def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None, v
     codes = unpack(builder, load(ca.data, i))
     xs = [load(xa.data, builder.add(i, builder.mul(step, ir.Constant(_i64, j)))) for j in range(streams)]
     if vnni:
-        nexts = [
-            builder.call(dpbusd, [accs[j], builder.bitcast(codes[j], _v8i32), builder.bitcast(xs[j], _v8i32)])
-            for j in range(streams)
-        ]
+        nexts = list(accs)
+        for j in range(streams):
+            a = j % n_acc
+            nexts[a] = builder.call(dpbusd, [nexts[a], builder.bitcast(codes[j], _v8i32), builder.bitcast(xs[j], _v8i32)])
     else:
         pairs = None
         for j in range(streams):
