@@ -71,6 +71,17 @@ def _splat(ty: ir.Type, n: int, value: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(ty, n), [ir.Constant(ty, value)] * n)
 
 
+def _exit_phis(builder, values: list, pre, loop, zero) -> list:
+    """At a loop's exit block: each loop-carried value as a phi (zero when the loop never ran)."""
+    phis = []
+    for v in values:  # all phis first: LLVM wants them at the top of the block
+        p = builder.phi(v.type)
+        p.add_incoming(zero, pre)
+        p.add_incoming(v, loop)
+        phis.append(p)
+    return phis
+
+
 def _dpbusd(builder) -> ir.Function:
     return cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(_v8i32, [_v8i32] * 3), "llvm.x86.avx512.vpdpbusd.256"
@@ -135,12 +146,7 @@ def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None, v
     builder.cbranch(builder.icmp_signed("<", i_next, q), loop, done)
 
     builder.position_at_end(done)
-    totals = []
-    for nxt in nexts:  # phis first: LLVM wants them at the top of the block
-        t = builder.phi(_v8i32)
-        t.add_incoming(zero, pre)
-        t.add_incoming(nxt, loop)
-        totals.append(t)
+    totals = _exit_phis(builder, nexts, pre, loop, zero)
     total = totals[0]
     for t in totals[1:]:
         total = builder.add(total, t)
@@ -401,12 +407,7 @@ def _dot_q8_avx2(typingctx, codes, x, d):
         acc1.add_incoming(n1, b.block)
         b.cbranch(b.icmp_signed("<", i_next, pairs_n), loop, after)
         b.position_at_end(after)
-        s0 = b.phi(_v8f32_)
-        s1 = b.phi(_v8f32_)
-        s0.add_incoming(zero, pre)
-        s1.add_incoming(zero, pre)
-        s0.add_incoming(n0, loop)
-        s1.add_incoming(n1, loop)
+        s0, s1 = _exit_phis(b, [n0, n1], pre, loop, zero)
         total = b.fadd(s0, s1)
         odd = b.icmp_signed("!=", b.mul(pairs_n, ir.Constant(_i64, 2)), nb)
         here = b.block
@@ -525,12 +526,7 @@ def _q4_i8_dot(vnni: bool):
             acc_hi.add_incoming(n_hi, b.block)
             b.cbranch(b.icmp_signed("<", i_next, chunks), loop, done)
             b.position_at_end(done)
-            t_lo = b.phi(_v8f32_)
-            t_hi = b.phi(_v8f32_)
-            t_lo.add_incoming(zero, pre)
-            t_hi.add_incoming(zero, pre)
-            t_lo.add_incoming(n_lo, loop)
-            t_hi.add_incoming(n_hi, loop)
+            t_lo, t_hi = _exit_phis(b, [n_lo, n_hi], pre, loop, zero)
             return b.call(reduce, [ir.Constant(f32t, 0.0), b.fadd(t_lo, t_hi)])
 
         return types.float32(codes, x, d, scales, group), codegen
