@@ -71,6 +71,16 @@ def _splat(ty: ir.Type, n: int, value: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(ty, n), [ir.Constant(ty, value)] * n)
 
 
+def _open_loop(builder, count: ir.Value, name: str) -> tuple:
+    """Blocks (pre, loop, done) of a loop run while count > 0, the builder placed in `loop`."""
+    pre = builder.block
+    loop = builder.append_basic_block(f"{name}.loop")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.cbranch(builder.icmp_signed(">", count, ir.Constant(_i64, 0)), loop, done)
+    builder.position_at_end(loop)
+    return pre, loop, done
+
+
 def _exit_phis(builder, values: list, pre, loop, zero) -> list:
     """At a loop's exit block: each loop-carried value as a phi (zero when the loop never ran)."""
     phis = []
@@ -115,12 +125,7 @@ def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None, v
 
     zero = ir.Constant(_v8i32, None)
     n_acc = min(streams, VNNI_ACCUMULATORS) if vnni else 1
-    pre = builder.block
-    loop = builder.append_basic_block("tdot.loop")
-    done = builder.append_basic_block("tdot.done")
-    builder.cbranch(builder.icmp_signed(">", q, ir.Constant(_i64, 0)), loop, done)
-
-    builder.position_at_end(loop)
+    pre, loop, done = _open_loop(builder, q, "tdot")
     i = builder.phi(_i64)
     accs = [builder.phi(_v8i32) for _ in range(n_acc)]
     i.add_incoming(ir.Constant(_i64, 0), pre)
@@ -387,11 +392,7 @@ def _dot_q8_avx2(typingctx, codes, x, d):
         # bounds a single accumulator (measured 123 → 103 cycles per 576-byte row streamed from memory)
         zero = ir.Constant(_v8f32_, None)
         pairs_n = b.sdiv(nb, ir.Constant(_i64, 2))
-        pre = b.block
-        loop = b.append_basic_block("q8dot.loop")
-        after = b.append_basic_block("q8dot.after")
-        b.cbranch(b.icmp_signed(">", pairs_n, ir.Constant(_i64, 0)), loop, after)
-        b.position_at_end(loop)
+        pre, loop, after = _open_loop(b, pairs_n, "q8dot")
         i = b.phi(_i64)
         acc0 = b.phi(_v8f32_)
         acc1 = b.phi(_v8f32_)
@@ -495,11 +496,7 @@ def _q4_i8_dot(vnni: bool):
                 return b.call(fma, [b.sitofp(ints, _v8f32_), splat8(scale), acc])
 
             zero = ir.Constant(_v8f32_, None)
-            pre = b.block
-            loop = b.append_basic_block("q4dot.loop")
-            done = b.append_basic_block("q4dot.done")
-            b.cbranch(b.icmp_signed(">", chunks, ir.Constant(_i64, 0)), loop, done)
-            b.position_at_end(loop)
+            pre, loop, done = _open_loop(b, chunks, "q4dot")
             i = b.phi(_i64)
             g = b.phi(_i64)  # group and chunk within it, stepped without a division per chunk
             c = b.phi(_i64)
