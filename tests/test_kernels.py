@@ -395,11 +395,11 @@ def test_simd_dots_match_portable_loops(variant):
         "avx2": (simd._dot_t2_avx2, simd._dot_t3_avx2, simd._dot_b1_avx2, simd._dot_q4_i8_avx2),
         "vnni": (simd._dot_t2_vnni, simd._dot_t3_vnni, simd._dot_b1_vnni, simd._dot_q4_i8_vnni),
     }.get(variant)
-    t2, t3, b1, q4 = pick or (simd.dot_t2, simd.dot_t3, simd._dot_b1_runs, simd.dot_q4_i8_generic)
+    t2, t3, b1, q4 = pick or (simd.dot_t2, simd.dot_t3, simd._dot_b1_row, simd.dot_q4_i8_generic)
 
     @njit
-    def run(codes2, codes3, codes1, x, stride, c4, d, sq, group):
-        return t2(codes2, x), t3(codes3, x), b1(codes1, x, stride), q4(c4, x, d, sq, group)
+    def run(codes2, codes3, x, codes1, x1, q1, tail, c4, d, sq, group):
+        return t2(codes2, x), t3(codes3, x), b1(codes1, x1, q1, tail), q4(c4, x, d, sq, group)
 
     rng = np.random.default_rng(13)
     for q in (32, 64, 1728):
@@ -408,21 +408,27 @@ def test_simd_dots_match_portable_loops(variant):
         c2 = rng.integers(0, 3, (4, q)).astype(np.uint8)
         codes2 = (c2[0] | c2[1] << 2 | c2[2] << 4 | c2[3] << 6).astype(np.uint8)
         codes3 = rng.integers(0, 243, q).astype(np.uint8)
-        codes1 = rng.integers(0, 256, q).astype(np.uint8)
         want2 = int(sum(c2[j].astype(np.int64) @ x[j * q : (j + 1) * q] for j in range(4)))
         digits = [(codes3.astype(np.int64) // 3**j) % 3 for j in range(5)]
         want3 = int(sum(digits[j] @ x[j * q : (j + 1) * q] for j in range(5)))
+        # onebit rows of any length: the last q1 % 32 bytes run from a zero-padded tail buffer
+        q1 = q + 8 if q < 1000 else q
+        codes1 = rng.integers(0, 256, q1).astype(np.uint8)
+        x1 = np.zeros(8 * q1 + 32, np.int8)
+        x1[: 8 * q1] = rng.integers(-128, 128, 8 * q1)
+        tail = np.zeros(32, np.uint8)
+        tail[: q1 % 32] = codes1[q1 // 32 * 32 :]
         bits = [(codes1.astype(np.int64) >> j) & 1 for j in range(8)]
-        want1 = int(sum(bits[j] @ x[j * q : (j + 1) * q] for j in range(8)))
+        want1 = int(sum(bits[j] @ x1[j * q1 : (j + 1) * q1] for j in range(8)))
         group = 128 if q % 64 == 0 else 64
         n = 2 * q // group * group  # q4 row of n inputs: n / 2 code bytes
         c4 = rng.integers(0, 256, n // 2).astype(np.uint8)
         d = rng.random(n // 32).astype(np.float32)
         sq = rng.integers(1, 256, n // group).astype(np.uint8)
-        got = run(codes2, codes3, codes1, x, q, c4, d, sq, group)
+        got = run(codes2, codes3, x, codes1, x1, q1, tail, c4, d, sq, group)
         assert got[0] == want2 == simd.dot_t2_generic(codes2, x)
         assert got[1] == want3 == simd.dot_t3_generic(codes3, x)
-        assert got[2] == want1 == simd.dot_b1_generic(codes1, x, q)
+        assert got[2] == want1 == simd.dot_b1_generic(codes1, x1, q1, tail)
         want4 = simd.dot_q4_i8_generic(c4, x, d, sq, group)
         np.testing.assert_allclose(got[3], want4, rtol=1e-5)
 

@@ -98,13 +98,18 @@ def _dpbusd(builder) -> ir.Function:
     )
 
 
-def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None, vnni: bool = False) -> ir.Value:
+def _build_dot(
+    context, builder, sig, args, streams: int, unpack, stride=None, vnni: bool = False, tail=None
+) -> ir.Value:
     """Emit the loop over 32-byte steps: stream j of code byte k pairs with x[k + j·stride]
     (stride = the number of code bytes by default). AVX2: acc += pmaddwd(Σ_j pmaddubsw(code_j, x_j), 1);
     VNNI: acc = vpdpbusd(acc, code_j, x_j) into VNNI_ACCUMULATORS accumulators (one would chain
-    every stream through the instruction's latency), summed after the loop."""
+    every stream through the instruction's latency), summed after the loop. With `tail` (the
+    index of a uint8 [32] argument holding the codes' last len % 32 bytes, zero beyond), a last
+    partial step reads its codes from there instead of past the end of the codes."""
     ca = context.make_array(sig.args[0])(context, builder, args[0])
     xa = context.make_array(sig.args[1])(context, builder, args[1])
+    ta = None if tail is None else context.make_array(sig.args[tail])(context, builder, args[tail])
     q = builder.extract_value(ca.shape, 0)
     step = q if stride is None else stride
     mod = builder.module
@@ -131,7 +136,12 @@ def _build_dot(context, builder, sig, args, streams: int, unpack, stride=None, v
     i.add_incoming(ir.Constant(_i64, 0), pre)
     for acc in accs:
         acc.add_incoming(zero, pre)
-    codes = unpack(builder, load(ca.data, i))
+    if ta is None:
+        codes = unpack(builder, load(ca.data, i))
+    else:
+        partial = builder.icmp_signed(">", builder.add(i, ir.Constant(_i64, 32)), q)
+        src = builder.select(partial, ta.data, builder.gep(ca.data, [i]))
+        codes = unpack(builder, load(src, ir.Constant(_i64, 0)))
     xs = [load(xa.data, builder.add(i, builder.mul(step, ir.Constant(_i64, j)))) for j in range(streams)]
     if vnni:
         nexts = list(accs)
@@ -213,17 +223,18 @@ def _ternary_dot(streams: int, unpack, vnni: bool):
 
 def _onebit_dot(vnni: bool):
     @intrinsic
-    def dot(typingctx, codes, x, stride):
-        """Σ over set bits for the first len(codes) // 32 · 32 bytes; bit j of byte k ↔ x[k + j·stride]
-        (AVX2: the 8 pair sums per i16 lane stay ≤ 8 · 2 · 127)."""
-        if not _check(codes, x) or not isinstance(stride, types.Integer):
+    def dot(typingctx, codes, x, stride, tail):
+        """Σ over set bits of codes; bit j of byte k ↔ x[k + j·stride] (AVX2: the 8 pair sums per
+        i16 lane stay ≤ 8 · 2 · 127). The last len(codes) % 32 bytes come from `tail` (see
+        dot_b1), in the same loop: one call and one horizontal sum per row."""
+        if not _check(codes, x) or not isinstance(stride, types.Integer) or not _check(tail, x):
             return None
 
         def codegen(context, builder, sig, args):
             st = context.cast(builder, args[2], sig.args[2], types.int64)
-            return _build_dot(context, builder, sig, args, 8, _unpack1, stride=st, vnni=vnni)
+            return _build_dot(context, builder, sig, args, 8, _unpack1, stride=st, vnni=vnni, tail=3)
 
-        return types.int32(codes, x, stride), codegen
+        return types.int32(codes, x, stride, tail), codegen
 
     return dot
 
@@ -294,16 +305,15 @@ def dot_t3_generic(codes, x):
 
 
 @helper
-def dot_b1_generic(codes, x, stride):
-    """As _dot_b1_avx2 (whole 32-byte runs of codes only), in plain loops."""
-    q = codes.shape[0] // _RUN * _RUN
+def dot_b1_generic(codes, x, stride, tail):
+    """As _dot_b1_avx2, in plain loops (reads the codes directly; `tail` is unused)."""
     acc = _i32n(0)
-    for o in range(0, q, _RUN):
+    for o in range(0, codes.shape[0], _RUN):
         s = _i32n(0)
-        for k in range(_RUN):
-            b = _i32n(codes[o + k])
+        for k in range(o, min(o + _RUN, codes.shape[0])):
+            b = _i32n(codes[k])
             for j in range(8):
-                s += ((b >> j) & 1) * _i32n(x[o + k + j * stride])
+                s += ((b >> j) & 1) * _i32n(x[k + j * stride])
         acc = _i32n(acc + s)
     return acc
 
@@ -311,31 +321,28 @@ def dot_b1_generic(codes, x, stride):
 if HAVE_VNNI:
     dot_t2 = _dot_t2_vnni
     dot_t3 = _dot_t3_vnni
-    _dot_b1_runs = _dot_b1_vnni
+    _dot_b1_row = _dot_b1_vnni
 elif HAVE_AVX2:
     dot_t2 = _dot_t2_avx2
     dot_t3 = _dot_t3_avx2
-    _dot_b1_runs = _dot_b1_avx2
+    _dot_b1_row = _dot_b1_avx2
 else:  # pragma: no cover - exercised on machines without AVX2
     dot_t2 = dot_t2_generic
     dot_t3 = dot_t3_generic
-    _dot_b1_runs = dot_b1_generic
+    _dot_b1_row = dot_b1_generic
 
 
 @helper
 def dot_b1(codes, x, tail):
     """Σ_k Σ_j bit_j(codes[k]) · x[k + jQ] (Q = len(codes)): one OneBit row's sum of the int8
     activations where the sign is +1. The last Q % 32 bytes are copied into `tail` (uint8 [32],
-    zero beyond them, reused across rows) and run as one more vector step, reading up to 31
-    bytes past x[8Q]: x must be zero-padded to 8Q + 32."""
+    zero beyond them, reused across rows) and run as the loop's last vector step, reading up to
+    31 bytes past x[8Q]: x must be zero-padded to 8Q + 32."""
     q = codes.shape[0]
     runs = q // _RUN * _RUN
-    acc = _dot_b1_runs(codes[:runs], x, q)
-    if runs < q:
-        for k in range(q - runs):
-            tail[k] = codes[runs + k]
-        acc += _dot_b1_runs(tail, x[runs:], q)
-    return acc
+    for k in range(q - runs):
+        tail[k] = codes[runs + k]
+    return _dot_b1_row(codes, x, q, tail)
 
 
 # -- q8 × int8 activations in blocks of 32 (llama.cpp's Q8_0 × Q8_0 dot) ---------------------
