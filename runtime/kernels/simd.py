@@ -13,10 +13,14 @@ instruction) from numba loops; written directly it makes the 2-bit ternary kerne
 x is int8 [>= 4Q or 5Q]. Per 32 code bytes: unpack the streams with shifts and masks (or udiv/urem
 by constants for base 3), one `vpmaddubsw` per stream (pairs: |c·x| ≤ 256, a 4- or 5-stream sum
 ≤ 2560 fits int16), then `vpmaddwd` by ones widens to int32 lanes; one horizontal sum per row.
+`dot_b1` (OneBit sign bitplanes, eight streams) and `dot_q4_i8` (q4 nibbles) work the same way.
+With AVX-512 VNNI or AVX-VNNI, one `vpdpbusd` per stream replaces `vpmaddubsw` + `vpmaddwd`
+(OneBit 2B-shaped decode layers: 22.8 → 17.3 ms/token).
 
 On CPUs without AVX2 (or not x86) the same functions are plain numba loops that sum in int16 over
-runs of 32 bytes and widen to int32 (numba-lessons: ~16 GMAC/s per core here). `HAVE_AVX2` says
-which one this process uses; numba's cache keys compiled code by CPU, so each machine gets its own.
+runs of 32 bytes and widen to int32 (numba-lessons: ~16 GMAC/s per core here). `HAVE_AVX2` and
+`HAVE_VNNI` say which path this process uses; numba's cache keys compiled code by CPU, so each
+machine gets its own.
 """
 
 from __future__ import annotations
