@@ -192,7 +192,7 @@ def test_grouped(shape, bits, group, threads):
         x = activations(rng, t, shape[1])
         y = run(grouped_decode, grouped.grouped_prefill, x, args, shape[0])
         ref = grouped.grouped_ref(x, *args, shape[1])
-        if bits == 4:  # decode: int8 activations in blocks of 32
+        if bits == 4:  # decode: int8 activations, one scale per group
             ref = grouped.q4_ref(x, *args[:4], group, shape[1])
         assert_close(y, ref, grouped_magnitudes(entry, group), x)
 
@@ -423,7 +423,7 @@ def test_simd_dots_match_portable_loops(variant):
         group = 128 if q % 64 == 0 else 64
         n = 2 * q // group * group  # q4 row of n inputs: n / 2 code bytes
         c4 = rng.integers(0, 256, n // 2).astype(np.uint8)
-        d = rng.random(n // 32).astype(np.float32)
+        d = rng.random(n // group).astype(np.float32)
         sq = rng.integers(1, 256, n // group).astype(np.uint8)
         got = run(codes2, codes3, x, codes1, x1, q1, tail, c4, d, sq, group)
         assert got[0] == want2 == simd.dot_t2_generic(codes2, x)

@@ -71,8 +71,9 @@ def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
         xq, s = quantize_activation_ref(x * entry.parts["g"].astype(np.float32))
         signs = ENCODINGS["onebit"].unpack(entry.parts, entry.shape, entry.params).astype(np.float64)
         y = (xq.astype(np.float64) @ signs.T) * entry.parts["h"].astype(np.float64) / s[:, None]
-    elif entry.encoding in ("q8", "q4"):  # decode: int8 activations in blocks of 32
-        y = decode_activation_ref(x) @ entry.dequantize().astype(np.float64).T
+    elif entry.encoding in ("q8", "q4"):  # decode: int8 activations, q8 per 32 values, q4 per group
+        block = entry.params["group_size"] if entry.encoding == "q4" else 32
+        y = decode_activation_ref(x, block) @ entry.dequantize().astype(np.float64).T
     else:
         y = x.astype(np.float64) @ entry.dequantize().astype(np.float64).T
     if entry.encoding == "onebit" and entry.params["layernorm"]:

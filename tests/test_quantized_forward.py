@@ -19,7 +19,7 @@ PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "one
 class ReferenceLinear:
     """y = x Ŵᵀ with Ŵ dequantised by the format's numpy reference; ternary layers quantise the
     activation per token to int8 first (BitNet semantics); when decoding one token, onebit
-    layers do so for g ⊙ x, and q8 and q4 layers quantise in blocks of 32; onebit optionally
+    layers do so for g ⊙ x, q8 layers quantise in blocks of 32 and q4 layers per group; onebit optionally
     layer-normalises."""
 
     def __init__(self, entry, bias=None) -> None:
@@ -27,6 +27,7 @@ class ReferenceLinear:
         self.w = entry.dequantize().astype(np.float64)
         self.bias = bias
         self.layernorm = bool(entry.params.get("layernorm", False))
+        self.block = entry.params["group_size"] if self.encoding == "q4" else 32
         if self.encoding.startswith("ternary"):
             self.trits = get_encoding(self.encoding).unpack(entry.parts, entry.shape, entry.params).astype(np.float64)
             scale = entry.parts["scale"].astype(np.float64)
@@ -46,8 +47,8 @@ class ReferenceLinear:
             xg = x * self.g
             s = 127.0 / np.maximum(np.abs(xg).max(-1, keepdims=True), 1e-5)
             y = (np.clip(np.round(xg * s), -128, 127) @ self.signs.T) * self.h / s
-        elif self.encoding in ("q8", "q4"):  # decode: int8 activations in blocks of 32
-            y = decode_activation_ref(x.astype(np.float32)) @ self.w.T
+        elif self.encoding in ("q8", "q4"):  # decode: int8 activations, q8 per 32 values, q4 per group
+            y = decode_activation_ref(x.astype(np.float32), self.block) @ self.w.T
         else:
             y = x @ self.w.T
         if self.layernorm:

@@ -15,10 +15,12 @@ loop walks consecutive bytes against contiguous slices of x:
 The activation is padded with zeros to whole groups (padding codes equal the zero point, so the
 padded weights are exactly 0 either way).
 
-q4 decode runs on int8 activations in blocks of 32 (as q8 and llama.cpp's Q4_0 × Q8_0): with
-x = d_b · x_q per block, Σ q·x = Σ_b d_b Σ q·x_q is an integer `vpmaddubsw` per 32 codes
-(`simd.dot_q4_i8`), and the zero-point term uses the group sums of the quantised activation,
-zsum[g] (2B-shaped model, 2 threads: 9.9 → 11.9 tok/s). q2/q3 decode run one `simd.row_dot_q{b}`
+q4 decode runs on int8 activations with one scale per group (as llama.cpp's K-quants × Q8_K):
+with x = d_g · x_q in group g, Σ q·x = Σ_g d_g Σ q·x_q sums a whole group in integers
+(`simd.dot_q4_i8`: u4 × i8 `vpmaddubsw` or `vpdpbusd`, one convert and FMA per group), and the
+zero-point term uses the group sums of the quantised activation, zsum[g]. (2B-shaped model, 2
+threads: float activations 9.9 tok/s, int8 blocks of 32 16.7-17.9, int8 groups of 128 see
+docs/benchmarks.md.) q2/q3 decode run one `simd.row_dot_q{b}`
 per row (vector IR: per-group products in <8 x float> accumulators, scaled into the row with one
 FMA per group, one horizontal sum per row). Prefill (all three) keeps float32 activations,
 dequantises a block of rows once into scratch and multiplies it with all T tokens: that reuse
@@ -33,7 +35,7 @@ from numba import prange
 from lowbit.formats.encodings import Q2, Q3, Q4
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
-from lowbit.runtime.kernels.q8 import BLOCK, decode_activation_ref, quantize_blocks_into
+from lowbit.runtime.kernels.q8 import decode_activation_ref, quantize_runs_into
 from lowbit.runtime.kernels.simd import dot_q4_i8
 
 f32 = np.float32
@@ -58,23 +60,19 @@ def group_sums(xp, group):
 
 @helper
 def quantize_groups(x, xq, d, zsum, group):
-    """x float32 [n] -> int8 blocks of 32 (xq [ng·G], zero-filled by the caller; d [ng·G/32], as
-    q8) and zsum[g] = Σ_{b in g} d_b Σ_{k in b} x_q[k], the group sums of what the rows see."""
-    quantize_blocks_into(x, xq, d)
-    per = group // BLOCK
+    """x float32 [n] -> int8 with one scale per group (xq [ng·G], zero-filled by the caller;
+    d [ng]) and zsum[g] = d_g Σ_{k in g} x_q[k], the group sums of what the rows see."""
+    quantize_runs_into(x, xq, d, group)
     for g in range(zsum.shape[0]):
-        t = f32(0.0)
-        for j in range(g * per, (g + 1) * per):
-            s = i32(0)
-            for k in range(j * BLOCK, (j + 1) * BLOCK):
-                s += i32(xq[k])
-            t += d[j] * f32(s)
-        zsum[g] = t
+        s = i32(0)
+        for k in range(g * group, (g + 1) * group):
+            s += i32(xq[k])
+        zsum[g] = d[g] * f32(s)
 
 
 @helper
 def q4_row(codes, xq, d, zsum, scales, zeros, group):
-    """Σ_g sq_g (Σ_{b in g} d_b Σ q·x_q − z_g · zsum_g) for one row (times row_scale by the caller)."""
+    """Σ_g sq_g (d_g Σ q·x_q − z_g · zsum_g) for one row (times row_scale by the caller)."""
     zt = f32(0.0)
     for g in range(scales.shape[0]):
         zt += f32(scales[g]) * f32(zeros[g]) * zsum[g]
@@ -142,11 +140,11 @@ def q4_ref(
     x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, row_scale: np.ndarray,
     group: int, n_in: int,
 ) -> np.ndarray:
-    """q4 as the kernels run it: the dequantised weights times the int8 block activations
-    (decode, T = 1) or the float32 activations (prefill)."""
+    """q4 as the kernels run it: the dequantised weights times the int8 activations with one
+    scale per group (decode, T = 1) or the float32 activations (prefill)."""
     parts = {"codes": codes, "scales": scales, "zeros": zeros, "row_scale": row_scale.view(np.float16)}
     w = Q4.dequantize(parts, (codes.shape[0], n_in), {"group_size": group})
-    return (decode_activation_ref(x) @ w.astype(np.float64).T).astype(np.float32)
+    return (decode_activation_ref(x, group) @ w.astype(np.float64).T).astype(np.float32)
 
 
 def grouped_ref(

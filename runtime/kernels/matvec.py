@@ -20,7 +20,7 @@ bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
     ONEBIT        signs   g f16        h f16    -           -       1 = LayerNorm
 
 `prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
-quantisation of x (per token, or per block of 32 for q8) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
+quantisation of x (per token, per block of 32 for q8, per group for q4) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
 with the encoding's row kernel (`simd`, `grouped`, `onebit`, …); `finish(desc, y)` adds the
 bias and applies OneBit's LayerNorm. `matvec_ref` is the numpy reference.
 """
@@ -88,7 +88,7 @@ def prepare(desc, x):
     elif kind == Q4:
         ng = b.shape[1]
         xq = np.zeros(ng * group, dtype=np.int8)
-        xs = np.empty(ng * group // BLOCK, dtype=np.float32)
+        xs = np.empty(ng, dtype=np.float32)
         zs = np.empty(ng, dtype=np.float32)
         quantize_groups(x, xq, xs, zs, group)
     elif kind == Q2 or kind == Q3:

@@ -36,12 +36,13 @@ def blocks_of(n: int) -> int:
 
 
 @exact
-def quantize_blocks_into(x, xq, d):
-    """x float32 [n] -> xq int8 [>= 32·nb] (zero-filled by the caller), d float32 [nb]."""
+def quantize_runs_into(x, xq, d, run):
+    """x float32 [n] -> xq int8 [>= run·nb] (zero-filled by the caller), d float32 [nb]: one scale
+    per run of `run` values (q8: blocks of 32; q4: its groups)."""
     n = x.shape[0]
     for b in range(d.shape[0]):
-        lo = b * BLOCK
-        hi = min(n, lo + BLOCK)
+        lo = b * run
+        hi = min(n, lo + run)
         m = f32(0.0)
         for k in range(lo, hi):
             m = max(m, abs(x[k]))
@@ -49,6 +50,12 @@ def quantize_blocks_into(x, xq, d):
         inv = f32(127.0) / m if m > f32(0.0) else f32(0.0)
         for k in range(lo, hi):
             xq[k] = np.int8(min(max(np.rint(x[k] * inv), f32(-127.0)), f32(127.0)))
+
+
+@exact
+def quantize_blocks_into(x, xq, d):
+    """x float32 [n] -> xq int8 [>= 32·nb] (zero-filled by the caller), d float32 [nb]."""
+    quantize_runs_into(x, xq, d, BLOCK)
 
 
 @helper
@@ -101,14 +108,15 @@ def q8_prefill(x, codes, scales, group, y):
 # -- numpy references -------------------------------------------------------------------------
 
 
-def q8_activation_ref(x: np.ndarray) -> np.ndarray:
-    """x float32 [T, n] -> the activation the kernels multiply, d[b] · x_q, as float64."""
+def q8_activation_ref(x: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """x float32 [T, n] -> the activation the kernels multiply, d[b] · x_q, as float64 (one
+    scale per run of `block` values: q8's 32, q4's group)."""
     x = np.asarray(x, np.float32)
     t, n = x.shape
-    nb = blocks_of(n)
-    xb = np.zeros((t, nb * BLOCK), np.float32)
+    nb = -(-n // block)
+    xb = np.zeros((t, nb * block), np.float32)
     xb[:, :n] = x
-    xb = xb.reshape(t, nb, BLOCK)
+    xb = xb.reshape(t, nb, block)
     m = np.abs(xb).max(axis=-1, keepdims=True)
     d = m / np.float32(127.0)
     with np.errstate(divide="ignore"):
@@ -117,10 +125,11 @@ def q8_activation_ref(x: np.ndarray) -> np.ndarray:
     return (xq.astype(np.float64) * d.astype(np.float64)).reshape(t, -1)[:, :n]
 
 
-def decode_activation_ref(x: np.ndarray) -> np.ndarray:
-    """What q8/q4 kernels multiply: int8 blocks for one token (decode), float32 for several."""
+def decode_activation_ref(x: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """What q8/q4 kernels multiply: int8 runs of `block` for one token (decode), float32 for
+    several."""
     x = np.asarray(x, np.float32)
-    return q8_activation_ref(x) if x.shape[0] == 1 else x.astype(np.float64)
+    return q8_activation_ref(x, block) if x.shape[0] == 1 else x.astype(np.float64)
 
 
 def q8_ref(x: np.ndarray, codes: np.ndarray, scales: np.ndarray, group_size: int) -> np.ndarray:

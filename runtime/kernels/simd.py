@@ -453,17 +453,20 @@ def dot_q8_generic(codes, x, d):
 dot_q8 = _dot_q8_avx2 if HAVE_AVX2 else dot_q8_generic
 
 
-# -- q4 codes × int8 activations in blocks of 32 --------------------------------------------
+# -- q4 codes × int8 activations, one activation scale per group ------------------------------
 
 
 def _q4_i8_dot(vnni: bool):
     @intrinsic
     def dot(typingctx, codes, x, d, scales, group):
-        """Σ_g scales[g] · Σ_{b in g} d[b] · Σ_{k in b} q_k · x_k for one q4 row with G % 64 == 0:
-        each 32-byte chunk of a group holds the low-nibble codes of block c and the high-nibble codes
-        of block c + G/64 (the group's stream layout), so one load feeds two `vpmaddubsw` (u4 × i8,
-        pairs ≤ 2·15·127), each widened, converted and scaled by sq·d[b] in its own accumulator
-        (VNNI: one `vpdpbusd` per block instead of `vpmaddubsw` + `vpmaddwd`)."""
+        """Σ_g scales[g] · d[g] · Σ_{k in g} q_k · x_k for one q4 row with G % 64 == 0 (x quantised
+        with one scale d[g] per group, so a whole group sums in integers). Each 32-byte chunk of a
+        group holds the low-nibble codes for x[c·32 ..] and the high-nibble codes for
+        x[G/2 + c·32 ..] (the group's stream layout): one load feeds two `vpmaddubsw` (u4 × i8,
+        summed pairs ≤ 4·15·128) widened by `vpmaddwd` (VNNI: two `vpdpbusd` into two int32
+        accumulators). At the group's last chunk the integers are converted and added into the
+        float accumulator with one FMA by sq·d[g]: one convert per G weights, where scales per
+        block of 32 needed four."""
         ok = (
             all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d, scales))
             and codes.dtype == types.uint8
@@ -478,7 +481,9 @@ def _q4_i8_dot(vnni: bool):
         def codegen(context, builder, sig, args):
             b = builder
             ca, xa, da, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args[:4], args[:4]))
-            g64 = b.sdiv(context.cast(b, args[4], sig.args[4], types.int64), ir.Constant(_i64, 64))
+            g_len = context.cast(b, args[4], sig.args[4], types.int64)
+            g64 = b.sdiv(g_len, ir.Constant(_i64, 64))
+            half = b.sdiv(g_len, ir.Constant(_i64, 2))
             chunks = b.mul(b.extract_value(sa.shape, 0), g64)
             mod = b.module
             fn = cgutils.get_or_insert_function
@@ -487,6 +492,7 @@ def _q4_i8_dot(vnni: bool):
             fma = fn(mod, ir.FunctionType(_v8f32_, [_v8f32_] * 3), "llvm.fmuladd.v8f32")
             reduce = fn(mod, ir.FunctionType(ir.FloatType(), [ir.FloatType(), _v8f32_]), "llvm.vector.reduce.fadd.v8f32")
             f32t = ir.FloatType()
+            dpbusd = _dpbusd(b) if vnni else None
 
             def load32(ptr, off):
                 return b.load(b.bitcast(b.gep(ptr, [off]), _v32i8.as_pointer()), align=1)
@@ -495,47 +501,66 @@ def _q4_i8_dot(vnni: bool):
                 one = b.insert_element(ir.Constant(_v8f32_, ir.Undefined), v, ir.Constant(_i32, 0))
                 return b.shuffle_vector(one, ir.Constant(_v8f32_, ir.Undefined), ir.Constant(ir.VectorType(_i32, 8), [0] * 8))
 
-            dpbusd = _dpbusd(b) if vnni else None
-
-            def term(codes4, blk, sq, acc):
-                xv = load32(xa.data, b.mul(blk, ir.Constant(_i64, 32)))
-                if vnni:
-                    ints = b.call(dpbusd, [ir.Constant(_v8i32, None), b.bitcast(codes4, _v8i32), b.bitcast(xv, _v8i32)])
-                else:
-                    ints = b.call(maddwd, [b.call(maddubs, [codes4, xv]), _splat(_i16, 16, 1)])
-                scale = b.fmul(sq, b.load(b.gep(da.data, [blk])))
-                return b.call(fma, [b.sitofp(ints, _v8f32_), splat8(scale), acc])
-
-            zero = ir.Constant(_v8f32_, None)
+            zero_f = ir.Constant(_v8f32_, None)
+            zero_i = ir.Constant(_v8i32, None)
             pre, loop, done = _open_loop(b, chunks, "q4dot")
+            flush = b.append_basic_block("q4dot.flush")
+            cont = b.append_basic_block("q4dot.cont")
             i = b.phi(_i64)
             g = b.phi(_i64)  # group and chunk within it, stepped without a division per chunk
             c = b.phi(_i64)
-            acc_lo = b.phi(_v8f32_)
-            acc_hi = b.phi(_v8f32_)
+            acc_a = b.phi(_v8i32)
+            acc_b = b.phi(_v8i32)
+            acc_f = b.phi(_v8f32_)
             for v in (i, g, c):
                 v.add_incoming(ir.Constant(_i64, 0), pre)
-            acc_lo.add_incoming(zero, pre)
-            acc_hi.add_incoming(zero, pre)
-            sq = b.uitofp(b.load(b.gep(sa.data, [g])), f32t)
-            blk_lo = b.add(b.mul(g, b.mul(g64, ir.Constant(_i64, 2))), c)
+            acc_a.add_incoming(zero_i, pre)
+            acc_b.add_incoming(zero_i, pre)
+            acc_f.add_incoming(zero_f, pre)
             v = load32(ca.data, b.mul(i, ir.Constant(_i64, 32)))
             lo = b.and_(v, _splat(_i8, 32, 15))
             hi = b.and_(b.lshr(v, _splat(_i8, 32, 4)), _splat(_i8, 32, 15))
-            n_lo = term(lo, blk_lo, sq, acc_lo)
-            n_hi = term(hi, b.add(blk_lo, g64), sq, acc_hi)
-            i_next = b.add(i, ir.Constant(_i64, 1))
+            x_off = b.add(b.mul(g, g_len), b.mul(c, ir.Constant(_i64, 32)))
+            x_lo = load32(xa.data, x_off)
+            x_hi = load32(xa.data, b.add(x_off, half))
+            if vnni:
+                a2 = b.call(dpbusd, [acc_a, b.bitcast(lo, _v8i32), b.bitcast(x_lo, _v8i32)])
+                b2 = b.call(dpbusd, [acc_b, b.bitcast(hi, _v8i32), b.bitcast(x_hi, _v8i32)])
+            else:
+                pairs = b.add(b.call(maddubs, [lo, x_lo]), b.call(maddubs, [hi, x_hi]))
+                a2 = b.add(acc_a, b.call(maddwd, [pairs, _splat(_i16, 16, 1)]))
+                b2 = acc_b
             c_inc = b.add(c, ir.Constant(_i64, 1))
             wrap = b.icmp_signed("==", c_inc, g64)
-            i.add_incoming(i_next, b.block)
-            c.add_incoming(b.select(wrap, ir.Constant(_i64, 0), c_inc), b.block)
-            g.add_incoming(b.add(g, b.zext(wrap, _i64)), b.block)
-            acc_lo.add_incoming(n_lo, b.block)
-            acc_hi.add_incoming(n_hi, b.block)
+            b.cbranch(wrap, flush, cont)
+
+            b.position_at_end(flush)  # the group's last chunk: its integers into the float sum
+            sq = b.uitofp(b.load(b.gep(sa.data, [g])), f32t)
+            scale = b.fmul(sq, b.load(b.gep(da.data, [g])))
+            f2 = b.call(fma, [b.sitofp(b.add(a2, b2), _v8f32_), splat8(scale), acc_f])
+            b.branch(cont)
+
+            b.position_at_end(cont)
+            f_next = b.phi(_v8f32_)
+            f_next.add_incoming(acc_f, loop)
+            f_next.add_incoming(f2, flush)
+            a_next = b.phi(_v8i32)
+            a_next.add_incoming(a2, loop)
+            a_next.add_incoming(zero_i, flush)
+            b_next = b.phi(_v8i32)
+            b_next.add_incoming(b2, loop)
+            b_next.add_incoming(zero_i, flush)
+            i_next = b.add(i, ir.Constant(_i64, 1))
+            i.add_incoming(i_next, cont)
+            c.add_incoming(b.select(wrap, ir.Constant(_i64, 0), c_inc), cont)
+            g.add_incoming(b.add(g, b.zext(wrap, _i64)), cont)
+            acc_a.add_incoming(a_next, cont)
+            acc_b.add_incoming(b_next, cont)
+            acc_f.add_incoming(f_next, cont)
             b.cbranch(b.icmp_signed("<", i_next, chunks), loop, done)
             b.position_at_end(done)
-            t_lo, t_hi = _exit_phis(b, [n_lo, n_hi], pre, loop, zero)
-            return b.call(reduce, [ir.Constant(f32t, 0.0), b.fadd(t_lo, t_hi)])
+            (total,) = _exit_phis(b, [f_next], pre, cont, zero_f)
+            return b.call(reduce, [ir.Constant(f32t, 0.0), total])
 
         return types.float32(codes, x, d, scales, group), codegen
 
@@ -550,27 +575,24 @@ _dot_q4_i8_vnni = _q4_i8_dot(vnni=True)
 def dot_q4_i8_generic(codes, x, d, scales, group):
     """As _dot_q4_i8_avx2 for any G (a multiple of 32), in plain loops."""
     half = group // 2
-    per = group // _RUN
     acc = np.float32(0.0)
     for g in range(scales.shape[0]):
         cg = codes[g * half : (g + 1) * half]
-        sq = np.float32(scales[g])
-        for j in range(per):  # block j of the group: low nibbles first, then high
-            s = _i32n(0)
-            for k in range(_RUN):
-                i = j * _RUN + k
-                q = (cg[i] & 15) if i < half else (cg[i - half] >> 4)
-                s += _i32n(q) * _i32n(x[g * group + i])
-            acc += np.float32(s) * (sq * d[g * per + j])
+        xg = x[g * group : (g + 1) * group]
+        s = _i32n(0)
+        for i in range(half):
+            q = _i32n(cg[i])
+            s += (q & 15) * _i32n(xg[i]) + (q >> 4) * _i32n(xg[half + i])
+        acc += np.float32(s) * (np.float32(scales[g]) * d[g])
     return acc
 
 
 if HAVE_AVX2:
-    _dot_q4_i8_fast = _dot_q4_i8_avx2
+    _dot_q4_i8_fast = _dot_q4_i8_vnni if HAVE_VNNI else _dot_q4_i8_avx2
 
     @helper
     def dot_q4_i8(codes, x, d, scales, group):
-        """Σ_g sq_g Σ_{b in g} d_b Σ q·x_q for one q4 row (vector path when G % 64 == 0)."""
+        """Σ_g sq_g d_g Σ q·x_q for one q4 row (vector path when G % 64 == 0)."""
         if group % 64 == 0:
             return _dot_q4_i8_fast(codes, x, d, scales, group)
         return dot_q4_i8_generic(codes, x, d, scales, group)
