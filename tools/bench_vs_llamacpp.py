@@ -18,8 +18,10 @@ quantiser's defaults and falls back to other types where rows are not a multiple
 size: the types it actually wrote and the linear layers' bits/weight are reported.
 
 Each engine+encoding runs in its own persistent worker process (peak RSS is per configuration, no
-shared caches), started once per pair; run requests alternate (lowbit run 1, llama.cpp run 1,
-lowbit run 2, ...). A run: reset, prefill the prompt (random ordinary token ids, the same on both
+shared caches), started once per pair; run requests alternate between the engines and the thread
+counts (lowbit 1 thread, llama.cpp 1 thread, lowbit 2 threads, llama.cpp 2 threads, then run 2,
+...), so both the engine ratios and the 2-thread/1-thread scaling compare runs made minutes, not
+a quarter of an hour, apart on a machine whose memory bandwidth drifts. A run: reset, prefill the prompt (random ordinary token ids, the same on both
 sides), then greedy decode --gen-tokens tokens; kernels are warmed up before any timing. Medians of
 --repeats runs; ratios are lowbit / llama.cpp (tok/s above 1: lowbit faster; TTFT, RSS and size
 above 1: lowbit slower or larger).
@@ -465,24 +467,26 @@ def bench_pair(m: ModelFiles, pair: str, lb_path: Path, cpp_path: Path, args, pr
             out[f"{engine}_load"] = {"load_s": rd["load_s"], "warmup_s": rd["warmup_s"],
                                      "start_s": time.perf_counter() - t0, "info": rd.get("info")}
         warm_prompt = prompt[: min(8, len(prompt))]
-        for t in args.threads:
-            runs: dict[str, list[dict[str, Any]]] = {"lowbit": [], "llamacpp": []}
-            for w in workers.values():
-                w.request(cmd="warm", threads=t, prompt=warm_prompt, gen=2)
-            for r in range(args.repeats):
+        runs = {t: {"lowbit": [], "llamacpp": []} for t in args.threads}
+        current: dict[str, int] = {}
+        for r in range(args.repeats):
+            for t in args.threads:  # thread counts alternate as well: the scaling ratio sees one machine state
                 for engine, w in workers.items():  # lowbit run r, llama.cpp run r, ...
+                    if current.get(engine) != t:  # a new thread count: warm it (llama.cpp: a fresh context)
+                        w.request(cmd="warm", threads=t, prompt=warm_prompt, gen=2)
+                        current[engine] = t
                     time.sleep(args.pause)  # let the other worker's idle threads stop spinning
-                    res = w.request(cmd="run", threads=t, prompt=prompt, gen=args.gen_tokens)
-                    runs[engine].append(res)
+                    runs[t][engine].append(w.request(cmd="run", threads=t, prompt=prompt, gen=args.gen_tokens))
                 log(f"  {m.name} {pair} t={t} run {r + 1}/{args.repeats}: decode "
-                    f"lowbit {runs['lowbit'][-1]['decode_tps']:.1f} / llama.cpp {runs['llamacpp'][-1]['decode_tps']:.1f} tok/s")
+                    f"lowbit {runs[t]['lowbit'][-1]['decode_tps']:.1f} / llama.cpp {runs[t]['llamacpp'][-1]['decode_tps']:.1f} tok/s")
+        for t in args.threads:
             row: dict[str, Any] = {"threads": t}
-            for engine, rs in runs.items():
+            for engine, rs in runs[t].items():
                 row[engine] = {k: _median(rs, k) for k in (*METRICS, "prefill_s", "decode_s")}
-                row[engine]["peak_rss_mb"] = rs[-1]["peak_rss_mb"]
+                row[engine]["peak_rss_mb"] = max(x["peak_rss_mb"] for x in rs)
                 row[engine]["runs"] = [{k: v for k, v in x.items() if k not in ("tokens", "ok")} for x in rs]
             row["ratio"] = {k: row["lowbit"][k] / row["llamacpp"][k] for k in (*METRICS, "peak_rss_mb")}
-            a, b = runs["lowbit"][0]["tokens"], runs["llamacpp"][0]["tokens"]
+            a, b = runs[t]["lowbit"][0]["tokens"], runs[t]["llamacpp"][0]["tokens"]
             row["greedy_tokens_agree"] = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
             out["threads"].append(row)
         return out
@@ -580,6 +584,19 @@ def _types(files: dict[str, Any]) -> str:
     return "+".join(f"{k}×{v}" if len(files["linear_types"]) > 1 else k for k, v in files["linear_types"].items())
 
 
+def decode_scaling(pair: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Decode tok/s at the most threads over the fewest, for lowbit and llama.cpp: the median of
+    run r's ratio (the runs of both thread counts alternate, so run r's pair is minutes apart)."""
+    rows = pair["threads"]
+    if len(rows) < 2:
+        return None, None
+    lo, hi = rows[0], rows[-1]
+    return tuple(
+        statistics.median(b["decode_tps"] / a["decode_tps"] for a, b in zip(lo[e]["runs"], hi[e]["runs"]))
+        for e in ("lowbit", "llamacpp")
+    )
+
+
 def format_report(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [f"lowbit vs llama.cpp on {report['machine']['cpu']} ({report['machine']['cpus']} CPUs), "
@@ -615,6 +632,12 @@ def format_report(report: dict[str, Any]) -> str:
                 label = ""
         lines += ["", "pairs: " + ", ".join(f"{p['pair']} = lowbit {p['lowbit_method']} vs {p['llamacpp_type']}"
                                             for p in e["pairs"])]
+        scaling = [f"{p['pair']} lowbit {sl:.2f}, llama.cpp {sc:.2f}" for p in e["pairs"]
+                   for sl, sc in [decode_scaling(p)] if sl is not None]
+        if scaling:
+            t = e["pairs"][0]["threads"]
+            lines.append(f"decode scaling, {t[-1]['threads']} threads / {t[0]['threads']} (median of the per-repetition "
+                         "ratios): " + "; ".join(scaling))
         for f in e["files"].values():
             fb = f.get("quantizer_fallbacks")
             if fb:

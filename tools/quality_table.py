@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ from lowbit.quant.calibrate import (  # noqa: E402
 )
 from lowbit.runtime import load  # noqa: E402
 
-LOWBIT_VARIANTS = [  # label, convert() keyword arguments, calibrated?
+ONEBIT_MLPS = 'method = "f32"\n[[rules]]\npattern = "model.layers.1?.mlp.*_proj.weight"\nencoding = "onebit"\n'
+LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML recipe), calibrated?
     ("q8", dict(method="q8"), False),
     ("q4 g128 RTN", dict(method="q4"), False),
     ("q4 g128 GPTQ", dict(method="q4"), True),
@@ -49,6 +51,13 @@ LOWBIT_VARIANTS = [  # label, convert() keyword arguments, calibrated?
     ("onebit calibrated", dict(method="onebit"), True),
     ("target-bpw 2.5 (GPTQ)", dict(method="q2", target_bpw=2.5), True),
     ("target-bpw 3.0 (GPTQ)", dict(method="q2", target_bpw=3.0), True),
+    # llama.cpp's Q2_K and Q3_K_M fall back to 4-5 bit types on SmolLM2's 576-wide rows: lowbit at
+    # their actual bits/weight
+    ("target-bpw 4.23 = Q2_K's bits (GPTQ)", dict(method="q2", target_bpw=4.23), True),
+    ("target-bpw 4.63 = Q3_K_M's bits (GPTQ)", dict(method="q3", target_bpw=4.63), True),
+    # 1 bit where the rest of the model still works: SVID against ALS-fitted g/h
+    ("onebit MLPs 10-19 (rest f32) SVID", dict(method="f32", recipe_text=ONEBIT_MLPS), False),
+    ("onebit MLPs 10-19 (rest f32) calibrated", dict(method="f32", recipe_text=ONEBIT_MLPS), True),
 ]
 LLAMA_TYPES = ["Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "TQ2_0"]
 
@@ -85,6 +94,20 @@ def llama_logprobs(path: Path, ctx: int, threads: int):
     return fn
 
 
+def row_key(row: dict) -> tuple[str, str]:
+    """A row's identity across runs: the lowbit label, or the llama.cpp type (its fallbacks vary)."""
+    return row["engine"], row["variant"] if row["engine"] == "lowbit" else row["variant"].split()[0]
+
+
+def merge_rows(saved: list[dict], new: list[dict]) -> list[dict]:
+    """The saved table with `new` rows replacing or joining it, in the canonical row order."""
+    order = [("lowbit", "f32 reference")] + [("lowbit", v[0]) for v in LOWBIT_VARIANTS] + [("llama.cpp", t) for t in LLAMA_TYPES]
+    merged = {row_key(r): r for r in saved}
+    merged.update({row_key(r): r for r in new})
+    rank = {k: i for i, k in enumerate(order)}
+    return sorted(merged.values(), key=lambda r: rank.get(row_key(r), len(order)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ctx", type=int, default=256)
@@ -93,7 +116,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=lowbit_home() / "quality")
     ap.add_argument("--out", type=Path, default=Path("docs/quality.md"))
-    ap.add_argument("--only", help="comma-separated labels to run (default: all)")
+    ap.add_argument("--only", help="comma-separated labels to run (default: all); the other rows are kept from --out's .json")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     hf = ensure_smollm2_checkpoint()
@@ -113,7 +136,11 @@ def main() -> None:
     for label, kwargs, calibrated in LOWBIT_VARIANTS:
         if only and label not in only:
             continue
-        path = args.workdir / (label.replace(" ", "_").replace("(", "").replace(")", "") + ".lowbit")
+        path = args.workdir / (re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("_") + ".lowbit")
+        kwargs = dict(kwargs)
+        if "recipe_text" in kwargs:
+            kwargs["recipe"] = path.with_suffix(".toml")
+            kwargs["recipe"].write_text(kwargs.pop("recipe_text"))
         t0 = time.perf_counter()
         if not path.exists():
             convert(hf, path, calibration=calib if calibrated else None, **kwargs)
@@ -138,6 +165,8 @@ def main() -> None:
                      "linear_bpw": s["linear_bits_per_weight"], **score(llama_logprobs(path, args.ctx, args.threads), windows, ref_lp),
                      "seconds": 0})
         print(json.dumps(rows[-1]), flush=True)
+    if only and args.out.with_suffix(".json").exists():  # a partial run updates the saved table
+        rows = merge_rows(json.loads(args.out.with_suffix(".json").read_text()), rows)
     lines = [
         f"# Quality per bit: SmolLM2-135M-Instruct on `{text_name}`",
         "",
