@@ -108,6 +108,36 @@ def merge_rows(saved: list[dict], new: list[dict]) -> list[dict]:
     return sorted(merged.values(), key=lambda r: rank.get(row_key(r), len(order)))
 
 
+def target_lines(rows: list[dict]) -> list[str]:
+    """The table read against the accuracy targets: PPL ratios to f32 and to llama.cpp's types,
+    with each side's bits/weight."""
+    by = {row_key(r): r for r in rows}
+    ref = by.get(("lowbit", "f32 reference"))
+    if ref is None:
+        return []
+    out = ["Against the targets (PPL; bits/weight of the linear layers):", ""]
+
+    def ours(label: str, target: float | None = None, vs: str | None = None) -> None:
+        r = by.get(("lowbit", label))
+        if r is None:
+            return
+        text = f"- {label} ({r['linear_bpw']:.2f} bpw): {r['ppl'] / ref['ppl']:.3f} × f32"
+        if target is not None:
+            text += f" (target ≤ {target})"
+        other = by.get(("llama.cpp", vs)) if vs else None
+        if other is not None:
+            text += f"; {r['ppl']:.2f} against llama.cpp {vs}'s {other['ppl']:.2f} at {other['linear_bpw']:.2f} bpw"
+        out.append(text)
+
+    ours("q4 g128 GPTQ", 1.03, "Q4_0")
+    ours("q3 g128 GPTQ", 1.15, "Q3_K_M")
+    ours("q2 g64 GPTQ", None, "Q2_K")
+    ours("target-bpw 2.5 (GPTQ)", None, "Q2_K")
+    ours("target-bpw 4.23 = Q2_K's bits (GPTQ)", None, "Q2_K")
+    ours("target-bpw 4.63 = Q3_K_M's bits (GPTQ)", None, "Q3_K_M")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ctx", type=int, default=256)
@@ -181,6 +211,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['engine']} | {r['variant']} | {r['file_mb']:.1f} | {r['linear_bpw']:.3f} | {r['ppl']:.3f} | "
                      f"{r['kl_mean']:.4f} | {r['kl_p99']:.3f} | {100 * r['top1']:.1f}% | {r['seconds']} |")
+    lines += ["", *target_lines(rows)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
