@@ -4,7 +4,8 @@ At 135M parameters a token is ~200 small matrix products; run one Python call at
 dispatch and the numpy glue between them cost more than the arithmetic (profiled: ~270 µs per
 SmolLM2 layer against ~70 µs of kernel work). Here the layer loop, RMSNorm, RoPE, the KV-cache
 write, attention, the MLP activation and the residual adds all run inside numba, and each layer
-opens five parallel regions: q/k/v together, attention heads, o, gate/up together, down.
+opens five parallel regions: q/k/v together, attention heads, o, gate/up together, down. The
+layer input is quantised once for q/k/v and once for gate/up when their encodings agree.
 
 Layers arrive as an int64 table of array specs into two byte buffers (the mapped file and a small
 side arena; `runtime.decode_table` builds them), from which `_descriptor` rebuilds each linear's
@@ -22,7 +23,7 @@ from numba import prange
 
 from lowbit.runtime.kernels.attention import attend, visible
 from lowbit.runtime.kernels.jit import helper, kernel
-from lowbit.runtime.kernels.matvec import ROWS_PER_TASK, finish, prepare, rows_into, task_count
+from lowbit.runtime.kernels.matvec import ROWS_PER_TASK, finish, prepare, rows_into, shares_input, task_count
 
 SILU, RELU2 = 0, 1
 ACTIVATIONS = {"silu": SILU, "relu2": RELU2}
@@ -138,8 +139,8 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
 
         xn = rms_norm(x, _norm(file, side, row[0]), eps)
         aq = prepare(lq, xn)
-        ak = prepare(lk, xn)
-        av = prepare(lv, xn)
+        ak = aq if shares_input(lq, lk) else prepare(lk, xn)
+        av = ak if shares_input(lk, lv) else prepare(lv, xn)
         q = np.empty(lq[1].shape[0], dtype=np.float32)
         k = np.empty(lk[1].shape[0], dtype=np.float32)
         v = np.empty(lv[1].shape[0], dtype=np.float32)
@@ -172,7 +173,7 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
 
         xn = rms_norm(x, _norm(file, side, row[1]), eps)
         ag = prepare(lg, xn)
-        au = prepare(lu, xn)
+        au = ag if shares_input(lg, lu) else prepare(lu, xn)
         gate = np.empty(lg[1].shape[0], dtype=np.float32)
         up = np.empty(lu[1].shape[0], dtype=np.float32)
         tg = task_count(gate.shape[0])

@@ -107,6 +107,17 @@ def prepare(desc, x):
 
 
 @row_fn
+def shares_input(p, q):
+    """True when matrix q needs exactly what prepare() built for matrix p from the same input (one
+    quantisation of a layer's input for q/k/v and for gate/up): the same kind, group and row
+    layout. OneBit quantises g ⊙ x, which is per matrix, so never."""
+    return (
+        p[0] == q[0] and p[0] != ONEBIT and p[6] == q[6]
+        and p[1].shape[1] == q[1].shape[1] and p[2].shape[1] == q[2].shape[1]
+    )
+
+
+@row_fn
 def rows_into(desc, act, y, r0, r1):
     """y[r] for r in r0..r1-1 (y float32 [out])."""
     kind, a, b, c, d = desc[0], desc[1], desc[2], desc[3], desc[4]
