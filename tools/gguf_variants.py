@@ -285,6 +285,29 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
     return dst
 
 
+def open_llama(path: str | os.PathLike, repack: bool = True, **kwargs):
+    """llama_cpp.Llama(path, **kwargs). repack=False turns off llama.cpp's extra buffer types
+    (x86 weight repacking and AMX): on the AMX Xeon VMs seen here, llama-cpp-python 0.3.36's AMX
+    matmul segfaults on the first batch. Same maths, only slower: fine for scoring, not for timing."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as capi
+
+    if repack:
+        return llama_cpp.Llama(str(path), **kwargs)
+    default = capi.llama_model_default_params
+
+    def without_extra_buffers():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    capi.llama_model_default_params = without_extra_buffers
+    try:
+        return llama_cpp.Llama(str(path), **kwargs)
+    finally:
+        capi.llama_model_default_params = default
+
+
 def gguf_summary(path: str | os.PathLike) -> dict:
     """Tensor types as written, and bits/weight (linear layers, all matrices)."""
     import gguf

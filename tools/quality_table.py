@@ -3,7 +3,7 @@
 and llama.cpp's types (quantised from the same f16 weights), all scored on the same held-out text
 and the same windows against lowbit's f32 reference: file size, bits/weight, PPL, KL, top-1.
 
-    python tools/quality_table.py [--ctx 256] [--calib-sequences 16] [--out docs/quality.md]
+    python tools/quality_table.py [--ctx 256] [--calib-sequences 32] [--out docs/quality.md]
 
 llama.cpp is driven through llama-cpp-python (`pip install -e '.[bench]'`) on our token ids, so
 both engines see exactly the same tokens and windows.
@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gguf_variants import dequantized_f16_gguf, gguf_summary, quantize_gguf  # noqa: E402
+from gguf_variants import dequantized_f16_gguf, gguf_summary, open_llama, quantize_gguf  # noqa: E402
 
 from lowbit.convert.converter import convert  # noqa: E402
 from lowbit.demo_model import ensure_smollm2_checkpoint, smollm2_gguf_path  # noqa: E402
@@ -51,14 +51,16 @@ LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML r
     ("onebit calibrated", dict(method="onebit"), True),
     ("target-bpw 2.5 (GPTQ)", dict(method="q2", target_bpw=2.5), True),
     ("target-bpw 3.0 (GPTQ)", dict(method="q2", target_bpw=3.0), True),
-    # llama.cpp's Q2_K and Q3_K_M fall back to 4-5 bit types on SmolLM2's 576-wide rows: lowbit at
+    # llama.cpp's Q2_K, Q3_K_M and Q4_K_M fall back to 4-5 bit types on SmolLM2's 576-wide rows: lowbit at
     # their actual bits/weight
     ("target-bpw 4.23 = Q2_K's bits (GPTQ)", dict(method="q2", target_bpw=4.23), True),
     ("target-bpw 4.63 = Q3_K_M's bits (GPTQ)", dict(method="q3", target_bpw=4.63), True),
+    ("target-bpw 5.53 = Q4_K_M's bits (GPTQ)", dict(method="q4", target_bpw=5.53), True),
     # 1 bit where the rest of the model still works: SVID against ALS-fitted g/h
     ("onebit MLPs 10-19 (rest f32) SVID", dict(method="f32", recipe_text=ONEBIT_MLPS), False),
     ("onebit MLPs 10-19 (rest f32) calibrated", dict(method="f32", recipe_text=ONEBIT_MLPS), True),
 ]
+NOTES_MARKER = "<!-- notes below are kept by tools/quality_table.py -->"
 LLAMA_TYPES = ["Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "TQ2_0"]
 
 
@@ -81,10 +83,8 @@ def lowbit_logprobs(path: Path, ctx: int):
 
 
 def llama_logprobs(path: Path, ctx: int, threads: int):
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, n_threads=threads, n_threads_batch=threads,
-                          logits_all=True, verbose=False)
+    llm = open_llama(path, repack=False, n_ctx=ctx, n_batch=ctx, n_threads=threads, n_threads_batch=threads,
+                     logits_all=True, verbose=False)
 
     def fn(w):
         llm.reset()
@@ -135,14 +135,15 @@ def target_lines(rows: list[dict]) -> list[str]:
     ours("target-bpw 2.5 (GPTQ)", None, "Q2_K")
     ours("target-bpw 4.23 = Q2_K's bits (GPTQ)", None, "Q2_K")
     ours("target-bpw 4.63 = Q3_K_M's bits (GPTQ)", None, "Q3_K_M")
+    ours("target-bpw 5.53 = Q4_K_M's bits (GPTQ)", None, "Q4_K_M")
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ctx", type=int, default=256)
-    ap.add_argument("--calib-sequences", type=int, default=16)
-    ap.add_argument("--calib-len", type=int, default=256)
+    ap.add_argument("--calib-sequences", type=int, default=CalibrationConfig.sequences)  # `lowbit convert`'s defaults
+    ap.add_argument("--calib-len", type=int, default=CalibrationConfig.seq_len)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=lowbit_home() / "quality")
     ap.add_argument("--out", type=Path, default=Path("docs/quality.md"))
@@ -171,10 +172,12 @@ def main() -> None:
         if "recipe_text" in kwargs:
             kwargs["recipe"] = path.with_suffix(".toml")
             kwargs["recipe"].write_text(kwargs.pop("recipe_text"))
-        t0 = time.perf_counter()
+        timing = path.with_suffix(".seconds")  # a cached conversion keeps its measured time
         if not path.exists():
+            t0 = time.perf_counter()
             convert(hf, path, calibration=calib if calibrated else None, **kwargs)
-        seconds = time.perf_counter() - t0
+            timing.write_text(f"{time.perf_counter() - t0:.1f}")
+        seconds = float(timing.read_text()) if timing.exists() else 0.0
         info = summarize(path)
         rows.append({"engine": "lowbit", "variant": label, "file_mb": path.stat().st_size / 1e6,
                      "linear_bpw": info["linear_bits_per_weight"], **score(lowbit_logprobs(path, args.ctx), windows, ref_lp),
@@ -212,6 +215,9 @@ def main() -> None:
         lines.append(f"| {r['engine']} | {r['variant']} | {r['file_mb']:.1f} | {r['linear_bpw']:.3f} | {r['ppl']:.3f} | "
                      f"{r['kl_mean']:.4f} | {r['kl_p99']:.3f} | {100 * r['top1']:.1f}% | {r['seconds']} |")
     lines += ["", *target_lines(rows)]
+    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    if NOTES_MARKER in old:  # hand-written analysis below the marker survives regeneration
+        lines += ["", NOTES_MARKER + old.split(NOTES_MARKER, 1)[1].rstrip("\n")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))

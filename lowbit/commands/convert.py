@@ -48,8 +48,6 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
 
     from lowbit.convert.converter import convert as run_convert
 
-    bar = tqdm(desc="converting", unit="tensor", dynamic_ncols=True, leave=False)
-
     def progress(name: str, done: int, total: int) -> None:
         bar.total = total
         bar.set_postfix_str(name.removeprefix("model."), refresh=False)
@@ -61,6 +59,7 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
 
         name, text = (calib_file, open(calib_file, encoding="utf-8").read()) if calib_file else default_calibration_text()
         calibration = CalibrationConfig(text, name, calib_sequences, calib_len, quantizer, act_order)
+    bar = tqdm(desc="calibrating" if calibration else "converting", unit="tensor", dynamic_ncols=True, leave=False)
     try:
         result = run_convert(source, output, method=method, recipe=recipe, revision=revision, force=force,
                              progress=progress, calibration=calibration, target_bpw=target_bpw)
