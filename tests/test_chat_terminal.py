@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 
@@ -22,6 +23,9 @@ def spawn(model, *args: str) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable, ["-m", "lowbit.cli", "chat", str(model), *args],
         encoding="utf-8", timeout=180, dimensions=(50, 400),
+        # Ctrl-C must reach the chat even when the suite inherited SIGINT ignored (run in the
+        # background of a non-interactive shell)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     child.expect_exact(PROMPT)
     return child

@@ -29,8 +29,8 @@ SHORT_TEXT = EVAL_TEXT[:3000]  # about five windows of 128 tokens
 
 
 @pytest.fixture(scope="module")
-def f32(smollm2_hf_dir, tmp_path_factory):
-    return convert(smollm2_hf_dir, tmp_path_factory.mktemp("f32") / "f32.lowbit", method="f32").path
+def f32(smollm2_file):
+    return smollm2_file("f32")
 
 
 def test_ppl_matches_transformers(smollm2_hf_dir, f32, tmp_path):
@@ -72,8 +72,8 @@ def calib():
 
 
 @pytest.mark.parametrize("method", ["q4", "q3", "q2"])
-def test_gptq_beats_rtn(smollm2_hf_dir, f32, calib, tmp_path, method):
-    rtn = convert(smollm2_hf_dir, tmp_path / "rtn.lowbit", method=method).path
+def test_gptq_beats_rtn(smollm2_hf_dir, smollm2_file, f32, calib, tmp_path, method):
+    rtn = smollm2_file(method)  # round-to-nearest, shared with the other SmolLM2 tests
     gptq = convert(smollm2_hf_dir, tmp_path / "gptq.lowbit", method=method, calibration=calib()).path
     with LowbitReader(gptq) as r:
         cal = r.metadata["provenance"]["calibration"]
@@ -83,8 +83,8 @@ def test_gptq_beats_rtn(smollm2_hf_dir, f32, calib, tmp_path, method):
     assert kl_gptq < kl_rtn
 
 
-def test_importance_weighted_rtn_beats_rtn(smollm2_hf_dir, f32, calib, tmp_path):
-    rtn = convert(smollm2_hf_dir, tmp_path / "rtn.lowbit", method="q3").path
+def test_importance_weighted_rtn_beats_rtn(smollm2_hf_dir, smollm2_file, f32, calib, tmp_path):
+    rtn = smollm2_file("q3")
     imat = convert(smollm2_hf_dir, tmp_path / "imat.lowbit", method="q3", calibration=calib("imatrix")).path
     kl_rtn, kl_imat = _kl(rtn, f32), _kl(imat, f32)
     print(f"q3: KL RTN {kl_rtn:.4f}, imatrix {kl_imat:.4f}")

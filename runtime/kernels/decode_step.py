@@ -23,7 +23,14 @@ from numba import prange
 
 from lowbit.runtime.kernels.attention import attend, visible
 from lowbit.runtime.kernels.jit import helper, kernel
-from lowbit.runtime.kernels.matvec import ROWS_PER_TASK, finish, prepare, rows_into, shares_input, task_count
+from lowbit.runtime.kernels.matvec import (
+    ROWS_PER_TASK,
+    finish,
+    prepare,
+    rows_into,
+    shares_input,
+    task_count,
+)
 
 SILU, RELU2 = 0, 1
 ACTIVATIONS = {"silu": SILU, "relu2": RELU2}
