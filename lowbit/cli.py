@@ -56,8 +56,18 @@ def cli() -> None:
     """Run extremely low-bit LLMs on ordinary CPUs."""
 
 
+def _one_line(e: click.ClickException) -> str:
+    """A click error as one `error:` line (click prints usage, a hint and the error on three)."""
+    msg = " ".join(e.format_message().split())
+    msg = msg[:1].lower() + msg[1:].removesuffix(".")
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        msg += f" (see '{ctx.command_path} --help')"
+    return f"error: {msg}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: lowbit's own errors become one line on stderr and exit code 1."""
+    """Entry point: lowbit's own errors and bad options become one line on stderr and exit code 1."""
     from lowbit.errors import LowbitError
     from lowbit.formats.errors import FormatError
 
@@ -72,9 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
+    except click.exceptions.NoArgsIsHelpError as e:  # plain `lowbit`: the help, as click shows it
         e.show()
-        sys.exit(e.exit_code)
+        sys.exit(0)
+    except click.ClickException as e:
+        click.echo(_one_line(e), err=True)
+        sys.exit(1)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:

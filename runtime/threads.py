@@ -14,6 +14,8 @@ import os
 import numba
 import numpy as np
 
+import lowbit.runtime.kernels.cache  # noqa: F401  (numba's cache outside the installation)
+
 log = logging.getLogger(__name__)
 
 ENV = "LOWBIT_THREADS"
