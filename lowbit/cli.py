@@ -59,10 +59,11 @@ def cli() -> None:
 def _one_line(e: click.ClickException) -> str:
     """A click error as one `error:` line (click prints usage, a hint and the error on three)."""
     msg = " ".join(e.format_message().split())
-    msg = msg[:1].lower() + msg[1:].removesuffix(".")
     ctx = getattr(e, "ctx", None)
-    if isinstance(e, click.UsageError) and ctx is not None:
-        msg += f" (see '{ctx.command_path} --help')"
+    if isinstance(e, click.UsageError):  # click's own wording: "Invalid value ...", "No such ..."
+        msg = msg[:1].lower() + msg[1:].removesuffix(".")
+        if ctx is not None:
+            msg += f" (see '{ctx.command_path} --help')"
     return f"error: {msg}"
 
 

@@ -7,14 +7,14 @@ import time
 
 import click
 
-from lowbit.commands.options import ThreadList, method_choice
+from lowbit.commands.options import THREADS_ENV, ThreadList, method_choice
 
 
 @click.command()
 @click.argument("model")
 @click.option("--prompt-tokens", "-n", type=click.IntRange(min=1), default=128, show_default=True, help="Prompt length for prefill.")
 @click.option("--gen-tokens", "-g", type=click.IntRange(min=1), default=128, show_default=True, help="Tokens to decode.")
-@click.option("--threads", "-t", "thread_list", type=ThreadList(), default=None, help="Thread counts, comma-separated (default: physical cores).")
+@click.option("--threads", "-t", "thread_list", type=ThreadList(), envvar=THREADS_ENV, default=None, help="Thread counts, comma-separated (default: LOWBIT_THREADS or physical cores).")
 @click.option("--repeats", "-r", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per setting (median reported).")
 @click.option("--method", type=method_choice(), default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")

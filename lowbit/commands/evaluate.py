@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lowbit.commands.options import Threads, method_choice
+from lowbit.commands.options import THREADS_ENV, THREADS_HELP, Threads, method_choice
 
 # each window scores its second half (llama.cpp's method): 4 tokens is the least that scores one
 CTX = click.IntRange(min=4)
@@ -51,7 +51,7 @@ def evaluate() -> None:
 @click.argument("model")
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Plain-text file.")
 @click.option("--ctx", type=CTX, default=512, show_default=True, help="Window length in tokens.")
-@click.option("-t", "--threads", type=Threads())
+@click.option("-t", "--threads", type=Threads(), envvar=THREADS_ENV, help=THREADS_HELP)
 @click.option("--method", type=method_choice(), default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
 @click.option("--json", "as_json", is_flag=True)
 def ppl(model, text_file, ctx, threads, method, as_json) -> None:
@@ -76,7 +76,7 @@ def ppl(model, text_file, ctx, threads, method, as_json) -> None:
 @click.option("--ref", required=True, help="Reference: a .lowbit file, or an HF folder / GGUF run through lowbit's f32 path.")
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--ctx", type=CTX, default=512, show_default=True)
-@click.option("-t", "--threads", type=Threads())
+@click.option("-t", "--threads", type=Threads(), envvar=THREADS_ENV, help=THREADS_HELP)
 @click.option("--method", type=method_choice(), default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
 @click.option("--json", "as_json", is_flag=True)
 def kl(model, ref, text_file, ctx, threads, method, as_json) -> None:

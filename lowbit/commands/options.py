@@ -24,10 +24,23 @@ def available_cpus() -> int:
     return min(n, int(env)) if env.isdigit() and int(env) > 0 else n
 
 
+THREADS_ENV = "LOWBIT_THREADS"
+
+
+def _from_env(param, ctx) -> bool:
+    return (ctx is not None and param is not None
+            and ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT)
+
+
 class Threads(click.ParamType):
     """A thread count: at least 1 and at most the CPUs available (more would only time-slice)."""
 
     name = "integer"
+
+    def fail(self, message: str, param=None, ctx=None):
+        if _from_env(param, ctx):
+            message = f"{message} (from ${THREADS_ENV})"
+        super().fail(message, param, ctx)
 
     def convert(self, value: Any, param, ctx) -> int:
         if isinstance(value, int):
@@ -45,7 +58,7 @@ class Threads(click.ParamType):
         return n
 
 
-class ThreadList(click.ParamType):
+class ThreadList(Threads):
     """Comma-separated thread counts (bench), each checked as Threads."""
 
     name = "list"
@@ -89,7 +102,7 @@ def model_options(f: Callable) -> Callable:
                      help="Encoding used when MODEL must be converted first.")(f)
     f = click.option("--ctx", "context_length", type=click.IntRange(min=1),
                      help="Context length (default: min(model's, 4096)).")(f)
-    f = click.option("-t", "--threads", type=Threads(), help=THREADS_HELP)(f)
+    f = click.option("-t", "--threads", type=Threads(), envvar=THREADS_ENV, help=THREADS_HELP)(f)
     return f
 
 
