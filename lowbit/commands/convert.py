@@ -100,3 +100,8 @@ def _quality_card(source: str, path, eval_text: str | None, ctx: int, revision: 
         f"quality on {name}: PPL {q['ppl']:.3f} (f32 {q['ppl_reference']:.3f}), KL mean {q['kl_mean']:.4f}, "
         f"p99 {q['kl_p99']:.4f}, top-1 agreement {100 * q['top1_agreement']:.1f}% ({q['tokens_scored']} tokens)"
     )
+    from lowbit.convert.converter import perplexity_warning
+
+    warning = perplexity_warning(q["ppl"], q["ppl_reference"])
+    if warning:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)

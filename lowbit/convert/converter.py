@@ -298,13 +298,52 @@ def convert(
                     ckpt.release(src_name)
                 del w, encoded
     lin_err = [t.rel_error for t in reports if is_linear_weight(t.name)]
-    if not native and METHODS[rec.method].needs_training and lin_err and not calibrate:
-        warnings.append(
-            f"{rec.method} on an ordinary (non-ternary-trained) model destroys its quality without "
-            f"training: mean relative weight error {np.mean(lin_err):.2f}. Expect broken output; "
-            "measure it with `lowbit eval`."
-        )
+    warning = weight_error_warning(lin_err)
+    if warning:
+        warnings.append(warning)
     return ConvertResult(output, time.perf_counter() - start, output.stat().st_size, reports, warnings)
+
+
+# Mean relative weight error ‖W − Ŵ‖/‖W‖ of the linear layers against what it did to SmolLM2-135M
+# (PPL on lowbit/data/eval.txt, f32 24.5; docs/quality.md): q8 0.009 (1.00×), q4 RTN 0.089 (1.27×),
+# q3 RTN 0.184 (3.3×), q2 RTN 0.380 (666×), ternary 0.556, onebit 0.610 (10⁵×-10⁶×).
+BROKEN_ERROR = 0.30
+DEGRADED_ERROR = 0.15
+
+
+def weight_error_warning(errors: list[float]) -> str | None:
+    """What the measured weight error predicts, whatever the method's name (None: nothing to say)."""
+    if not errors:
+        return None
+    mean = float(np.mean(errors))
+    bad = sum(e >= BROKEN_ERROR for e in errors)
+    if mean >= BROKEN_ERROR or bad >= max(1, len(errors) // 10):  # a few broken layers break it too
+        where = f"mean {mean:.2f}" + (f", {bad} of {len(errors)} layers ≥ {BROKEN_ERROR}" if bad < len(errors) else "")
+        return (
+            f"this conversion destroys its quality: relative weight error of the linear layers {where} "
+            f"(≥ {BROKEN_ERROR} predicts a broken model; q2 at 0.38 multiplied SmolLM2's "
+            "perplexity by hundreds). Expect broken output unless the model was trained for this "
+            "encoding; try more bits or --calibrate, and measure it with --eval or `lowbit eval`."
+        )
+    if mean >= DEGRADED_ERROR:
+        return (
+            f"large quantisation error: mean relative weight error {mean:.2f} of the linear layers "
+            f"(≥ {DEGRADED_ERROR}: expect clearly worse output, q3 at 0.18 tripled SmolLM2's perplexity); "
+            "--calibrate or more bits reduce it, --eval measures it."
+        )
+    return None
+
+
+def perplexity_warning(ppl: float, reference: float) -> str | None:
+    """What a measured PPL ratio to the f32 conversion says about the model (None: fine)."""
+    ratio = ppl / reference if reference > 0 else float("inf")
+    if not ratio < 3.0:
+        return (f"perplexity {ppl:.1f} is {ratio:.1f}× the f32 conversion's {reference:.1f}: this model "
+                "is broken for ordinary use (try more bits or --calibrate)")
+    if ratio >= 1.5:
+        return (f"perplexity {ppl:.1f} is {ratio:.2f}× the f32 conversion's {reference:.1f}: expect clearly "
+                "worse output than the original")
+    return None
 
 
 ROW_SEPARABLE = ("f32", "f16", "bf16", "q8", "q2", "q3", "q4")
