@@ -98,13 +98,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="runs per thread count (median reported)")
     ap.add_argument("--threads", default="1,2", help="thread counts to alternate")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
-                    help="a variant: environment for the lowbit process (repeat for several)")
+                    help="a variant: environment for the lowbit process ('default': none; repeat for several)")
     ap.add_argument("--no-busy", action="store_true", help="no competing process (baseline)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     model = a.model or default_model()
     counts = [int(t) for t in a.threads.split(",")]
-    variants = [dict(kv.split("=", 1) for kv in v.split(",")) for v in a.env] or [{}]
+    variants = [{} if v == "default" else dict(kv.split("=", 1) for kv in v.split(",")) for v in a.env] or [{}]
     results = [measure(model, a.tokens, a.rounds, counts, env, not a.no_busy) for env in variants]
     if a.json:
         print(json.dumps(results, indent=2))
