@@ -25,7 +25,7 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from lowbit.errors import LowbitError
+from lowbit.runtime.errors import LowbitError
 
 # ChatML: what transformers rendered for a model without a template up to 4.42.
 DEFAULT_CHAT_TEMPLATE = (
