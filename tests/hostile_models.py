@@ -123,7 +123,7 @@ def encode(name: str, shape: tuple[int, ...], variant: str, seed: int = 0, encod
         base = 0.1 if name.endswith(".bias") else 1.0
         w = (base + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         return quantize(w, encoding or "f32", {})
-    enc, params = VARIANTS[variant][role]
+    enc, params = VARIANTS[variant].get(role, ("f32", {}))
     if encoding is not None:
         enc, params = encoding, {"q8": {"group_size": 0}, "q4": {"group_size": 32}, "q3": {"group_size": 32},
                                  "q2": {"group_size": 32}, "ternary": {"scale_mode": "row"},
@@ -176,14 +176,14 @@ class Model:
         return path
 
 
-def rewrite_header(path: Path, edit) -> Path:
+def rewrite_header(path: Path, edit, raw_text: bool = False) -> Path:
     """Apply edit(header dict or raw bytes) to a written file's header and rebuild the prefix (CRC,
     lengths, data offset), keeping the data section: the result is checksum-valid."""
     raw = path.read_bytes()
     _magic, major, minor, _crc, hlen, doff = struct.unpack("<8sHHIQQ", raw[:32])
     header = raw[32 : 32 + hlen]
     data = raw[doff:]
-    new = edit(json.loads(header))
+    new = edit(bytes(header) if raw_text else json.loads(header))
     new = new if isinstance(new, bytes) else json.dumps(new).encode()
     new_off = -(-(32 + len(new)) // 64) * 64
     prefix = struct.pack("<8sHHIQQ", raw[:8], major, minor, zlib.crc32(new), len(new), new_off)
@@ -239,12 +239,12 @@ def fuzz_model(seed: int, k: int, workdir: Path) -> Path:
     path = m.write(workdir / f"fuzz-{seed}-{k}.lowbit")
     for r in header_edits:
         def flip(h, r=r):
-            text = bytearray(json.dumps(h).encode())
+            text = bytearray(h)
             digits = [i for i, c in enumerate(text) if 48 <= c <= 57]
             i = digits[r % len(digits)]
             text[i] = 48 + (r >> 8) % 10
             return bytes(text)
-        rewrite_header(path, flip)
+        rewrite_header(path, flip, raw_text=True)
     return path
 
 
@@ -287,23 +287,33 @@ def run_file(path: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    import os
+
     jobs = json.load(sys.stdin)
+    # the protocol gets its own copy of stdout; anything else printing (libraries) goes to stderr
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+
+    def say(msg: dict[str, Any]) -> None:
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
+
     workdir = Path(tempfile.mkdtemp(prefix="lowbit-fuzz-"))
     for job in jobs:
         name = job["name"]
-        print(json.dumps({"start": name}), flush=True)
+        say({"start": name})
         if "fuzz" in job:
             try:
                 path = fuzz_model(*job["fuzz"], workdir)
             except _own_errors() as e:  # the writer refused to write it: nothing to load
-                print(json.dumps({"done": name, "outcome": "unwritable", "error": type(e).__name__}), flush=True)
+                say({"done": name, "outcome": "unwritable", "error": type(e).__name__})
                 continue
         else:
             path = Path(job["path"])
         result = run_file(path)
         if "fuzz" in job:
             path.unlink(missing_ok=True)
-        print(json.dumps({"done": name, **result}), flush=True)
+        say({"done": name, **result})
 
 
 if __name__ == "__main__":

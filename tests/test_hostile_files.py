@@ -77,7 +77,10 @@ def _run_chunk(jobs: list[dict], env: dict[str, str] | None, results: dict[str, 
                     results[current] = {"outcome": "crashed", "returncode": rc}
                     done_names.add(current)
                 break
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
             if "start" in msg:
                 current = msg["start"]
             else:
@@ -126,7 +129,7 @@ def corpus() -> list[tuple[str, Callable[[], H.Model], str, Callable | None]]:
     cases: list[tuple[str, Callable[[], H.Model], str, Callable | None]] = []
 
     def add(name, build, expect="refused", edit=None):
-        cases.append((name, build, expect, edit))
+        cases.append((f"{name} #{len(cases)}", build, expect, edit))
 
     for variant in H.VARIANTS:
         add(f"control-{variant}", lambda v=variant: H.Model(v), "ok")
@@ -155,7 +158,7 @@ def corpus() -> list[tuple[str, Callable[[], H.Model], str, Callable | None]]:
         ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, "refused"),
         ("rope_scaling", {"rope_type": "linear", "factor": "x"}, "refused"),
         ("rope_scaling", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 1.0,
-                          "original_max_position_embeddings": 64}, "refused"),
+                          "original_max_position_embeddings": 64}, "ok"),  # masked where it divides by 0
         ("rope_scaling", "linear", "refused"), ("rope_scaling", [1], "refused"),
         ("rope_scaling", {"rope_type": "linear", "factor": 2.0}, "ok"),
         ("sliding_window", True, "refused"), ("sliding_window", 0, "refused"), ("sliding_window", -1, "refused"),
@@ -174,7 +177,7 @@ def corpus() -> list[tuple[str, Callable[[], H.Model], str, Callable | None]]:
         ("activation_bits", 0, "refused"), ("activation_bits", True, "refused"),
         ("source_architecture", 5, "refused"),
     ]:
-        add(f"config-{f}-{json.dumps(value)[:30]}", config_case(**{f: value}), expect)
+        add(f"config-{f}-{json.dumps(value)[:40]}", config_case(**{f: value}), expect)
     # the issue's cases
     add("issue-heads-64", config_case(num_attention_heads=64, head_dim=_DROP))
     add("issue-heads-64-keep-head-dim", config_case(num_attention_heads=64))
@@ -233,7 +236,7 @@ def corpus() -> list[tuple[str, Callable[[], H.Model], str, Callable | None]]:
     add("tokenizer-template-int", tok(chat_template=5))
     add("tokenizer-template-syntax", tok(chat_template="{% for %}"))
     add("tokenizer-template-huge-string", tok(chat_template="{{ 'a' * (2**33) }}"))
-    add("tokenizer-template-huge-pow", tok(chat_template="{{ 2 ** 2 ** 40 }}"))
+    add("tokenizer-template-huge-pow", tok(chat_template="{{ 2 ** (2 ** 40) }}"))
     add("tokenizer-template-recursion", tok(chat_template="{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"))
     add("tokenizer-template-type-error", tok(chat_template="{{ messages + 1 }}"))
     add("tokenizer-template-loop", tok(chat_template="{% set s = 'a' * 20000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}"))
@@ -297,7 +300,7 @@ def corpus_files(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     folder = tmp_path_factory.mktemp("hostile")
     out = {}
     for name, build, expect, edit in corpus():
-        path = folder / (name.replace("/", "_").replace('"', "") + ".lowbit")
+        path = folder / f"case-{len(out):03d}.lowbit"
         build().write(path)
         if edit is not None:
             H.rewrite_header(path, edit)
@@ -331,7 +334,9 @@ def test_corpus_refused_without_crash(corpus_files):
     assert sum(e == "refused" for e in expected.values()) >= 150
     jobs = [{"name": n, "path": str(p)} for n, (p, _) in corpus_files.items()]
     results = run_jobs(jobs)
-    assert _failures(results, expected) == []
+    failures = _failures(results, expected)
+    print("\n".join(failures))
+    assert failures == []
     # refusals come from validation at load (not from a kernel), except the chat-template cases
     late = [n for n, r in results.items() if r["outcome"] == "refused" and r["stage"] != "load"
             and not n.startswith("tokenizer-template")]
