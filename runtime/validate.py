@@ -207,10 +207,10 @@ def check_tensors(args: ModelArgs, tensors: Mapping[str, Any]) -> None:
                 raise InvalidModel(f"tensor {name} is missing")
             continue
         have = tuple(int(d) for d in _field(entry, "shape"))
-        encoding = _field(entry, "encoding")
-        if encoding not in ENCODINGS:
+        encoding = _field(entry, "encoding")  # None: a source tensor, not encoded yet
+        if encoding is not None and encoding not in ENCODINGS:
             raise InvalidModel(f"tensor {name} has unknown encoding {encoding!r}")
-        if role.kind == "vector" and encoding not in DENSE:
+        if role.kind == "vector" and encoding is not None and encoding not in DENSE:
             raise InvalidModel(f"tensor {name} must be stored dense ({'/'.join(DENSE)}), not {encoding}")
         if have != shape:
             raise InvalidModel(f"tensor {name} has shape {list(have)}, the config implies {list(shape)} "
