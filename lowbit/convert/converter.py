@@ -225,6 +225,7 @@ def convert(
     rec = load_recipe(recipe, method)
     with _malformed_input(source):
         ckpt = open_checkpoint(str(source), revision)
+        _check_source_types(ckpt.config)
         spec = model_spec(ckpt.config)
     native = spec.ternary_weights is not None
     names = [n for n in ckpt.tensor_names() if not n.endswith(SKIPPED_SUFFIXES)]
@@ -316,6 +317,19 @@ def convert(
             "measure it with `lowbit eval`."
         )
     return ConvertResult(output, time.perf_counter() - start, output.stat().st_size, reports, warnings)
+
+
+INTEGER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "sliding_window")
+
+
+def _check_source_types(config: dict[str, Any]) -> None:
+    """The checkpoint's integer hyper-parameters are integers: int() would turn "4" into 4 and
+    64.5 into 64 without a word (null is left to the architecture's defaults)."""
+    for key in INTEGER_FIELDS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConversionError(f"config.json: field {key!r} must be an integer, got {value!r:.40}")
 
 
 @contextmanager
