@@ -363,3 +363,53 @@ def test_fuzz_only_own_errors():
     outcomes = [r["outcome"] for r in results.values()]
     # the fuzz reaches both sides: files that load and run, and refusals
     assert outcomes.count("ok") >= 50 and outcomes.count("refused") >= 1000
+
+
+MEMORY_SCRIPT = r"""
+import json, resource, sys
+import lowbit
+paths = json.loads(sys.argv[1])
+lm = lowbit.load(paths.pop(0), threads=1)  # warm-up: numba, tokenizers, page cache
+lm.logits([1, 2]); lm.close()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = {}
+for p in paths:
+    try:
+        lm = lowbit.load(p, threads=1)
+        try:
+            lm.tokenizer.encode_chat([{"role": "user", "content": "hi"}])
+        except lowbit.errors.LowbitError:
+            pass
+        lm.close()
+        outcome = "loaded"
+    except (lowbit.errors.LowbitError, lowbit.formats.FormatError) as e:
+        outcome = type(e).__name__
+    out[p] = (outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+print(json.dumps(out))
+"""
+
+
+def test_load_memory_bounded(tmp_path):
+    """No file under 1 MB makes load() (and a chat render) take 100 MB beyond its weights and
+    context: the RoPE table follows the context used, a huge head_dim is refused before anything
+    is sized from it, a template that multiplies a string by 2^33 is stopped."""
+    control = H.Model().write(tmp_path / "control.lowbit")
+    cases = {
+        "max-positions-2^24": config_case(max_position_embeddings=1 << 24)(),
+        "head-dim-2^31": config_case(head_dim=1 << 30, num_attention_heads=1)(),
+        "head-dim-2^31-derived": config_case(hidden_size=1 << 31 - 1, head_dim=_DROP, num_attention_heads=1)(),
+        "template-2^33": H.Model(),
+    }
+    cases["template-2^33"].tokenizer["chat_template"] = "{{ 'a' * (2**33) }}"
+    paths = {name: m.write(tmp_path / f"{name}.lowbit") for name, m in cases.items()}
+    assert all(p.stat().st_size < 1 << 20 for p in paths.values())
+    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, json.dumps([str(control), *map(str, paths.values())])],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    by_name = {name: out[str(p)] for name, p in paths.items()}
+    assert by_name["max-positions-2^24"][0] == "loaded"
+    assert by_name["head-dim-2^31"][0] == "InvalidModel"
+    # KB of peak RSS above the warmed-up process: weights are < 1 MB and the default context's
+    # KV cache is allocated untouched, so 100 MB is the whole allowance
+    assert max(kb for _, kb in by_name.values()) < 100 * 1024, by_name
