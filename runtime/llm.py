@@ -24,6 +24,7 @@ from lowbit.runtime.tokenizer import Tokenizer
 from lowbit.runtime.validate import (
     check_config,
     check_context,
+    check_generation,
     check_tokenizer,
     check_tokenizer_metadata,
 )
@@ -64,7 +65,7 @@ class LanguageModel:
         check_tokenizer(self.args, self.tokenizer)
         self.cache = KVCache(self.args, self.context_length)
         self._cached_ids: list[int] = []
-        self.generation_defaults: dict[str, Any] = meta.get("generation", {})
+        self.generation_defaults: dict[str, Any] = check_generation(meta.get("generation", {}))
 
     # -- low level -------------------------------------------------------------------------
     def reset(self) -> None:

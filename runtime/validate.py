@@ -288,6 +288,30 @@ def tokenizer_id_count(tokenizer: Any) -> int:
     return n
 
 
+# -- generation defaults -------------------------------------------------------------------------
+
+GENERATION_FIELDS: dict[str, tuple[type, ...]] = {
+    "temperature": (int, float), "top_p": (int, float), "top_k": (int,), "min_p": (int, float),
+    "repetition_penalty": (int, float), "max_new_tokens": (int,), "do_sample": (bool,),
+}
+
+
+def check_generation(meta: Any) -> dict[str, Any]:
+    """metadata.generation: an object whose sampling defaults are numbers (they reach
+    SamplingParams' comparisons); unknown keys are kept and ignored."""
+    if not isinstance(meta, dict):
+        raise InvalidModel(f"metadata field 'generation' must be an object, got {type(meta).__name__}")
+    for key, types_ in GENERATION_FIELDS.items():
+        v = meta.get(key)
+        if v is None:
+            continue
+        if (isinstance(v, bool) and bool not in types_) or not isinstance(v, types_) or (
+            isinstance(v, float) and not math.isfinite(v)
+        ):
+            raise InvalidModel(f"generation field {key!r} has the wrong type or value ({_short(v)})")
+    return meta
+
+
 # -- the one entry point -------------------------------------------------------------------------
 
 

@@ -264,6 +264,17 @@ def corpus() -> list[tuple[str, Callable[[], H.Model], str, Callable | None]]:
         m = config_case(vocab_size=400)()
         return m.reshape("model.embed_tokens.weight", (400, 64)).reshape("lm_head.weight", (400, 64))
     add("vocab-padded-larger", big_vocab, "ok")
+    def generation(value):
+        def make():
+            m = H.Model()
+            m.extra_meta["generation"] = value
+            return m
+        return make
+    add("generation-list", generation([0.7]))
+    add("generation-temperature-string", generation({"temperature": "hot"}))
+    add("generation-top-k-float", generation({"top_k": 2.5}))
+    add("generation-do-sample-int", generation({"do_sample": 1}))
+    add("generation-ok", generation({"temperature": 0.7, "top_k": 20, "do_sample": True}), "ok")
     def config_not_object():
         m = H.Model()
         m.config = [1, 2]
@@ -413,3 +424,25 @@ def test_load_memory_bounded(tmp_path):
     # KB of peak RSS above the warmed-up process: weights are < 1 MB and the default context's
     # KV cache is allocated untouched, so 100 MB is the whole allowance
     assert max(kb for _, kb in by_name.values()) < 100 * 1024, by_name
+
+
+def test_config_types_cannot_add_a_numba_specialisation(tmp_path):
+    """Values of the right meaning but another JSON type (an int eps, an int theta) are coerced to
+    the declared type, so the decode step runs the signature it already has; wrong kinds
+    (`sliding_window: true`, `rms_norm_eps: "1e-5"`) were refused in the corpus."""
+    import lowbit
+    from lowbit.runtime.kernels.attention import attention
+    from lowbit.runtime.kernels.decode_step import decode_layers
+
+    lm = lowbit.load(H.Model().write(tmp_path / "control.lowbit"), threads=1)
+    lm.logits([1])
+    lm.logits([1, 2])
+    before = (len(decode_layers.signatures), len(attention.signatures))
+    lm.close()
+    m = config_case(rms_norm_eps=0, rope_theta=10000, sliding_window=3)()
+    lm = lowbit.load(m.write(tmp_path / "ints.lowbit"), threads=1)
+    assert type(lm.args.rms_norm_eps) is float and type(lm.args.rope_theta) is float
+    lm.logits([1])
+    lm.logits([1, 2])
+    lm.close()
+    assert (len(decode_layers.signatures), len(attention.signatures)) == before

@@ -34,7 +34,7 @@ from lowbit.formats import LowbitWriter
 from lowbit.formats.encodings import EncodedTensor
 from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
 from lowbit.quant import quantize, relative_error
-from lowbit.runtime.validate import check_config, check_tensors
+from lowbit.runtime.validate import check_config, check_generation, check_tensors
 
 if TYPE_CHECKING:
     from lowbit.quant.calibrate import CalibrationConfig
@@ -251,6 +251,7 @@ def convert(
     if "lm_head.weight" not in canon:
         config["tie_word_embeddings"] = True
     args = check_config(config)  # the runtime's checks, before anything is written
+    check_generation(gen)
     if not native and hasattr(ckpt, "shape"):  # (BitNet's packed weights have other shapes)
         with _malformed_input(source):
             check_tensors(args, {canonical_name(n): {"shape": ckpt.shape(n), "encoding": None} for n in names})
