@@ -446,3 +446,53 @@ def test_config_types_cannot_add_a_numba_specialisation(tmp_path):
     lm.logits([1, 2])
     lm.close()
     assert (len(decode_layers.signatures), len(attention.signatures)) == before
+
+
+HOSTILE_TEMPLATES = {
+    "string-times-2^33": ("{{ 'a' * (2**33) }}", "sequence of 1 × 8589934592"),
+    "list-times": ("{{ [1] * 10000000 }}", "sequence"),
+    "power": ("{{ 2 ** (2 ** 40) }}", "2 \\*\\* 1099511627776"),
+    "square-in-loop": ("{% set ns = namespace(x=3) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}",
+                       "integer too large"),
+    "doubling-concat": ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+                        "string of"),
+    "doubling-plus": ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+                      "sequence of"),
+    "center-filter": ("{{ 'a'|center(8589934592) }}", "size of 8589934592"),
+    "ljust-method": ("{{ 'a'.ljust(8589934592) }}", "size of 8589934592"),
+    "percent-width": ("{{ '%8589934592d' % 1 }}", "huge width"),
+    "format-width": ("{{ '{:>8589934592}'.format(1) }}", "huge width"),
+    "format-filter-width": ("{{ '%8589934592d'|format(1) }}", "huge width"),
+    "output-size": ("{% for i in range(100000) %}{{ 'a' * 100 }}{% endfor %}", "rendered prompt exceeds"),
+    "recursion": ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+    "overflow": ("{{ 10.0 ** 400 }}", "OverflowError"),
+    "nested-loop": ("{% set s = 'a' * 20000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
+                    "longer than 0.5 s"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_TEMPLATES))
+def test_hostile_templates_are_bounded(case, monkeypatch):
+    import time
+
+    from lowbit.runtime import chat_template
+    from lowbit.runtime.chat_template import ChatTemplateError, render_chat_template
+
+    monkeypatch.setattr(chat_template, "TIME_LIMIT_S", 0.5)
+    template, match = HOSTILE_TEMPLATES[case]
+    t0 = time.perf_counter()
+    with pytest.raises(ChatTemplateError, match=match) as err:
+        render_chat_template(template, [{"role": "user", "content": "hi"}])
+    assert "\n" not in str(err.value)
+    assert time.perf_counter() - t0 < 3.0
+
+
+def test_long_conversations_still_render():
+    """The size bound grows with the input: a 2 MB message renders (8 × the input is allowed)."""
+    from tiny_models import CHATML
+
+    from lowbit.runtime.chat_template import MAX_CHARS, render_chat_template
+
+    content = "word " * (MAX_CHARS // 5 + 1000)
+    text = render_chat_template(CHATML, [{"role": "user", "content": content}] * 2)
+    assert text.count(content) == 2
