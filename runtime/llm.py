@@ -16,12 +16,18 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats import LowbitReader
-from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.generate import GenerationResponse, stream_generate
 from lowbit.runtime.model import KVCache, Transformer
 from lowbit.runtime.sampling import SamplingParams
 from lowbit.runtime.threads import resolve_threads, set_threads
 from lowbit.runtime.tokenizer import Tokenizer
+from lowbit.runtime.validate import (
+    check_config,
+    check_context,
+    check_generation,
+    check_tokenizer,
+    check_tokenizer_metadata,
+)
 
 DEFAULT_CONTEXT = 4096
 
@@ -32,23 +38,34 @@ class LanguageModel:
     ) -> None:
         self.path = Path(path)
         self.reader = LowbitReader(self.path)
+        try:
+            self._build(threads, context_length)
+        except BaseException:
+            self.reader.close()
+            raise
+
+    def _build(self, threads: int | None, context_length: int | None) -> None:
         meta = self.reader.metadata
         self.metadata = meta
-        self.args = ModelArgs.from_dict(meta.get("config", {}))
+        # validation before anything is built from the file (runtime.validate)
+        self.args = check_config(meta.get("config", {}))
+        tok_meta = check_tokenizer_metadata(meta.get("tokenizer", {}), self.reader.blob_names())
+        limit = self.args.max_position_embeddings
+        if context_length is not None:
+            check_context(self.args, context_length)
+        self.context_length = min(context_length or min(DEFAULT_CONTEXT, limit), limit)
         self.threads = resolve_threads(threads)
-        self.model = Transformer(self.reader, self.args)
-        tok_meta = meta.get("tokenizer", {})
+        self.model = Transformer(self.reader, self.args, self.context_length)
         self.tokenizer = Tokenizer.from_bytes(
             tok_meta.get("kind", "tokenizers"),
             self.reader.blob(tok_meta.get("blob", "tokenizer.json")),
             tok_meta,
             eos_token_ids=self.args.eos_token_id,
         )
-        limit = self.args.max_position_embeddings
-        self.context_length = min(context_length or min(DEFAULT_CONTEXT, limit), limit)
+        check_tokenizer(self.args, self.tokenizer)
         self.cache = KVCache(self.args, self.context_length)
         self._cached_ids: list[int] = []
-        self.generation_defaults: dict[str, Any] = meta.get("generation", {})
+        self.generation_defaults: dict[str, Any] = check_generation(meta.get("generation", {}))
 
     # -- low level -------------------------------------------------------------------------
     def reset(self) -> None:

@@ -16,11 +16,13 @@ import numpy as np
 from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
+from lowbit.runtime.errors import InvalidModel
 from lowbit.runtime.kernels.attention import attention
 from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
 from lowbit.runtime.linear import make_linear
 from lowbit.runtime.rope import RotaryEmbedding
+from lowbit.runtime.validate import check_tensors
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -157,7 +159,8 @@ def load_block(lookup: Lookup, i: int) -> Block:
 class Transformer:
     """Weights of one model, read from an open LowbitReader; stateless between calls."""
 
-    def __init__(self, reader: LowbitReader, args: ModelArgs) -> None:
+    def __init__(self, reader: LowbitReader, args: ModelArgs, context_length: int | None = None) -> None:
+        check_tensors(args, reader.tensors)  # before any kernel: they trust these shapes
         self.args = args
         self.reader = reader
         lookup = reader.tensors.get
@@ -165,7 +168,8 @@ class Transformer:
         self.blocks: list[Block] = [load_block(lookup, i) for i in range(args.num_hidden_layers)]
         self.norm = _dense(lookup, "model.norm.weight")
         self.lm_head = make_linear(lookup("lm_head.weight") or self.embed)
-        self.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta, args.rope_scaling)
+        self.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta, args.rope_scaling,
+                                    positions=context_length)
         self.decode_table = build_decode_table(self.blocks, reader.buffer)
         self.fused_decode = self.decode_table is not None  # False: decode runs block_forward
 
@@ -184,6 +188,10 @@ class Transformer:
         start, t = cache.length, len(ids)
         if start + t > cache.context_length:
             raise ValueError(f"context length {cache.context_length} exceeded ({start} + {t} tokens)")
+        if t and (ids.min() < 0 or ids.max() >= self.args.vocab_size):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise InvalidModel(f"token id {bad} is outside the vocabulary of {self.args.vocab_size}")
+        self.rope.ensure(start + t)
         x = self.embed_tokens(ids)
         if t == 1 and self.fused_decode:
             self.decode_step(x[0], cache, start)

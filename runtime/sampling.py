@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lowbit.errors import LowbitError
+from lowbit.runtime.errors import LowbitError
 
 # Top-p first looks for the nucleus among this many best tokens; a full sort only if it is wider.
 _NUCLEUS_PROBE = 256

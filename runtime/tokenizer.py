@@ -24,8 +24,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lowbit.errors import LowbitError
 from lowbit.runtime.chat_template import render_chat_template, select_template
+from lowbit.runtime.errors import LowbitError
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import datetime as _dt
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,11 +29,12 @@ from lowbit.convert.architectures import (
 from lowbit.convert.bitnet import ternary_scale, unpack_hf_ternary
 from lowbit.convert.recipe import METHODS, Recipe, load_recipe
 from lowbit.convert.sources import check_weight, open_checkpoint
-from lowbit.errors import ConversionError
+from lowbit.errors import ConversionError, LowbitError
 from lowbit.formats import LowbitWriter
 from lowbit.formats.encodings import EncodedTensor
 from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
 from lowbit.quant import quantize, relative_error
+from lowbit.runtime.validate import check_config, check_generation, check_tensors
 
 if TYPE_CHECKING:
     from lowbit.quant.calibrate import CalibrationConfig
@@ -221,8 +223,11 @@ def convert(
     if output.is_dir():
         raise ConversionError(f"{output} is a folder, expected a file path")
     rec = load_recipe(recipe, method)
-    ckpt = open_checkpoint(str(source), revision)
-    spec = model_spec(ckpt.config)
+    with _malformed_input(source):
+        ckpt = open_checkpoint(str(source), revision)
+        _check_source_types(ckpt.config)
+        spec = model_spec(ckpt.config)
+    native = spec.ternary_weights is not None
     names = [n for n in ckpt.tensor_names() if not n.endswith(SKIPPED_SUFFIXES)]
     canon = {canonical_name(n): n for n in names}
     required = expected_tensors(spec)
@@ -239,11 +244,17 @@ def convert(
 
         rec.rules = plan(_tensor_getter(ckpt), sorted(canon), target_bpw) + rec.rules
         rec.target_bpw = target_bpw
-    blob_name, blob, tok_meta = tokenizer_section(ckpt.tokenizer_files)
-    gen = {k: ckpt.generation_config[k] for k in GENERATION_KEYS if k in ckpt.generation_config}
+    with _malformed_input(source):
+        blob_name, blob, tok_meta = tokenizer_section(ckpt.tokenizer_files)
+        gen = {k: ckpt.generation_config[k] for k in GENERATION_KEYS if k in ckpt.generation_config}
     config = dict(spec.config)
     if "lm_head.weight" not in canon:
         config["tie_word_embeddings"] = True
+    args = check_config(config)  # the runtime's checks, before anything is written
+    check_generation(gen)
+    if not native and hasattr(ckpt, "shape"):  # (BitNet's packed weights have other shapes)
+        with _malformed_input(source):
+            check_tensors(args, {canonical_name(n): {"shape": ckpt.shape(n), "encoding": None} for n in names})
     metadata = {
         "architecture": spec.architecture,
         "config": config,
@@ -252,7 +263,6 @@ def convert(
         "provenance": _provenance(ckpt, str(source), rec),
     }
     warnings: list[str] = []
-    native = spec.ternary_weights is not None
     if native and METHODS[rec.method].encoding not in ("ternary", "ternary-1.6"):
         warnings.append(
             f"{spec.source_architecture} is a ternary (BitNet) model: its linear layers are stored "
@@ -260,7 +270,7 @@ def convert(
         )
     reports: list[TensorReport] = []
     calibrate = calibration is not None and not native
-    with LowbitWriter(output, metadata) as writer:
+    with LowbitWriter(output, metadata, overwrite=force) as writer:
         writer.add_blob(blob_name, blob)
         total = len(names)
 
@@ -297,6 +307,9 @@ def convert(
                 if hasattr(ckpt, "release"):
                     ckpt.release(src_name)
                 del w, encoded
+        # what the runtime will check at load, on what is about to be written (an exception
+        # here aborts the writer: no file)
+        check_tensors(args, {r["name"]: r for r in writer.tensor_records})
     lin_err = [t.rel_error for t in reports if is_linear_weight(t.name)]
     warning = weight_error_warning(lin_err)
     if warning:
@@ -344,6 +357,33 @@ def perplexity_warning(ppl: float, reference: float) -> str | None:
         return (f"perplexity {ppl:.1f} is {ratio:.2f}× the f32 conversion's {reference:.1f}: expect clearly "
                 "worse output than the original")
     return None
+
+
+INTEGER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "sliding_window")
+
+
+def _check_source_types(config: dict[str, Any]) -> None:
+    """The checkpoint's integer hyper-parameters are integers: int() would turn "4" into 4 and
+    64.5 into 64 without a word (null is left to the architecture's defaults)."""
+    for key in INTEGER_FIELDS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConversionError(f"config.json: field {key!r} must be an integer, got {value!r:.40}")
+
+
+@contextmanager
+def _malformed_input(source: str | Path) -> Iterator[None]:
+    """Reading a checkpoint's metadata: a malformed file (a field of the wrong type, a head count
+    of 0, a missing key) becomes one ConversionError line instead of a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, OverflowError,
+            AttributeError, RecursionError) as e:
+        if isinstance(e, LowbitError):
+            raise
+        text = " ".join(str(e).split())[:200]
+        raise ConversionError(f"{source}: malformed checkpoint ({type(e).__name__}: {text})") from None
 
 
 ROW_SEPARABLE = ("f32", "f16", "bf16", "q8", "q2", "q3", "q4")

@@ -117,16 +117,27 @@ class GGUFCheckpoint:
                 f"(supported: {', '.join(ARCHITECTURES)})"
             )
         self.arch = ARCHITECTURES[self.gguf_architecture]
-        self._tensors = self._map_tensors()
-        self.config = self._build_config()
-        self.generation_config = self._build_generation_config()
+        try:
+            self._tensors = self._map_tensors()
+            self.config = self._build_config()
+            self.generation_config = self._build_generation_config()
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError, IndexError, KeyError) as e:
+            # hostile metadata (a head count of 0, a string where a number goes, ...)
+            raise ConversionError(
+                f"{self.path.name}: malformed GGUF metadata ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            ) from None
 
     # -- metadata ---------------------------------------------------------------------------
     def meta(self, key: str, default: Any = None) -> Any:
         """A metadata value as a Python value (str, int, float, bool or list), cached."""
         if key not in self._cache:
             field = self._reader.fields.get(key)
-            self._cache[key] = default if field is None else field.contents()
+            try:
+                self._cache[key] = default if field is None else field.contents()
+            except (UnicodeDecodeError, ValueError, IndexError, TypeError) as e:
+                raise ConversionError(
+                    f"{self.path.name}: GGUF metadata {key} cannot be read ({type(e).__name__})"
+                ) from None
         value = self._cache[key]
         return default if value is None else value
 
