@@ -145,9 +145,12 @@ def test_kv_cache_reuse_and_reset(tiny):
         c.check_room(5)
 
 
-def test_batched_forward_equals_each_sequence_alone(tiny):
-    """Transformer.forward_batch: a sequence's logits do not depend on what it is batched with."""
-    m = lowbit.load(tiny)
+@pytest.mark.parametrize("which", ["tiny", "smollm2-q4"])
+def test_batched_forward_equals_each_sequence_alone(which, request):
+    """Transformer.forward_batch: a sequence's logits do not depend on what it is batched with
+    (bit for bit), on a tiny model and on SmolLM2 q4."""
+    path = request.getfixturevalue("tiny") if which == "tiny" else request.getfixturevalue("smollm2_file")("q4")
+    m = lowbit.load(path, context_length=256)
     model = m.model
     prompts = [m.tokenize(p) for p in PROMPTS]
 
