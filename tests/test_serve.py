@@ -113,11 +113,10 @@ def test_chat_and_completions(client, tiny):
     ids = llm.tokenizer.encode_chat([{"role": "user", "content": "Hello there"}], add_generation_prompt=True)
     assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == 12
     assert r.usage.total_tokens == len(ids) + 12
-    alone = llm.generate(ids, max_tokens=12)  # the Python API's greedy text
-    assert c.message.content == alone
+    assert c.message.content == batched_greedy(llm, ids, 12)  # the greedy text, computed in-process
     p = client.completions.create(model="tiny-q4", prompt="The quick brown fox", max_tokens=9, temperature=0)
     assert p.object == "text_completion" and p.choices[0].finish_reason == "length"
-    assert p.choices[0].text == llm.generate("The quick brown fox", max_tokens=9)
+    assert p.choices[0].text == batched_greedy(llm, llm.tokenize("The quick brown fox"), 9)
     assert p.usage.prompt_tokens == len(llm.tokenize("The quick brown fox")) and p.usage.completion_tokens == 9
     models = client.models.list()
     assert [m.id for m in models.data] == ["tiny-q4"]
@@ -302,6 +301,46 @@ def test_batched_equals_one_at_a_time(client):
             together = list(pool.map(run, prompts))
         assert together == alone
     assert len({t for t, _ in alone}) == 4
+
+
+def test_prefix_reuse_across_requests(client, server):
+    """The next turn of a chat runs only its new tokens; so does a new chat with the same system
+    prompt (the shared prefix), and the answers are the same as without reuse."""
+    system = {"role": "system", "content": "You are a terse assistant. " * 12}
+    turn1 = [system, {"role": "user", "content": "First question?"}]
+    before = server.health()
+    r1 = client.chat.completions.create(model="tiny-q4", messages=turn1, max_tokens=10, temperature=0)
+    turn2 = turn1 + [{"role": "assistant", "content": r1.choices[0].message.content},
+                     {"role": "user", "content": "And then?"}]
+    mid = server.health()
+    r2 = client.chat.completions.create(model="tiny-q4", messages=turn2, max_tokens=10, temperature=0)
+    after = server.health()
+    reused = after["prompt_tokens_reused"] - mid["prompt_tokens_reused"]
+    assert reused >= r1.usage.prompt_tokens  # the whole first turn's prompt at least
+    assert mid["prompt_tokens_reused"] - before["prompt_tokens_reused"] < r1.usage.prompt_tokens
+    import lowbit  # the same answer as the server's batched path on a fresh cache, no reuse
+
+    fresh = lowbit.load(server.proc.args[4])
+    ids = fresh.tokenizer.encode_chat(turn2, add_generation_prompt=True)
+    assert r2.choices[0].message.content == batched_greedy(fresh, ids, 10)
+
+
+def batched_greedy(llm, ids: list[int], n: int) -> str:
+    """Greedy text through Transformer.forward_batch from an empty cache (what the server runs)."""
+    import numpy as np
+
+    from lowbit.runtime.kv_cache import KVCache, Segment
+
+    cache = KVCache(llm.args, llm.context_length)
+    logits = llm.model.forward_batch([Segment(cache, list(ids), 0)])[0]
+    out = []
+    for _ in range(n):
+        tok = int(np.argmax(logits))
+        if tok in llm.tokenizer.eos_token_ids:
+            break
+        out.append(tok)
+        logits = llm.model.forward_batch([Segment(cache, [tok], cache.length)])[0]
+    return llm.detokenize(out)
 
 
 def test_disconnect_stops_generation(server):

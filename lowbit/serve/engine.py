@@ -96,6 +96,8 @@ class Engine:
         self._texts: TokenTexts | None = None
         self.steps = 0
         self.tokens_out = 0
+        self.prompt_tokens = 0
+        self.reused_tokens = 0  # prompt tokens not run again thanks to a cached prefix
         self._thread = threading.Thread(target=self._loop, name="lowbit-engine", daemon=True)
         self._thread.start()
 
@@ -117,7 +119,8 @@ class Engine:
             return {
                 "active": len(self.active), "queued": len(self.pending), "idle_caches": len(self.idle),
                 "kv_bytes": self._kv_used(), "kv_budget": self.kv_budget, "steps": self.steps,
-                "tokens_generated": self.tokens_out,
+                "tokens_generated": self.tokens_out, "prompt_tokens": self.prompt_tokens,
+                "prompt_tokens_reused": self.reused_tokens,
             }
 
     def close(self) -> None:
@@ -208,6 +211,8 @@ class Engine:
             self.pending.popleft()
             job.cache = cache
             job.pos = cache.reuse(job.prompt_ids)
+            self.prompt_tokens += len(job.prompt_ids)
+            self.reused_tokens += job.pos
             self.active.append(job)
 
     def _step(self) -> None:
