@@ -422,3 +422,19 @@ def test_serve_help_documents_every_option():
     r = subprocess.run([sys.executable, "-m", "lowbit.cli", "serve", "x.lowbit", "--parallel", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "--parallel" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_create_app_mounts_in_process(tiny):
+    """lowbit.serve.create_app returns a plain ASGI app (here driven by Starlette's TestClient)."""
+    from starlette.testclient import TestClient
+
+    import lowbit
+    from lowbit.serve import create_app
+
+    llm = lowbit.load(tiny)
+    app = create_app(llm, model_name="mine", parallel=2)
+    with TestClient(app) as c:
+        assert c.get("/health").json()["model"] == "mine"
+        r = c.post("/v1/completions", json={"model": "mine", "prompt": "abc", "max_tokens": 5, "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == batched_greedy(llm, llm.tokenize("abc"), 5)
+        assert c.get("/").text.startswith("<!doctype html>")
