@@ -8,7 +8,7 @@ their own activations to int8 inside their kernels. Activations and accumulation
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,10 +17,10 @@ from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
 from lowbit.runtime.errors import InvalidModel
-from lowbit.runtime.kernels.attention import attention
 from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
-from lowbit.runtime.linear import make_linear
+from lowbit.runtime.kv_cache import KVCache, Segment, Segments
+from lowbit.runtime.linear import Linear, make_linear
 from lowbit.runtime.rope import RotaryEmbedding
 from lowbit.runtime.validate import check_tensors
 
@@ -40,20 +40,6 @@ def relu2(x: np.ndarray) -> np.ndarray:
 
 
 ACTIVATIONS = {"silu": silu, "relu2": relu2}
-
-
-class KVCache:
-    """Pre-allocated keys and values for every layer: [layers, kv_heads, context, head_dim]."""
-
-    def __init__(self, args: ModelArgs, context_length: int) -> None:
-        shape = (args.num_hidden_layers, args.num_key_value_heads, context_length, args.head_dim)
-        self.keys = np.zeros(shape, dtype=np.float32)  # calloc: pages become resident as used
-        self.values = np.zeros(shape, dtype=np.float32)
-        self.context_length = context_length
-        self.length = 0
-
-    def reset(self) -> None:
-        self.length = 0
 
 
 @dataclass
@@ -82,20 +68,17 @@ class Block:
 
 
 def attention_forward(
-    args: ModelArgs, rope: RotaryEmbedding, attn: Attention, x: np.ndarray, cache: KVCache, layer: int, start: int
+    args: ModelArgs, rope: RotaryEmbedding, attn: Attention, x: np.ndarray, cache: KVCache | Segments, layer: int,
+    start: int,
 ) -> np.ndarray:
-    """Grouped-query attention of x [T, hidden] at positions start.., writing K/V into the cache."""
+    """Grouped-query attention of x [T, hidden] at positions start.., writing K/V into the cache
+    (or, for Segments, each sequence's tokens at its own positions into its own cache)."""
     t = x.shape[0]
     h, kvh, d = args.num_attention_heads, args.num_key_value_heads, args.head_dim
-    q = rope.apply(attn.q_proj(x).reshape(t, h, d), start)
-    k = rope.apply(attn.k_proj(x).reshape(t, kvh, d), start)
+    q = attn.q_proj(x).reshape(t, h, d)
+    k = attn.k_proj(x).reshape(t, kvh, d)
     v = attn.v_proj(x).reshape(t, kvh, d)
-    end = start + t
-    cache.keys[layer, :, start:end] = k.transpose(1, 0, 2)
-    cache.values[layer, :, start:end] = v.transpose(1, 0, 2)
-    out = np.empty((t, h * d), dtype=np.float32)
-    attention(np.ascontiguousarray(q, dtype=np.float32), cache.keys[layer], cache.values[layer], start,
-              args.sliding_window or 0, out)
+    out = cache.attend(layer, rope, q, k, v, start, args.sliding_window or 0)  # RoPE, write, attend
     if attn.sub_norm is not None:
         out = rms_norm(out, attn.sub_norm, args.rms_norm_eps)
     return attn.o_proj(np.ascontiguousarray(out, dtype=np.float32))
@@ -109,7 +92,8 @@ def mlp_forward(args: ModelArgs, mlp: MLP, x: np.ndarray) -> np.ndarray:
 
 
 def block_forward(
-    args: ModelArgs, rope: RotaryEmbedding, block: Block, x: np.ndarray, cache: KVCache, layer: int, start: int
+    args: ModelArgs, rope: RotaryEmbedding, block: Block, x: np.ndarray, cache: KVCache | Segments, layer: int,
+    start: int,
 ) -> np.ndarray:
     """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
     eps = args.rms_norm_eps
@@ -186,19 +170,75 @@ class Transformer:
         """Run ids [T] at positions cache.length.. and return logits [T or 1, vocab]."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         start, t = cache.length, len(ids)
-        if start + t > cache.context_length:
-            raise ValueError(f"context length {cache.context_length} exceeded ({start} + {t} tokens)")
-        if t and (ids.min() < 0 or ids.max() >= self.args.vocab_size):
-            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-            raise InvalidModel(f"token id {bad} is outside the vocabulary of {self.args.vocab_size}")
-        self.rope.ensure(start + t)
+        cache.check_room(t)
+        self._check_ids(ids, start + t)
         x = self.embed_tokens(ids)
         if t == 1 and self.fused_decode:
             self.decode_step(x[0], cache, start)
         else:
             for i, block in enumerate(self.blocks):
                 x = block_forward(self.args, self.rope, block, x, cache, i, start)
-        cache.length = start + t
+        cache.advance(ids)
         if not all_logits:
             x = x[-1:]
         return self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps))
+
+    def _check_ids(self, ids: np.ndarray, end: int) -> None:
+        """Token ids index the embedding unchecked: refuse any outside the vocabulary; RoPE
+        tables grow to cover positions up to `end`."""
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.args.vocab_size):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise InvalidModel(f"token id {bad} is outside the vocabulary of {self.args.vocab_size}")
+        self.rope.ensure(end)
+
+    def forward_batch(self, segments: list[Segment]) -> np.ndarray:
+        """Several sequences in one pass: logits [S, vocab] of each segment's last token.
+
+        The linear layers run once over all the stacked tokens with the decode kernel applied to
+        each token (`Linear.rows`), so every weight row read serves every sequence, and each
+        token's result is exactly what it would be alone: outputs never depend on the company
+        a sequence keeps (the server's batching relies on this, bit for bit)."""
+        for seg in segments:
+            if seg.start != seg.cache.length or not seg.ids:
+                raise ValueError("a segment must continue its cache with at least one token")
+            seg.cache.check_room(len(seg.ids))
+        batch = Segments(segments)
+        ids = np.concatenate([np.asarray(s.ids, dtype=np.int64) for s in segments])
+        self._check_ids(ids, max(s.start + len(s.ids) for s in segments))
+        x = self.embed_tokens(ids)
+        blocks, head = self._per_token()
+        for i, block in enumerate(blocks):
+            x = block_forward(self.args, self.rope, block, x, batch, i, 0)
+        for seg in segments:
+            seg.cache.advance(seg.ids)
+        last = np.ascontiguousarray(x[batch.bounds[1:] - 1])
+        return head(_norm(last, self.norm, self.args.rms_norm_eps))
+
+    def _per_token(self) -> tuple[list[Block], PerToken]:
+        """The blocks with every Linear wrapped in PerToken (built once; weights shared)."""
+        if getattr(self, "_per_token_blocks", None) is None:
+            self._per_token_blocks = [_wrap_linears(b) for b in self.blocks]
+            self._per_token_head = PerToken(self.lm_head)
+        return self._per_token_blocks, self._per_token_head
+
+
+class PerToken:
+    """A Linear that runs the decode kernel for each row of its input (`Linear.rows`)."""
+
+    def __init__(self, linear: Linear) -> None:
+        self.linear = linear
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.linear.rows(x)
+
+
+def _wrap_linears(obj: Any) -> Any:
+    """A copy of a Block / Attention / MLP dataclass with its Linear fields wrapped in PerToken."""
+    changes = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Linear):
+            changes[f.name] = PerToken(value)
+        elif is_dataclass(value):
+            changes[f.name] = _wrap_linears(value)
+    return replace(obj, **changes)
