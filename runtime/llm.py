@@ -36,7 +36,9 @@ class LanguageModel:
         self.metadata = meta
         self.args = ModelArgs.from_dict(meta.get("config", {}))
         self.threads = resolve_threads(threads)
-        self.model = Transformer(self.reader, self.args)
+        limit = self.args.max_position_embeddings
+        self.context_length = min(context_length or min(DEFAULT_CONTEXT, limit), limit)
+        self.model = Transformer(self.reader, self.args, context_length=self.context_length)
         tok_meta = meta.get("tokenizer", {})
         self.tokenizer = Tokenizer.from_bytes(
             tok_meta.get("kind", "tokenizers"),
@@ -44,8 +46,6 @@ class LanguageModel:
             tok_meta,
             eos_token_ids=self.args.eos_token_id,
         )
-        limit = self.args.max_position_embeddings
-        self.context_length = min(context_length or min(DEFAULT_CONTEXT, limit), limit)
         self.cache = KVCache(self.args, self.context_length)
         self._cached_ids: list[int] = []
         self.generation_defaults: dict[str, Any] = meta.get("generation", {})

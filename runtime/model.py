@@ -7,6 +7,7 @@ their own activations to int8 inside their kernels. Activations and accumulation
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
+from lowbit.runtime.features import check_features
 from lowbit.runtime.kernels.attention import attention
 from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
@@ -37,7 +39,19 @@ def relu2(x: np.ndarray) -> np.ndarray:
     return r * r
 
 
-ACTIVATIONS = {"silu": silu, "relu2": relu2}
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU with the tanh approximation (PyTorch's approximate="tanh"; Gemma's GeGLU)."""
+    return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+
+
+def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    """c·tanh(x / c) (Gemma 2's soft-capping), or x unchanged."""
+    if not cap:
+        return x
+    return (np.tanh(x / np.float32(cap)) * np.float32(cap)).astype(np.float32)
+
+
+ACTIVATIONS = {"silu": silu, "relu2": relu2, "gelu_tanh": gelu_tanh}
 
 
 class KVCache:
@@ -61,6 +75,8 @@ class Attention:
     v_proj: Any
     o_proj: Any
     sub_norm: np.ndarray | None
+    q_norm: np.ndarray | None = None  # [head_dim], per head before RoPE (Qwen3, Gemma 3)
+    k_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -77,6 +93,8 @@ class Block:
     attn: Attention
     post_norm: np.ndarray
     mlp: MLP
+    attn_output_norm: np.ndarray | None = None  # on the attention output (Gemma)
+    mlp_output_norm: np.ndarray | None = None  # on the MLP output (Gemma)
 
 
 def attention_forward(
@@ -85,15 +103,20 @@ def attention_forward(
     """Grouped-query attention of x [T, hidden] at positions start.., writing K/V into the cache."""
     t = x.shape[0]
     h, kvh, d = args.num_attention_heads, args.num_key_value_heads, args.head_dim
-    q = rope.apply(attn.q_proj(x).reshape(t, h, d), start)
-    k = rope.apply(attn.k_proj(x).reshape(t, kvh, d), start)
+    q = attn.q_proj(x).reshape(t, h, d)
+    k = attn.k_proj(x).reshape(t, kvh, d)
+    if attn.q_norm is not None:
+        q = rms_norm(q, attn.q_norm, args.rms_norm_eps)
+        k = rms_norm(k, attn.k_norm, args.rms_norm_eps)
+    q = rope.apply(q, start)
+    k = rope.apply(k, start)
     v = attn.v_proj(x).reshape(t, kvh, d)
     end = start + t
     cache.keys[layer, :, start:end] = k.transpose(1, 0, 2)
     cache.values[layer, :, start:end] = v.transpose(1, 0, 2)
     out = np.empty((t, h * d), dtype=np.float32)
     attention(np.ascontiguousarray(q, dtype=np.float32), cache.keys[layer], cache.values[layer], start,
-              args.sliding_window or 0, out)
+              args.layer_window(layer), out, args.attention_scale, args.attn_logit_softcapping or 0.0)
     if attn.sub_norm is not None:
         out = rms_norm(out, attn.sub_norm, args.rms_norm_eps)
     return attn.o_proj(np.ascontiguousarray(out, dtype=np.float32))
@@ -111,8 +134,14 @@ def block_forward(
 ) -> np.ndarray:
     """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
     eps = args.rms_norm_eps
-    x = x + attention_forward(args, rope, block.attn, _norm(x, block.input_norm, eps), cache, layer, start)
-    return x + mlp_forward(args, block.mlp, _norm(x, block.post_norm, eps))
+    h = attention_forward(args, rope, block.attn, _norm(x, block.input_norm, eps), cache, layer, start)
+    if block.attn_output_norm is not None:
+        h = rms_norm(h, block.attn_output_norm, eps)
+    x = x + h
+    h = mlp_forward(args, block.mlp, _norm(x, block.post_norm, eps))
+    if block.mlp_output_norm is not None:
+        h = rms_norm(h, block.mlp_output_norm, eps)
+    return x + h
 
 
 def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -136,7 +165,8 @@ def _linear(lookup: Lookup, prefix: str) -> Any:
 
 def load_attention(lookup: Lookup, i: int) -> Attention:
     p = f"model.layers.{i}.self_attn."
-    return Attention(*(_linear(lookup, p + f"{x}_proj") for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"))
+    return Attention(*(_linear(lookup, p + f"{x}_proj") for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"),
+                     q_norm=_dense(lookup, p + "q_norm.weight"), k_norm=_dense(lookup, p + "k_norm.weight"))
 
 
 def load_mlp(lookup: Lookup, i: int) -> MLP:
@@ -151,13 +181,16 @@ def load_block(lookup: Lookup, i: int) -> Block:
         load_attention(lookup, i),
         _dense(lookup, p + "post_attention_layernorm.weight"),
         load_mlp(lookup, i),
+        _dense(lookup, p + "attn_output_norm.weight"),
+        _dense(lookup, p + "mlp_output_norm.weight"),
     )
 
 
 class Transformer:
     """Weights of one model, read from an open LowbitReader; stateless between calls."""
 
-    def __init__(self, reader: LowbitReader, args: ModelArgs) -> None:
+    def __init__(self, reader: LowbitReader, args: ModelArgs, context_length: int | None = None) -> None:
+        check_features(reader.metadata)
         self.args = args
         self.reader = reader
         lookup = reader.tensors.get
@@ -165,18 +198,33 @@ class Transformer:
         self.blocks: list[Block] = [load_block(lookup, i) for i in range(args.num_hidden_layers)]
         self.norm = _dense(lookup, "model.norm.weight")
         self.lm_head = make_linear(lookup("lm_head.weight") or self.embed)
-        self.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta, args.rope_scaling)
+        p, rot = args.max_position_embeddings, args.rotary_dim
+        self.rope = RotaryEmbedding(args.head_dim, p, args.rope_theta, args.rope_scaling, rot, context_length)
+        ropes = [self.rope]
+        if args.rope_local_base_freq is not None:  # sliding layers' own, unscaled RoPE (Gemma 3)
+            ropes.append(RotaryEmbedding(args.head_dim, p, args.rope_local_base_freq, None, rot))
+        self.layer_ropes = [ropes[1] if args.uses_local_rope(i) else ropes[0] for i in range(args.num_hidden_layers)]
+        # decode step: cos/sin [tables, P, rot/2]; per layer (window, table)
+        self.rope_cos = np.ascontiguousarray(np.stack([r.cos for r in ropes]))
+        self.rope_sin = np.ascontiguousarray(np.stack([r.sin for r in ropes]))
+        self.layer_info = np.array(
+            [(args.layer_window(i), int(args.uses_local_rope(i))) for i in range(args.num_hidden_layers)], dtype=np.int64
+        ).reshape(-1, 2)
         self.decode_table = build_decode_table(self.blocks, reader.buffer)
         self.fused_decode = self.decode_table is not None  # False: decode runs block_forward
 
     def decode_step(self, x: np.ndarray, cache: KVCache, pos: int) -> None:
         """x [hidden] at position pos through every layer, in place (kernels.decode_step)."""
         a = self.args
-        decode_layers(x, *self.decode_table, cache.keys, cache.values, self.rope.cos, self.rope.sin, pos,
-                      a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.sliding_window or 0)
+        decode_layers(x, *self.decode_table, cache.keys, cache.values, self.rope_cos, self.rope_sin, self.layer_info,
+                      pos, a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.attention_scale,
+                      a.attn_logit_softcapping or 0.0, a.rotary_dim)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+        x = np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+        if self.args.embedding_multiplier != 1.0:
+            x *= np.float32(self.args.embedding_multiplier)
+        return x
 
     def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run ids [T] at positions cache.length.. and return logits [T or 1, vocab]."""
@@ -189,8 +237,8 @@ class Transformer:
             self.decode_step(x[0], cache, start)
         else:
             for i, block in enumerate(self.blocks):
-                x = block_forward(self.args, self.rope, block, x, cache, i, start)
+                x = block_forward(self.args, self.layer_ropes[i], block, x, cache, i, start)
         cache.length = start + t
         if not all_logits:
             x = x[-1:]
-        return self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps))
+        return softcap(self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
