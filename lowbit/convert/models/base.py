@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -265,3 +265,18 @@ class CheckpointView:
     def iter_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._sources:
             yield name, self.get(name)
+
+
+@dataclass(frozen=True)
+class GGUFArch:
+    """How llama.cpp writes one architecture: its HF class and model_type, whether Q/K rows are
+    permuted for llama.cpp's non-NeoX RoPE, block tensor names beyond Llama's (llama.cpp name ->
+    HF name), a constant llama.cpp adds to every norm weight (Gemma: 1), and a hook that adds the
+    architecture's HF config keys from the `{arch}.*` metadata (`meta(key, default)`)."""
+
+    hf_class: str
+    model_type: str
+    permuted_qk: bool
+    block_tensors: dict[str, str] = field(default_factory=dict)
+    norm_shift: float = 0.0
+    config: Callable[[Callable[[str, Any], Any], dict[str, Any]], None] | None = None

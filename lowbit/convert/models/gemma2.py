@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from lowbit.convert.models.base import (
+    GGUFArch,
     ModelSpec,
     Source,
     Tensors,
@@ -99,3 +100,24 @@ def gemma_tensors(cfg: dict[str, Any], qk_norm: bool, prefix_map: Any = None) ->
 def spec(hf: dict[str, Any], source_arch: str) -> ModelSpec:
     config = gemma_config(hf, source_arch, lambda i: i % 2 == 0)
     return ModelSpec("llama", source_arch, config, None, tensors=gemma_tensors(config, qk_norm=False))
+
+
+def gguf_config(meta: Any, cfg: dict[str, Any]) -> None:
+    """Gemma 2's HF config keys from llama.cpp's metadata and its hard-coded constants: even
+    layers slide; attention scale head_dim^-1/2 (hidden/heads for the 27B model, 46 layers)."""
+    n_layers = cfg["num_hidden_layers"]
+    scalar = cfg["hidden_size"] // cfg["num_attention_heads"] if n_layers == 46 else cfg["head_dim"]
+    cfg.update(
+        hidden_activation="gelu_pytorch_tanh",
+        hidden_act="gelu_pytorch_tanh",
+        query_pre_attn_scalar=scalar,
+        sliding_window=int(meta("attention.sliding_window", 4096)),
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)],
+        final_logit_softcapping=meta("final_logit_softcapping"),
+        attn_logit_softcapping=meta("attn_logit_softcapping"),
+        attention_bias=False,
+    )
+
+
+GGUF = {"gemma2": GGUFArch("Gemma2ForCausalLM", "gemma2", permuted_qk=False, block_tensors=GGUF_BLOCK,
+                           norm_shift=GGUF_NORM_SHIFT, config=gguf_config)}

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowbit.convert.models.base import ModelSpec, rope
-from lowbit.convert.models.gemma2 import gemma_config, gemma_tensors
+from lowbit.convert.models.base import GGUFArch, ModelSpec, rope
+from lowbit.convert.models.gemma2 import GGUF_BLOCK, GGUF_NORM_SHIFT, gemma_config, gemma_tensors
 from lowbit.errors import UnsupportedModel
 
 ARCHITECTURES = ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
 MODEL_TYPES = ("gemma3_text", "gemma3")
-GGUF = {"gemma3": ("Gemma3ForCausalLM", False)}
 DROPPED = ("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector.")
 
 
@@ -48,3 +47,31 @@ def spec(hf: dict[str, Any], source_arch: str) -> ModelSpec:
     config["rope_theta"], config["rope_scaling"] = theta, scaling
     config["rope_local_base_freq"] = local_theta
     return ModelSpec("llama", source_arch, config, None, tensors=gemma_tensors(config, True, text_tower))
+
+
+def gguf_config(meta: Any, cfg: dict[str, Any]) -> None:
+    """Gemma 3's HF config keys from llama.cpp's metadata and the constants llama.cpp hard-codes
+    for it (llama-model.cpp): every 6th layer global, local RoPE base 10000, attention scale
+    head_dim^-1/2 (hidden/heads for the 27B model, the one with 62 layers)."""
+    n_layers = cfg["num_hidden_layers"]
+    pattern = meta("attention.sliding_window_pattern", 6)
+    if isinstance(pattern, list):  # per layer: True where the layer slides
+        types = ["sliding_attention" if bool(p) else "full_attention" for p in pattern]
+    else:
+        types = ["sliding_attention" if (i + 1) % int(pattern) else "full_attention" for i in range(n_layers)]
+    scalar = cfg["hidden_size"] // cfg["num_attention_heads"] if n_layers == 62 else cfg["head_dim"]
+    cfg.update(
+        hidden_activation="gelu_pytorch_tanh",
+        hidden_act="gelu_pytorch_tanh",
+        query_pre_attn_scalar=scalar,
+        sliding_window=int(meta("attention.sliding_window", 4096)),
+        layer_types=types,
+        rope_local_base_freq=10000.0,
+        final_logit_softcapping=meta("final_logit_softcapping"),
+        attn_logit_softcapping=meta("attn_logit_softcapping"),
+        attention_bias=False,
+    )
+
+
+GGUF = {"gemma3": GGUFArch("Gemma3ForCausalLM", "gemma3_text", permuted_qk=False, block_tensors=GGUF_BLOCK,
+                           norm_shift=GGUF_NORM_SHIFT, config=gguf_config)}

@@ -11,11 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from lowbit.convert.models import bitnet
-from lowbit.convert.models.base import ModelSpec, llama_config, llama_tensors
+from lowbit.convert.models.base import GGUFArch, ModelSpec, llama_config, llama_tensors
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 MODEL_TYPES = ("llama", "mistral", "qwen2")
-GGUF = {"llama": ("LlamaForCausalLM", True), "qwen2": ("Qwen2ForCausalLM", False)}  # arch: (class, Q/K permuted)
+# Qwen2 uses NeoX-style RoPE in llama.cpp (the HF rotate-half order), so its converter
+# (Qwen2Model in convert_hf_to_gguf.py, not a LlamaModel subclass) leaves Q/K untouched.
+GGUF = {
+    "llama": GGUFArch("LlamaForCausalLM", "llama", permuted_qk=True,
+                      config=lambda meta, cfg: cfg.update(mlp_bias=False)),
+    "qwen2": GGUFArch("Qwen2ForCausalLM", "qwen2", permuted_qk=False,
+                      config=lambda meta, cfg: cfg.update(use_sliding_window=False)),
+}
 
 
 def spec(hf: dict[str, Any], source_arch: str) -> ModelSpec:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowbit.convert.models.base import ModelSpec, layer_types, llama_config, llama_tensors
+from lowbit.convert.models.base import GGUFArch, ModelSpec, layer_types, llama_config, llama_tensors
 
 ARCHITECTURES = ("Qwen3ForCausalLM",)
 MODEL_TYPES = ("qwen3",)
-GGUF = {"qwen3": ("Qwen3ForCausalLM", False)}
+GGUF = {
+    "qwen3": GGUFArch("Qwen3ForCausalLM", "qwen3", permuted_qk=False,
+                      block_tensors={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+                      config=lambda meta, cfg: cfg.update(use_sliding_window=False, attention_bias=False)),
+}
 
 
 def qk_norm_names(cfg: dict[str, Any]) -> set[str]:
