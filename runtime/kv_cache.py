@@ -78,9 +78,10 @@ class KVCache:
         self.length += len(ids)
 
     def attend(self, layer: int, rope: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-               start: int, window: int) -> np.ndarray:
+               start: int, window: int, scale: float = 0.0, softcap: float = 0.0) -> np.ndarray:
         """Rotate q [T, H, D] and k [T, KVH, D] for positions start.., write k and v at them,
-        and return causal attention of q over positions ≤ its own: [T, H·D]."""
+        and return causal attention of q over positions ≤ its own (and within `window`, if set):
+        [T, H·D]. scale 0 means 1/sqrt(D); softcap > 0 soft-caps the scores (Gemma 2)."""
         t, h, d = q.shape
         q = rope.apply(q, start)
         k = rope.apply(k, start)
@@ -89,7 +90,7 @@ class KVCache:
         self.values[layer, :, start:end] = v.transpose(1, 0, 2)
         out = np.empty((t, h * d), dtype=np.float32)
         attention(np.ascontiguousarray(q, dtype=np.float32), self.keys[layer], self.values[layer],
-                  start, window, out)
+                  start, window, out, scale, softcap)
         return out
 
 
@@ -110,9 +111,9 @@ class Segments:
         self.bounds = np.cumsum([0] + [len(s.ids) for s in segments])
 
     def attend(self, layer: int, rope: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-               start: Any, window: int) -> np.ndarray:
+               start: Any, window: int, scale: float = 0.0, softcap: float = 0.0) -> np.ndarray:
         t, h, d = q.shape
         out = np.empty((t, h * d), dtype=np.float32)
         for seg, a, b in zip(self.items, self.bounds[:-1], self.bounds[1:]):
-            out[a:b] = seg.cache.attend(layer, rope, q[a:b], k[a:b], v[a:b], seg.start, window)
+            out[a:b] = seg.cache.attend(layer, rope, q[a:b], k[a:b], v[a:b], seg.start, window, scale, softcap)
         return out

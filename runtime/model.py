@@ -7,6 +7,7 @@ their own activations to int8 inside their kernels. Activations and accumulation
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
@@ -17,6 +18,7 @@ from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
 from lowbit.runtime.errors import InvalidModel
+from lowbit.runtime.features import check_features
 from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
 from lowbit.runtime.kv_cache import KVCache, Segment, Segments
@@ -39,7 +41,19 @@ def relu2(x: np.ndarray) -> np.ndarray:
     return r * r
 
 
-ACTIVATIONS = {"silu": silu, "relu2": relu2}
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU with the tanh approximation (PyTorch's approximate="tanh"; Gemma's GeGLU)."""
+    return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+
+
+def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    """c·tanh(x / c) (Gemma 2's soft-capping), or x unchanged."""
+    if not cap:
+        return x
+    return (np.tanh(x / np.float32(cap)) * np.float32(cap)).astype(np.float32)
+
+
+ACTIVATIONS = {"silu": silu, "relu2": relu2, "gelu_tanh": gelu_tanh}
 
 
 @dataclass
@@ -49,6 +63,8 @@ class Attention:
     v_proj: Any
     o_proj: Any
     sub_norm: np.ndarray | None
+    q_norm: np.ndarray | None = None  # [head_dim], per head before RoPE (Qwen3, Gemma 3)
+    k_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -65,6 +81,8 @@ class Block:
     attn: Attention
     post_norm: np.ndarray
     mlp: MLP
+    attn_output_norm: np.ndarray | None = None  # on the attention output (Gemma)
+    mlp_output_norm: np.ndarray | None = None  # on the MLP output (Gemma)
 
 
 def attention_forward(
@@ -77,8 +95,13 @@ def attention_forward(
     h, kvh, d = args.num_attention_heads, args.num_key_value_heads, args.head_dim
     q = attn.q_proj(x).reshape(t, h, d)
     k = attn.k_proj(x).reshape(t, kvh, d)
+    if attn.q_norm is not None:
+        q = rms_norm(q, attn.q_norm, args.rms_norm_eps)
+        k = rms_norm(k, attn.k_norm, args.rms_norm_eps)
     v = attn.v_proj(x).reshape(t, kvh, d)
-    out = cache.attend(layer, rope, q, k, v, start, args.sliding_window or 0)  # RoPE, write, attend
+    # RoPE, the cache write and attention, per sequence when `cache` holds several (Segments)
+    out = cache.attend(layer, rope, q, k, v, start, args.layer_window(layer), args.attention_scale,
+                       args.attn_logit_softcapping or 0.0)
     if attn.sub_norm is not None:
         out = rms_norm(out, attn.sub_norm, args.rms_norm_eps)
     return attn.o_proj(np.ascontiguousarray(out, dtype=np.float32))
@@ -97,8 +120,14 @@ def block_forward(
 ) -> np.ndarray:
     """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
     eps = args.rms_norm_eps
-    x = x + attention_forward(args, rope, block.attn, _norm(x, block.input_norm, eps), cache, layer, start)
-    return x + mlp_forward(args, block.mlp, _norm(x, block.post_norm, eps))
+    h = attention_forward(args, rope, block.attn, _norm(x, block.input_norm, eps), cache, layer, start)
+    if block.attn_output_norm is not None:
+        h = rms_norm(h, block.attn_output_norm, eps)
+    x = x + h
+    h = mlp_forward(args, block.mlp, _norm(x, block.post_norm, eps))
+    if block.mlp_output_norm is not None:
+        h = rms_norm(h, block.mlp_output_norm, eps)
+    return x + h
 
 
 def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -122,7 +151,8 @@ def _linear(lookup: Lookup, prefix: str) -> Any:
 
 def load_attention(lookup: Lookup, i: int) -> Attention:
     p = f"model.layers.{i}.self_attn."
-    return Attention(*(_linear(lookup, p + f"{x}_proj") for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"))
+    return Attention(*(_linear(lookup, p + f"{x}_proj") for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"),
+                     q_norm=_dense(lookup, p + "q_norm.weight"), k_norm=_dense(lookup, p + "k_norm.weight"))
 
 
 def load_mlp(lookup: Lookup, i: int) -> MLP:
@@ -137,6 +167,8 @@ def load_block(lookup: Lookup, i: int) -> Block:
         load_attention(lookup, i),
         _dense(lookup, p + "post_attention_layernorm.weight"),
         load_mlp(lookup, i),
+        _dense(lookup, p + "attn_output_norm.weight"),
+        _dense(lookup, p + "mlp_output_norm.weight"),
     )
 
 
@@ -144,6 +176,7 @@ class Transformer:
     """Weights of one model, read from an open LowbitReader; stateless between calls."""
 
     def __init__(self, reader: LowbitReader, args: ModelArgs, context_length: int | None = None) -> None:
+        check_features(reader.metadata)
         check_tensors(args, reader.tensors)  # before any kernel: they trust these shapes
         self.args = args
         self.reader = reader
@@ -152,19 +185,31 @@ class Transformer:
         self.blocks: list[Block] = [load_block(lookup, i) for i in range(args.num_hidden_layers)]
         self.norm = _dense(lookup, "model.norm.weight")
         self.lm_head = make_linear(lookup("lm_head.weight") or self.embed)
-        self.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta, args.rope_scaling,
-                                    positions=context_length)
+        p, rot = args.max_position_embeddings, args.rotary_dim
+        self.rope = RotaryEmbedding(args.head_dim, p, args.rope_theta, args.rope_scaling, rot, context_length)
+        self.ropes = [self.rope]
+        if args.rope_local_base_freq is not None:  # sliding layers' own, unscaled RoPE (Gemma 3)
+            self.ropes.append(RotaryEmbedding(args.head_dim, p, args.rope_local_base_freq, None, rot, context_length))
+        self.layer_ropes = [self.ropes[int(args.uses_local_rope(i))] for i in range(args.num_hidden_layers)]
+        self._stack_ropes()
+        self.layer_info = np.array(
+            [(args.layer_window(i), int(args.uses_local_rope(i))) for i in range(args.num_hidden_layers)], dtype=np.int64
+        ).reshape(-1, 2)
         self.decode_table = build_decode_table(self.blocks, reader.buffer)
         self.fused_decode = self.decode_table is not None  # False: decode runs block_forward
 
     def decode_step(self, x: np.ndarray, cache: KVCache, pos: int) -> None:
         """x [hidden] at position pos through every layer, in place (kernels.decode_step)."""
         a = self.args
-        decode_layers(x, *self.decode_table, cache.keys, cache.values, self.rope.cos, self.rope.sin, pos,
-                      a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.sliding_window or 0)
+        decode_layers(x, *self.decode_table, cache.keys, cache.values, self.rope_cos, self.rope_sin, self.layer_info,
+                      pos, a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.attention_scale,
+                      a.attn_logit_softcapping or 0.0, a.rotary_dim)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+        x = np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+        if self.args.embedding_multiplier != 1.0:
+            x *= np.float32(self.args.embedding_multiplier)
+        return x
 
     def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run ids [T] at positions cache.length.. and return logits [T or 1, vocab]."""
@@ -177,11 +222,11 @@ class Transformer:
             self.decode_step(x[0], cache, start)
         else:
             for i, block in enumerate(self.blocks):
-                x = block_forward(self.args, self.rope, block, x, cache, i, start)
+                x = block_forward(self.args, self.layer_ropes[i], block, x, cache, i, start)
         cache.advance(ids)
         if not all_logits:
             x = x[-1:]
-        return self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps))
+        return softcap(self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
 
     def _check_ids(self, ids: np.ndarray, end: int) -> None:
         """Token ids index the embedding unchecked: refuse any outside the vocabulary; RoPE
@@ -189,7 +234,15 @@ class Transformer:
         if len(ids) and (ids.min() < 0 or ids.max() >= self.args.vocab_size):
             bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
             raise InvalidModel(f"token id {bad} is outside the vocabulary of {self.args.vocab_size}")
-        self.rope.ensure(end)
+        if end > self.rope.positions:
+            for rope in self.ropes:
+                rope.ensure(end)
+            self._stack_ropes()
+
+    def _stack_ropes(self) -> None:
+        """The decode step's cos/sin [tables, P, rot/2]: the global table, then the local one."""
+        self.rope_cos = np.ascontiguousarray(np.stack([r.cos for r in self.ropes]))
+        self.rope_sin = np.ascontiguousarray(np.stack([r.sin for r in self.ropes]))
 
     def forward_batch(self, segments: list[Segment]) -> np.ndarray:
         """Several sequences in one pass: logits [S, vocab] of each segment's last token.
@@ -208,11 +261,11 @@ class Transformer:
         x = self.embed_tokens(ids)
         blocks, head = self._per_token()
         for i, block in enumerate(blocks):
-            x = block_forward(self.args, self.rope, block, x, batch, i, 0)
+            x = block_forward(self.args, self.layer_ropes[i], block, x, batch, i, 0)
         for seg in segments:
             seg.cache.advance(seg.ids)
         last = np.ascontiguousarray(x[batch.bounds[1:] - 1])
-        return head(_norm(last, self.norm, self.args.rms_norm_eps))
+        return softcap(head(_norm(last, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
 
     def _per_token(self) -> tuple[list[Block], PerToken]:
         """The blocks with every Linear wrapped in PerToken (built once; weights shared)."""

@@ -27,6 +27,7 @@ from lowbit.convert.architectures import (
     model_spec,
 )
 from lowbit.convert.bitnet import ternary_scale, unpack_hf_ternary
+from lowbit.convert.models import FEATURE_VERSIONS, CheckpointView, required_features
 from lowbit.convert.recipe import METHODS, Recipe, load_recipe
 from lowbit.convert.sources import check_weight, open_checkpoint
 from lowbit.errors import ConversionError, LowbitError
@@ -75,6 +76,8 @@ class ConvertResult:
 
 
 def expected_tensors(spec: ModelSpec) -> set[str]:
+    if spec.tensors is not None:
+        return set(spec.tensors.required)
     cfg = spec.config
     names = {"model.embed_tokens.weight", "model.norm.weight"}
     if not cfg["tie_word_embeddings"]:
@@ -227,6 +230,8 @@ def convert(
         ckpt = open_checkpoint(str(source), revision)
         _check_source_types(ckpt.config)
         spec = model_spec(ckpt.config)
+    if spec.tensors is not None:  # the checkpoint in lowbit's tensor names (splits, renames: models/*)
+        ckpt = CheckpointView(ckpt, spec.tensors)
     native = spec.ternary_weights is not None
     names = [n for n in ckpt.tensor_names() if not n.endswith(SKIPPED_SUFFIXES)]
     canon = {canonical_name(n): n for n in names}
@@ -234,7 +239,8 @@ def convert(
     missing = sorted(required - set(canon))
     if missing:
         raise ConversionError(f"checkpoint lacks tensor {missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1 else f"checkpoint lacks tensor {missing[0]}")
-    unexpected = sorted(n for n in canon if n not in required and not optional_tensor(n))
+    optional = spec.tensors.optional if spec.tensors is not None else optional_tensor
+    unexpected = sorted(n for n in canon if n not in required and not optional(n))
     if unexpected:
         raise ConversionError(f"unexpected tensor {unexpected[0]} for {spec.source_architecture} (an unsupported variant?)")
     if target_bpw is not None:
@@ -258,6 +264,7 @@ def convert(
     metadata = {
         "architecture": spec.architecture,
         "config": config,
+        "features": {f: FEATURE_VERSIONS[f] for f in required_features(config)},
         "tokenizer": tok_meta,
         "generation": gen,
         "provenance": _provenance(ckpt, str(source), rec),
@@ -270,6 +277,11 @@ def convert(
         )
     reports: list[TensorReport] = []
     calibrate = calibration is not None and not native
+    if calibrate and metadata["features"]:
+        raise ConversionError(
+            f"calibrated conversion does not support {spec.source_architecture} yet "
+            f"(model feature {next(iter(metadata['features']))!r}); convert without --calibrate"
+        )
     with LowbitWriter(output, metadata, overwrite=force) as writer:
         writer.add_blob(blob_name, blob)
         total = len(names)

@@ -10,7 +10,9 @@ layer input is quantised once for q/k/v and once for gate/up when their encoding
 Layers arrive as an int64 table of array specs into two byte buffers (the mapped file and a small
 side arena; `runtime.decode_table` builds them), from which `_descriptor` rebuilds each linear's
 `matvec` descriptor as views, so every mix of encodings shares one compiled function with plain
-argument types (cached by numba, no compilation at start-up). The layer-by-layer Python forward
+argument types (cached by numba, no compilation at start-up). Gemma's output norms, q/k norms, soft-capping, per-layer windows and RoPE tables, partial RoPE and
+GeGLU are data here too (empty norms, zero caps), so every family shares the one kernel. The
+layer-by-layer Python forward
 (`model.block_forward`) stays the reference the tests hold this to.
 """
 
@@ -32,8 +34,9 @@ from lowbit.runtime.kernels.matvec import (
     task_count,
 )
 
-SILU, RELU2 = 0, 1
-ACTIVATIONS = {"silu": SILU, "relu2": RELU2}
+SILU, RELU2, GELU_TANH = 0, 1, 2
+ACTIVATIONS = {"silu": SILU, "relu2": RELU2, "gelu_tanh": GELU_TANH}
+GELU_C = math.sqrt(2.0 / math.pi)
 
 f32 = np.float32
 
@@ -52,9 +55,23 @@ def rms_norm(x, weight, eps):
 
 
 @helper
-def rope(v, heads, d, cos, sin):
-    """Rotate-half RoPE in place on v [heads·d] with this position's cos/sin [d/2]."""
-    half = d // 2
+def head_norm(v, heads, d, weight, eps):
+    """RMSNorm of each head of v [heads·d] in place (q/k norms)."""
+    for h in range(heads):
+        base = h * d
+        ss = f32(0.0)
+        for i in range(d):
+            ss += v[base + i] * v[base + i]
+        inv = f32(1.0) / np.sqrt(ss / f32(d) + f32(eps))
+        for i in range(d):
+            v[base + i] = v[base + i] * inv * weight[i]
+
+
+@helper
+def rope(v, heads, d, rot, cos, sin):
+    """Rotate-half RoPE in place on the first `rot` dims of each head of v [heads·d], with this
+    position's cos/sin [rot/2]."""
+    half = rot // 2
     for h in range(heads):
         base = h * d
         for i in range(half):
@@ -73,6 +90,8 @@ def activate(gate, up, act):
         if act == RELU2:
             g = max(g, f32(0.0))
             g = g * g
+        elif act == GELU_TANH:
+            g = f32(0.5) * g * (f32(1.0) + np.tanh(f32(GELU_C) * (g + f32(0.044715) * g * g * g)))
         else:
             g = g / (f32(1.0) + np.exp(-g))
         out[i] = g * up[i]
@@ -111,29 +130,36 @@ def _rows(desc, act, y, task):
 
 
 @helper
-def _project_add(desc, inp, x):
-    """x += W inp (o_proj, down_proj: the residual adds); inlined, so its prange is one of the
-    caller's parallel regions."""
+def _project_add(desc, inp, x, out_norm, eps):
+    """x += W inp, RMS-normed by out_norm first when it is not empty (o_proj, down_proj: the
+    residual adds); inlined, so its prange is one of the caller's parallel regions."""
     act = prepare(desc, inp)
     out = np.empty(desc[1].shape[0], dtype=np.float32)
     for t in prange(task_count(out.shape[0])):
         _rows(desc, act, out, t)
     finish(desc, out)
+    if out_norm.shape[0]:
+        out = rms_norm(out, out_norm, eps)
     for i in range(x.shape[0]):
         x[i] += out[i]
 
 
 @kernel
-def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, eps, act, window):
+def decode_layers(x, file, side, table, keys, values, cos, sin, layer_info, pos, n_heads, eps, act, scale,
+                  softcap, rot):
     """Run x (float32 [hidden], the token's embedding) at position pos through every layer, in
-    place; keys/values [layers, KVH, context, D] receive this position's K and V."""
+    place; keys/values [layers, KVH, context, D] receive this position's K and V. cos/sin
+    [tables, P, rot/2]; layer_info [layers, 2]: the layer's sliding window (0: none) and RoPE
+    table; scale: the attention scale; softcap > 0 soft-caps attention scores; rot: the rotary
+    dims of each head."""
     kvh = keys.shape[1]
     d = keys.shape[3]
     rep = n_heads // kvh
-    scale = f32(1.0 / math.sqrt(d))
-    first, n_ctx = visible(pos, window)
+    scale = f32(scale)
     for li in range(table.shape[0]):
         row = table[li]
+        first, n_ctx = visible(pos, layer_info[li, 0])
+        ri = layer_info[li, 1]
         lq = _descriptor(file, side, row[4])
         lk = _descriptor(file, side, row[5])
         lv = _descriptor(file, side, row[6])
@@ -143,6 +169,10 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
         ld = _descriptor(file, side, row[10])
         attn_sub = _norm(file, side, row[2])
         ffn_sub = _norm(file, side, row[3])
+        q_norm = _norm(file, side, row[11])
+        k_norm = _norm(file, side, row[12])
+        attn_out = _norm(file, side, row[13])
+        mlp_out = _norm(file, side, row[14])
 
         xn = rms_norm(x, _norm(file, side, row[0]), eps)
         aq = prepare(lq, xn)
@@ -163,8 +193,11 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
         finish(lq, q)
         finish(lk, k)
         finish(lv, v)
-        rope(q, n_heads, d, cos[pos], sin[pos])
-        rope(k, kvh, d, cos[pos], sin[pos])
+        if q_norm.shape[0]:
+            head_norm(q, n_heads, d, q_norm, eps)
+            head_norm(k, kvh, d, k_norm, eps)
+        rope(q, n_heads, d, rot, cos[ri, pos], sin[ri, pos])
+        rope(k, kvh, d, rot, cos[ri, pos], sin[ri, pos])
         for h in range(kvh):
             keys[li, h, pos] = k[h * d : (h + 1) * d]
             values[li, h, pos] = v[h * d : (h + 1) * d]
@@ -173,10 +206,10 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
         for h in prange(n_heads):
             kv = h // rep
             attend(q[h * d : (h + 1) * d], keys[li, kv], values[li, kv], first, n_ctx, scale,
-                   att[h * d : (h + 1) * d])
+                   att[h * d : (h + 1) * d], softcap)
         if attn_sub.shape[0]:
             att = rms_norm(att, attn_sub, eps)
-        _project_add(lo, att, x)
+        _project_add(lo, att, x, attn_out, eps)
 
         xn = rms_norm(x, _norm(file, side, row[1]), eps)
         ag = prepare(lg, xn)
@@ -194,5 +227,5 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
         hidden = activate(gate, up, act)
         if ffn_sub.shape[0]:
             hidden = rms_norm(hidden, ffn_sub, eps)
-        _project_add(ld, hidden, x)
+        _project_add(ld, hidden, x, mlp_out, eps)
 

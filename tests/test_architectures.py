@@ -1,0 +1,165 @@
+"""Every family in lowbit.convert.models against transformers: a tiny random checkpoint written
+by save_pretrained (own seed, several layers, GQA, a sliding window shorter than the sequence
+where the family has one) converts to f32 and matches transformers' logits within 1e-3 ×
+max|logit| over a 64-token prompt and 32 cached decode steps; and for every encoding the fused
+decode step equals the numpy forward over the dequantised file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_quantized_forward import INT8_ACTIVATIONS, PRESETS, ReferenceLinear
+from tiny_models import COMMON, random_ids, write_tokenizer
+
+import lowbit.runtime.model as model_module
+from lowbit.convert.converter import convert
+from lowbit.formats import LowbitReader
+from lowbit.runtime import load
+
+PROMPT, DECODE = 64, 32
+BASE = {**COMMON, "num_hidden_layers": 3}
+GEMMA = {**BASE, "head_dim": 16, "sliding_window": 24, "pad_token_id": 0, "hidden_activation": "gelu_pytorch_tanh"}
+
+
+def phi3_rope(orig: int, factor: float = 0.75, head_dim: int = 16) -> dict:
+    half = int(head_dim * factor) // 2
+    rng = np.random.default_rng(1)
+    return {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": factor,
+            "short_factor": [float(v) for v in 1 + rng.random(half)],
+            "long_factor": [float(v) for v in 1 + 4 * rng.random(half)],
+            "original_max_position_embeddings": orig}
+
+
+def make_model(family: str):
+    import transformers as tf
+
+    if family == "qwen3":
+        return tf.Qwen3ForCausalLM(tf.Qwen3Config(**BASE, head_dim=24, tie_word_embeddings=False))
+    if family == "qwen3-tied-sliding":  # sliding window from layer 1 on
+        cfg = tf.Qwen3Config(**BASE, head_dim=24, tie_word_embeddings=True, use_sliding_window=True,
+                             sliding_window=24, max_window_layers=1)
+        return tf.Qwen3ForCausalLM(cfg)
+    if family == "gemma2":
+        cfg = tf.Gemma2Config(**GEMMA, query_pre_attn_scalar=24, attn_logit_softcapping=3.0,
+                              final_logit_softcapping=8.0)
+        return tf.Gemma2ForCausalLM(cfg)
+    if family == "gemma3":
+        rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0}}
+        cfg = tf.Gemma3TextConfig(**{**GEMMA, "num_hidden_layers": 4}, query_pre_attn_scalar=20,
+                                  layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                               "sliding_attention"], rope_parameters=rope)
+        return tf.Gemma3ForCausalLM(cfg)
+    if family == "phi3":  # Phi-3.5 / Phi-4-mini shape: partial rotary, LongRoPE (long factors), sliding
+        cfg = tf.Phi3Config(**BASE, pad_token_id=0, rope_parameters=phi3_rope(32), original_max_position_embeddings=32,
+                            sliding_window=24, tie_word_embeddings=False)
+        return tf.Phi3ForCausalLM(cfg)
+    if family == "phi4-mini":  # tied embeddings, LongRoPE within the original context (short factors)
+        cfg = tf.Phi3Config(**BASE, pad_token_id=0, rope_parameters=phi3_rope(128), original_max_position_embeddings=128,
+                            tie_word_embeddings=True)
+        return tf.Phi3ForCausalLM(cfg)
+    raise ValueError(family)
+
+
+CONTEXT = {"phi4-mini": 128}  # the runtime's context picks LongRoPE's short factors
+FAMILIES = ["qwen3", "qwen3-tied-sliding", "gemma2", "gemma3", "phi3", "phi4-mini"]
+
+
+def save(family: str, folder, seed: int):
+    torch.manual_seed(seed)
+    model = make_model(family).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_((0.0 if "gemma" in family else 1.0) + 0.2 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) * 0.08)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    write_tokenizer(folder)
+    return folder, model
+
+
+def runtime_logits(path, ids, context=None, prompt=PROMPT) -> np.ndarray:
+    llm = load(path, threads=2, context_length=context)
+    out = [llm.logits(ids[:prompt])]
+    for tok in ids[prompt:]:
+        out.append(llm.decode(int(tok))[None])
+    return np.concatenate(out)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    made = {}
+
+    def get(family):
+        if family not in made:
+            made[family] = save(family, tmp_path_factory.mktemp(family) / "hf", seed=FAMILIES.index(family) + 20)
+        return made[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_matches_transformers(checkpoints, tmp_path, family):
+    folder, model = checkpoints(family)
+    out = convert(folder, tmp_path / "m.lowbit", method="f32")
+    ids = random_ids(PROMPT + DECODE, seed=7)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids[None])).logits[0].float().numpy()
+    ours = runtime_logits(out.path, ids, CONTEXT.get(family))
+    tol = 1e-3 * np.abs(ref).max()
+    err = np.abs(ours - ref).max()
+    assert err <= tol, f"max |diff| {err:.3g} > {tol:.3g}"
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() > 0.95
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3"])
+@pytest.mark.parametrize("method", PRESETS)
+def test_fused_decode_equals_numpy_dequantised_forward(checkpoints, tmp_path, family, method, monkeypatch):
+    """The one-call decode step (q/k norms, output norms, GeGLU, soft-capping, per-layer window
+    and RoPE table, partial RoPE) against block_forward over numpy-dequantised weights."""
+    folder, _ = checkpoints(family)
+    out = convert(folder, tmp_path / f"{method}.lowbit", method=method)
+    ids = random_ids(40, seed=4)  # 32 prompt tokens, 8 decode steps: past the 24-token window
+    llm = load(out.path, threads=2)
+    assert llm.model.fused_decode
+    ours = runtime_logits(out.path, ids, prompt=32)
+    monkeypatch.setattr(model_module, "make_linear", ReferenceLinear)
+    ref_llm = load(out.path, threads=2)
+    assert not ref_llm.model.fused_decode
+    ref = runtime_logits(out.path, ids, prompt=32)
+    err = np.abs(ours - ref).max(axis=1) / np.abs(ref).max()
+    assert err[:33].max() <= 1e-4, err  # the prompt and the first fused decode step
+    assert err.max() <= (3e-2 if method in INT8_ACTIVATIONS else 1e-4), err
+
+
+def test_files_record_their_features(checkpoints, tmp_path):
+    folder, _ = checkpoints("gemma3")
+    out = convert(folder, tmp_path / "g.lowbit", method="f32")
+    with LowbitReader(out.path) as r:
+        feats = r.metadata["features"]
+        cfg = r.metadata["config"]
+    assert {"qk_norm", "attn_output_norm", "mlp_output_norm", "gelu_tanh", "local_rope", "layer_types"} <= set(feats)
+    assert cfg["layer_types"][2] == "full_attention" and cfg["rope_local_base_freq"] == 10000.0
+    assert cfg["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+
+
+def test_model_type_without_architectures(checkpoints, tmp_path):
+    folder, model = checkpoints("qwen3")
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["architectures"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    try:
+        out = convert(folder, tmp_path / "m.lowbit", method="f32")
+    finally:
+        cfg["architectures"] = ["Qwen3ForCausalLM"]
+        (folder / "config.json").write_text(json.dumps(cfg))
+    with LowbitReader(out.path) as r:
+        assert r.metadata["config"]["source_architecture"] == "Qwen3ForCausalLM"
+        assert r.metadata["config"]["qk_norm"] is True
