@@ -26,7 +26,7 @@ from lowbit.runtime.errors import InvalidModel
 MAX_POSITIONS = 1 << 28  # max_position_embeddings at most (10M-token models exist; 2^40 is a lie)
 MAX_LAYERS = 1 << 12
 DENSE = ("f32", "f16", "bf16")
-ACTIVATIONS = ("silu", "relu2")  # model.ACTIVATIONS / decode_step.ACTIVATIONS
+ACTIVATIONS = ("silu", "relu2", "gelu_tanh")  # model.ACTIVATIONS / decode_step.ACTIVATIONS
 
 
 # -- config values -------------------------------------------------------------------------------
@@ -66,6 +66,29 @@ def _kv_heads(v: int, a: ModelArgs) -> str | None:
 
 def _window(v: Any, a: ModelArgs) -> str | None:
     return None if v is None or v >= 1 else "must be at least 1 (or null for none)"
+
+
+def _positive_or_null(v: Any, a: ModelArgs) -> str | None:
+    return None if v is None or v > 0 else "must be positive (or null for none)"
+
+
+LAYER_TYPES = ("sliding_attention", "full_attention")
+
+
+def _layer_types(v: Any, a: ModelArgs) -> str | None:
+    if v is None:
+        return None
+    if len(v) != a.num_hidden_layers:
+        return f"must name one type per layer ({a.num_hidden_layers}), it names {len(v)}"
+    bad = [t for t in v if t not in LAYER_TYPES]
+    return None if not bad else f"holds {bad[0]!r} (supported: {', '.join(LAYER_TYPES)})"
+
+
+def _partial_rotary(v: float, a: ModelArgs) -> str | None:
+    if not 0 < v <= 1:
+        return "must be in (0, 1]"
+    rot = a.rotary_dim
+    return None if rot >= 2 and rot % 2 == 0 else f"gives {rot} rotary dims of head_dim {a.head_dim} (must be even, ≥ 2)"
 
 
 def _optional_between(lo: int, hi: int) -> Rule:
@@ -110,6 +133,13 @@ CONFIG_RULES: dict[str, Rule] = {
     "bos_token_id": _token_id,
     "eos_token_id": _token_id,
     "activation_bits": _optional_between(1, 16),
+    "embedding_multiplier": lambda v, a: None if v > 0 else "must be positive",
+    "query_pre_attn_scalar": _positive_or_null,
+    "attn_logit_softcapping": _positive_or_null,
+    "final_logit_softcapping": _positive_or_null,
+    "layer_types": _layer_types,
+    "rope_local_base_freq": _positive_or_null,
+    "partial_rotary_factor": _partial_rotary,
 }
 
 
@@ -140,6 +170,7 @@ class Role:
     shape: Shape
     kind: str
     required: Callable[[ModelArgs], bool] = lambda a: True
+    feature: str | None = None  # a ModelArgs flag: the tensor exists exactly when it is true
 
 
 def _q(a: ModelArgs) -> int:
@@ -168,6 +199,10 @@ TENSOR_ROLES: tuple[Role, ...] = (
     Role(_L + "self_attn.v_proj.bias", lambda a: (_kv(a),), "vector", _OPTIONAL),
     Role(_L + "self_attn.o_proj.bias", lambda a: (a.hidden_size,), "vector", _OPTIONAL),
     Role(_L + "self_attn.attn_sub_norm.weight", lambda a: (_q(a),), "vector", _OPTIONAL),
+    Role(_L + "self_attn.q_norm.weight", lambda a: (a.head_dim,), "vector", feature="qk_norm"),
+    Role(_L + "self_attn.k_norm.weight", lambda a: (a.head_dim,), "vector", feature="qk_norm"),
+    Role(_L + "attn_output_norm.weight", lambda a: (a.hidden_size,), "vector", feature="attn_output_norm"),
+    Role(_L + "mlp_output_norm.weight", lambda a: (a.hidden_size,), "vector", feature="mlp_output_norm"),
     Role(_L + "mlp.gate_proj.weight", lambda a: (a.intermediate_size, a.hidden_size), "linear"),
     Role(_L + "mlp.up_proj.weight", lambda a: (a.intermediate_size, a.hidden_size), "linear"),
     Role(_L + "mlp.down_proj.weight", lambda a: (a.hidden_size, a.intermediate_size), "linear"),
@@ -202,6 +237,12 @@ def check_tensors(args: ModelArgs, tensors: Mapping[str, Any]) -> None:
     expected = expected_tensors(args)
     for name, (role, shape) in expected.items():
         entry = tensors.get(name)
+        if role.feature is not None:
+            wanted = bool(getattr(args, role.feature))
+            if entry is not None and not wanted:
+                raise InvalidModel(f"tensor {name} is present but config field {role.feature!r} is false")
+            if entry is None and wanted:
+                raise InvalidModel(f"tensor {name} is missing (config field {role.feature!r} is true)")
         if entry is None:
             if role.required(args):
                 raise InvalidModel(f"tensor {name} is missing")
