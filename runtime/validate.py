@@ -108,7 +108,9 @@ def _rope_scaling(v: Any, a: ModelArgs) -> str | None:
             return f"field {key!r} has the wrong type ({type(x).__name__})"
     try:
         with np.errstate(all="ignore"):
-            inv = inverse_frequencies(max(2, a.head_dim if a.head_dim < 1 << 16 else 2), a.rope_theta, v)
+            rot = a.rotary_dim if 2 <= a.rotary_dim < 1 << 16 else 2
+            # LongRoPE picks its short or long factors by the context: check both
+            inv = np.concatenate([inverse_frequencies(rot, a.rope_theta, v, n) for n in (1, a.max_position_embeddings)])
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, KeyError) as e:
         return f"is invalid ({type(e).__name__})"
     if not np.all(np.isfinite(inv)) or not np.all(inv > 0):
@@ -244,7 +246,7 @@ def check_tensors(args: ModelArgs, tensors: Mapping[str, Any]) -> None:
             if entry is None and wanted:
                 raise InvalidModel(f"tensor {name} is missing (config field {role.feature!r} is true)")
         if entry is None:
-            if role.required(args):
+            if role.feature is None and role.required(args):
                 raise InvalidModel(f"tensor {name} is missing")
             continue
         have = tuple(int(d) for d in _field(entry, "shape"))
