@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import traceback
 from collections.abc import Iterator, Mapping
 
@@ -28,8 +29,15 @@ def _chdir(path) -> Iterator[None]:  # contextlib.chdir is Python >= 3.11
         os.chdir(old)
 
 
+# read once, when their library is imported: a call that sets one needs a process of its own
+IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE_", "NUMBA_", "OMP_", "TOKENIZERS_")
+
+
 def run_lowbit(*args: str, input: str | None = None, cwd=None, env: Mapping[str, str] | None = None,
                **_ignored) -> subprocess.CompletedProcess:
+    if any(k.startswith(IMPORT_TIME_ENV) for k in env or {}):
+        return subprocess.run([sys.executable, "-m", "lowbit.cli", *args], capture_output=True, text=True,
+                              input=input, cwd=cwd, env={**os.environ, **env}, timeout=600)
     from lowbit.cli import main
 
     code = 0

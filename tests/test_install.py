@@ -3,7 +3,8 @@ two commands in order, then the CLI from another folder. This once failed: numba
 into site-packages by the first command, survived the switch to an editable install and Python
 imported the leftover folder as an empty `lowbit` package (`lowbit --version`: ImportError).
 
-pip installs from its usual index and cache (the local mirror, the torch wheel on disk); the
+pip installs from its usual index and cache (the local mirror, the torch wheel on disk), without
+byte-compiling (PIP_NO_COMPILE: the commands stay the README's); the
 kernels come from the user-wide kernel cache that the rest of the suite fills, and the demo's
 conversion is the session's (it is tested in test_demo), so the test costs mostly pip's time."""
 
@@ -72,7 +73,8 @@ def test_readme_quick_start_in_a_fresh_venv(tmp_path, home_with_demo_model):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", VIRTUAL_ENV=str(venv), LOWBIT_HOME=str(home_with_demo_model))
+    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", VIRTUAL_ENV=str(venv), LOWBIT_HOME=str(home_with_demo_model),
+               PIP_NO_COMPILE="1")  # pip's byte-compiling of torch and transformers is most of its time
     site = Path(sh("python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'", clone, env).stdout.strip())
 
     demo = sh(first, clone, env)
