@@ -79,7 +79,7 @@ BAD = (
         ("--temperature", "-0.1"), ("--temperature", "nan"), ("--top-k", "-1"), ("--top-p", "0"),
         ("--top-p", "1.5"), ("--min-p", "-0.5"), ("--min-p", "2"), ("--repeat-penalty", "0"),
         ("--repeat-penalty", "inf"))]
-    + [(cmd, ["--ctx", v], "--ctx") for cmd in SAMPLED for v in ("0", "-5")]
+    + [(cmd, ["--ctx", v], "--ctx") for cmd in SAMPLED for v in ("0", "-5", "15")]
     + [(["eval", sub, *rest], ["--ctx", v], "--ctx") for sub, *rest in (
         ("ppl", MISSING, "--text", "{text}"), ("kl", MISSING, "--ref", MISSING, "--text", "{text}"))
        for v in ("0", "3", "-1")]
@@ -105,7 +105,7 @@ GOOD = (
     + [(["bench", MISSING], ["-t", f"1,{available_cpus()}"])]
     + [(cmd, ["--seed", v]) for cmd in SAMPLED for v in ("-1", "0")]
     + [(cmd, ["--max-tokens", "1"]) for cmd in SAMPLED]
-    + [(cmd, ["--ctx", "1"]) for cmd in SAMPLED]
+    + [(cmd, ["--ctx", "16"]) for cmd in SAMPLED]
     + [(["eval", "ppl", MISSING, "--text", "{text}"], ["--ctx", "4"])]
     + [(["bench", MISSING], ["-n", "1", "-g", "1", "-r", "1"])]
     + [(SAMPLED[0], [opt, v]) for opt, v in (
@@ -157,6 +157,7 @@ def test_prompt_longer_than_the_context_names_ctx_and_the_maximum(capsys, tiny):
     long = "The quick brown fox jumps over the lazy dog. " * 30
     line = assert_one_error(capsys, ["generate", str(tiny), "-p", long, "--ctx", "64"], "--ctx")
     assert "context of 64" in line and "maximum is 256" in line
+    line = assert_one_error(capsys, ["generate", str(tiny), "-p", long, "--ctx", "16"], "context of 16")
     line = assert_one_error(capsys, ["generate", str(tiny), "-p", long * 3], "maximum is 256")
 
 

@@ -117,3 +117,49 @@ def test_unused_folders_of_other_code_are_pruned(tmp_path):
     os.utime(keep, (stale, stale))
     cache._prune(tmp_path, keep=keep)
     assert not old.exists() and recent.exists() and keep.exists()
+
+
+def test_first_compilation_is_announced_and_a_warm_run_is_silent():
+    import io
+
+    import numba
+
+    from lowbit.commands.progress import compiling_notice
+
+    @numba.njit
+    def add_one(x):
+        return x + 1
+
+    out = io.StringIO()  # not a terminal: one line at the start, one at the end
+    with compiling_notice(stream=out):
+        assert add_one(1) == 2
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("compiling kernels (first run only")
+    assert lines[-1].startswith("compiled 1 kernels in") and "cached in" in lines[-1]
+    again = io.StringIO()
+    with compiling_notice(stream=again):
+        assert add_one(2) == 3  # nothing to compile: nothing said
+    assert again.getvalue() == ""
+
+
+def test_a_terminal_sees_a_live_count():
+    import io
+    import time as _time
+
+    from numba.core import event
+
+    from lowbit.commands.progress import compiling_notice
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    with compiling_notice(stream=out):
+        for _ in range(2):  # two compilations of 0.5 s each, as numba announces them
+            with event.trigger_event("numba:compile", data={"dispatcher": None, "args": (), "return_type": None}):
+                _time.sleep(0.5)
+    text = out.getvalue()
+    assert "\r⠋ compiling kernels (first run only): 0 compiled, 0 s" in text  # the live line
+    assert ": 1 compiled" in text  # updated while the second one compiles
+    assert text.endswith("\x1b[K\n") and "\rcompiled 2 kernels in 1 s" in text

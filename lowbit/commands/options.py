@@ -93,6 +93,7 @@ def method_choice() -> click.Choice:
     return click.Choice(list(METHODS))
 
 
+MIN_CONTEXT = 16  # warm-up runs 3 positions; below this no prompt and answer fit anyway
 THREADS_HELP = "Threads (default: LOWBIT_THREADS or physical cores)."
 
 
@@ -100,8 +101,8 @@ def model_options(f: Callable) -> Callable:
     """--threads, --ctx and --method (for MODELs that still need converting)."""
     f = click.option("--method", type=method_choice(), default="q4", show_default=True,
                      help="Encoding used when MODEL must be converted first.")(f)
-    f = click.option("--ctx", "context_length", type=click.IntRange(min=1),
-                     help="Context length (default: min(model's, 4096)).")(f)
+    f = click.option("--ctx", "context_length", type=click.IntRange(min=MIN_CONTEXT),
+                     help=f"Context length, at least {MIN_CONTEXT} (default: min(model's, 4096)).")(f)
     f = click.option("-t", "--threads", type=Threads(), envvar=THREADS_ENV, help=THREADS_HELP)(f)
     return f
 
