@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats import LowbitReader
+from lowbit.runtime.errors import InvalidModel
 from lowbit.runtime.generate import GenerationResponse, stream_generate
 from lowbit.runtime.model import KVCache, Transformer
 from lowbit.runtime.sampling import SamplingParams
@@ -63,7 +64,11 @@ class LanguageModel:
             eos_token_ids=self.args.eos_token_id,
         )
         check_tokenizer(self.args, self.tokenizer)
-        self.cache = KVCache(self.args, self.context_length)
+        try:
+            self.cache = KVCache(self.args, self.context_length)
+        except MemoryError:
+            raise InvalidModel(f"the KV cache for a context of {self.context_length} tokens does not fit in memory "
+                               "(pass a smaller context_length)") from None
         self._cached_ids: list[int] = []
         self.generation_defaults: dict[str, Any] = check_generation(meta.get("generation", {}))
 
