@@ -358,8 +358,8 @@ def test_corpus_under_boundscheck(corpus_files):
     """Files that load run their kernels with bounds checks on: no IndexError anywhere."""
     loading = {n: e for n, (_, e) in corpus_files.items() if e == "ok"}
     jobs = [{"name": n, "path": str(corpus_files[n][0])} for n in loading]
-    jobs += [{"name": f"fuzz-{k}", "fuzz": [FUZZ_SEED, k]} for k in range(100)]
-    results = run_jobs(jobs, env=_boundscheck_env(), workers=1)
+    jobs += [{"name": f"fuzz-{k}", "fuzz": [FUZZ_SEED, k]} for k in range(500)]
+    results = run_jobs(jobs, env=_boundscheck_env())
     assert _failures(results, loading) == []
     fuzz = {n: r for n, r in results.items() if n.startswith("fuzz-")}
     assert [f"{n}: {r}" for n, r in fuzz.items() if r["outcome"] not in ("ok", "refused", "unwritable")] == []
