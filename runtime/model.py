@@ -16,7 +16,7 @@ import numpy as np
 from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
-from lowbit.runtime.errors import InvalidModel
+from lowbit.runtime.errors import LowbitError
 from lowbit.runtime.kernels.attention import attention
 from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
@@ -190,7 +190,7 @@ class Transformer:
             raise ValueError(f"context length {cache.context_length} exceeded ({start} + {t} tokens)")
         if t and (ids.min() < 0 or ids.max() >= self.args.vocab_size):
             bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-            raise InvalidModel(f"token id {bad} is outside the vocabulary of {self.args.vocab_size}")
+            raise LowbitError(f"token id {bad} is outside the model's vocabulary of {self.args.vocab_size}")
         self.rope.ensure(start + t)
         x = self.embed_tokens(ids)
         if t == 1 and self.fused_decode:
