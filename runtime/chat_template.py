@@ -251,6 +251,8 @@ def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 def _run_bounded(fn: Callable[[], Any], limit_s: float) -> Any:
     """fn() in this thread, interrupted by _TemplateTimeout if it runs past limit_s (a timer thread
     raises it asynchronously; it is cleared if fn finishes first)."""
+    if not hasattr(ctypes, "pythonapi"):  # not CPython: the size bounds still hold
+        return fn()
     tid = threading.get_ident()
     lock = threading.Lock()
     state = {"done": False, "fired": False}

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.runtime.errors import InvalidModel
 from lowbit.runtime.kernels.attention import attention
 
 
@@ -28,8 +29,12 @@ class KVCache:
 
     def __init__(self, args: Any, context_length: int) -> None:
         shape = (args.num_hidden_layers, args.num_key_value_heads, context_length, args.head_dim)
-        self.keys = np.zeros(shape, dtype=np.float32)
-        self.values = np.zeros(shape, dtype=np.float32)
+        try:
+            self.keys = np.zeros(shape, dtype=np.float32)
+            self.values = np.zeros(shape, dtype=np.float32)
+        except MemoryError:
+            raise InvalidModel(f"the KV cache for a context of {context_length} tokens does not fit in memory "
+                               "(pass a smaller context_length)") from None
         self.context_length = context_length
         self.length = 0
         self.ids: list[int] = []  # the tokens at positions 0..length-1, when known

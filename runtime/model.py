@@ -17,7 +17,7 @@ import numpy as np
 from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
-from lowbit.runtime.errors import InvalidModel
+from lowbit.runtime.errors import LowbitError
 from lowbit.runtime.features import check_features
 from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
@@ -233,7 +233,7 @@ class Transformer:
         tables grow to cover positions up to `end`."""
         if len(ids) and (ids.min() < 0 or ids.max() >= self.args.vocab_size):
             bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-            raise InvalidModel(f"token id {bad} is outside the vocabulary of {self.args.vocab_size}")
+            raise LowbitError(f"token id {bad} is outside the model's vocabulary of {self.args.vocab_size}")
         if end > self.rope.positions:
             for rope in self.ropes:
                 rope.ensure(end)
