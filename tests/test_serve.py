@@ -438,3 +438,22 @@ def test_create_app_mounts_in_process(tiny):
         r = c.post("/v1/completions", json={"model": "mine", "prompt": "abc", "max_tokens": 5, "temperature": 0})
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == batched_greedy(llm, llm.tokenize("abc"), 5)
         assert c.get("/").text.startswith("<!doctype html>")
+
+
+def test_presence_and_frequency_penalties():
+    """OpenAI's penalties (new in SamplingParams for the server): presence once per recent id,
+    frequency per occurrence, over the last repetition_context ids; the logits are not modified."""
+    import numpy as np
+
+    from lowbit.runtime.sampling import InvalidSamplingParams, SamplingParams, make_sampler
+
+    logits = np.zeros(8, np.float32)
+    logits[7] = 0.9
+    s = make_sampler(SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, repetition_context=3))
+    x = s._penalised(logits, [7, 7, 3, 3, 5])  # only the last 3 ids count: 3, 3, 5
+    assert x[3] == np.float32(-1.0) and x[5] == np.float32(-0.75) and x[7] == np.float32(0.9)
+    assert logits[3] == 0.0
+    assert s(np.array([0.0, 0.1, 0.05], np.float32), [1]) == 2  # greedy: 0.1 - 0.75 < 0.05
+    assert make_sampler(SamplingParams())(np.array([0.0, 0.1, 0.05], np.float32), [1]) == 1
+    with pytest.raises(InvalidSamplingParams, match="presence_penalty"):
+        SamplingParams(presence_penalty=2.5)

@@ -37,22 +37,24 @@ def test_chat_page_streams_an_answer(page_server, tmp_path):
             assert page.title() == "lowbit chat"
             page.fill("#key", "page-key")
             page.dispatch_event("#key", "change")
-            page.wait_for_function("document.getElementById('model').textContent.startsWith('tiny-q4')", timeout=20000)
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('tiny-q4')", timeout=90000)
             page.fill("#input", "What is a low-bit model?")
             page.press("#input", "Enter")
-            page.wait_for_selector(".msg.assistant[data-done='1']", timeout=60000)
+            page.wait_for_selector(".msg.assistant[data-done='1']", timeout=120000)
             answer = page.inner_text(".msg.assistant")
             assert answer.strip(), "no answer streamed"
             assert "tok/s" in page.inner_text("#speed")
             assert page.inner_text(".msg.user") == "What is a low-bit model?"
             # a second turn keeps the history and the Stop button ends a stream
             page.fill("#input", "Tell me more")
-            page.press("#input", "Enter")
-            page.wait_for_function("!document.getElementById('stop').disabled", timeout=20000)
-            page.click("#stop")
+            # submit and press Stop in one go (the stream must not have ended on its own first)
+            page.evaluate("() => { document.getElementById('form').requestSubmit();"
+                          " document.getElementById('stop').click(); }")
             page.wait_for_function("document.querySelectorAll('.msg.assistant[data-done=\"1\"]').length == 2",
-                                   timeout=20000)
+                                   timeout=90000)
             assert page.locator(".msg.user").count() == 2
+            assert page.locator(".msg.assistant").nth(1).inner_text().endswith("[stopped]")
+            assert page.is_enabled("#send") and not page.is_enabled("#stop")
             shot = out_dir / "chat_page.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 1000

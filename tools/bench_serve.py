@@ -67,8 +67,8 @@ def start(model: Path, threads: int | None, parallel: int = 8) -> tuple[subproce
 
 def stream(url: str, prompt: str, max_tokens: int, out: dict) -> None:
     t0 = time.perf_counter()
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "logprobs": 0,
+            "stream_options": {"include_usage": True}}  # logprobs: a chunk for every token
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -76,7 +76,7 @@ def stream(url: str, prompt: str, max_tokens: int, out: dict) -> None:
             ev = json.loads(line[6:])
             if ev.get("usage"):
                 out["tokens"] = ev["usage"]["completion_tokens"]
-            elif ev["choices"] and ev["choices"][0]["text"] and "first" not in out:
+            elif ev["choices"] and "first" not in out:  # the first token (its text may be held back)
                 out["first"] = time.perf_counter() - t0
     out["end"] = time.perf_counter()
     out["start"] = t0

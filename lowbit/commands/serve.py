@@ -66,5 +66,6 @@ def serve(model, host, port, threads, context_length, parallel, max_queue, kv_bu
     llm, _ = open_model(model, threads, context_length, method)
     app = create_app(llm, model_name=model_name, api_key=api_key, parallel=parallel, max_queue=max_queue,
                      kv_budget_mb=kv_budget_mb, prefill_chunk=prefill_chunk)
-    click.echo(f"serving {app.state.model_name} on http://{host}:{port} (Ctrl-C stops)", err=True)
+    where = f"http://{host}:{port}" if port else f"{host}, on a port the system picks (--log-level info shows it)"
+    click.echo(f"serving {app.state.model_name} on {where} (Ctrl-C stops)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)

@@ -155,7 +155,8 @@ def create_app(
                 raise ApiError(404, f"model {p.model!r} not found (this server serves {name!r})", param="model",
                                code="model_not_found")
             ids = prompt_ids(p)
-            sampling = {**OPENAI_DEFAULTS, **defaults, **p.sampling, "max_tokens": p.max_tokens}
+            budget = p.max_tokens if p.max_tokens is not None else llm.context_length - len(ids)  # OpenAI: the rest
+            sampling = {**OPENAI_DEFAULTS, **defaults, **p.sampling, "max_tokens": budget}
             params = llm.sampling_params(**sampling)
         except ApiError as e:
             return _error(e)

@@ -104,6 +104,8 @@ class Engine:
     # -- public ---------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         with self._cond:
+            if len(self.pending) >= self.max_queue:  # clients that left do not hold a place
+                self.pending = deque(j for j in self.pending if not j.cancelled.is_set())
             if len(self.pending) >= self.max_queue:
                 raise QueueFull
             self.pending.append(job)

@@ -36,7 +36,7 @@ def rows_times_tokens(w, nr, x, y, r0):
     full = t_count - t_count % 4
     # The last T mod 4 tokens run through the same four-token code on a zero-padded copy, so a
     # token's result never depends on where it falls in the batch (the same bits alone or not).
-    pad = np.zeros((4, n), dtype=np.float32)
+    pad = np.zeros((4, n if full < t_count else 0), dtype=np.float32)
     for tt in range(full, t_count):
         pad[tt - full] = x[tt]
     i = 0

@@ -236,11 +236,13 @@ def matvec_rows(desc, x, y):
     for b in range(1, n_tok):
         acts.append(prepare(desc, x[b]))
     out = y.shape[1]
-    for t in prange(task_count(out)):
-        r0 = t * ROWS_PER_TASK
-        r1 = min(out, r0 + ROWS_PER_TASK)
-        for b in range(n_tok):
-            rows_into(desc, acts[b], y[b], r0, r1)
+    step = max(ROWS_PER_TASK, (out + MAX_TASKS - 1) // MAX_TASKS)
+    for t in prange((out + step - 1) // step):
+        end = min(out, t * step + step)
+        for r0 in range(t * step, end, ROWS_PER_TASK):
+            r1 = min(end, r0 + ROWS_PER_TASK)
+            for b in range(n_tok):
+                rows_into(desc, acts[b], y[b], r0, r1)
     for b in range(n_tok):
         finish(desc, y[b])
 
