@@ -163,3 +163,53 @@ def test_model_type_without_architectures(checkpoints, tmp_path):
     with LowbitReader(out.path) as r:
         assert r.metadata["config"]["source_architecture"] == "Qwen3ForCausalLM"
         assert r.metadata["config"]["qk_norm"] is True
+
+
+def _rewrite_with_features(src, dst, features):
+    """A copy of a .lowbit file whose metadata.features is `features` (tensors and blobs as they are)."""
+    from lowbit.formats import LowbitWriter
+    from lowbit.formats.encodings import EncodedTensor
+
+    with LowbitReader(src) as r:
+        meta = {**r.metadata, "features": features}
+        with LowbitWriter(dst, meta) as w:
+            for name in r.blob_names():
+                w.add_blob(name, r.blob(name))
+            for name, e in r.tensors.items():
+                w.add_tensor(name, EncodedTensor(e.encoding, e.shape, e.params, {k: np.array(v) for k, v in e.parts.items()}))
+    return dst
+
+
+def test_a_feature_this_runtime_lacks_is_refused(checkpoints, tmp_path):
+    import subprocess
+    import sys
+
+    from lowbit.runtime.features import UnsupportedFeature
+
+    folder, _ = checkpoints("qwen3")
+    out = convert(folder, tmp_path / "m.lowbit", method="f32")
+    with LowbitReader(out.path) as r:
+        assert r.metadata["features"] == {"qk_norm": "0.2.0"}
+    future = _rewrite_with_features(out.path, tmp_path / "future.lowbit", {"qk_norm": "0.2.0", "mixture_of_depths": "9.1.0"})
+    with pytest.raises(UnsupportedFeature, match=r"'mixture_of_depths' \(added in lowbit 9.1.0\)"):
+        load(future)
+    proc = subprocess.run([sys.executable, "-m", "lowbit.cli", "generate", str(future), "-p", "hi", "--max-tokens", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mixture_of_depths" in lines[0] and "9.1.0" in lines[0], proc.stderr
+    assert load(out.path).model.fused_decode  # the file as converted loads
+
+
+def test_unknown_architectures_list_the_supported_ones():
+    from lowbit.convert.models import SUPPORTED, model_spec
+    from lowbit.errors import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel) as e:
+        model_spec({"architectures": ["MambaForCausalLM"], "hidden_size": 8})
+    msg = str(e.value)
+    assert "\n" not in msg and "'MambaForCausalLM'" in msg
+    for arch in ("Qwen3ForCausalLM", "Gemma3ForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM", "LlamaForCausalLM"):
+        assert arch in SUPPORTED and arch in msg
+    with pytest.raises(UnsupportedModel, match="model_type mamba"):
+        model_spec({"model_type": "mamba"})
