@@ -35,7 +35,8 @@ CONVERSATION = [
 
 
 def tokenizer_folder(folder: Path, family: str) -> Path:
-    from tokenizers import AddedToken, Tokenizer as Backend
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as Backend
 
     template, bos, eos, specials, plain = FAMILIES[family]
     backend = Backend.from_str(tokenizer_json())
@@ -96,3 +97,39 @@ def test_gemma2_refuses_a_system_message_as_transformers_does(tmp_path):
     assert ours.encode_chat(CONVERSATION[1:]) == hf_ids(hf, CONVERSATION[1:])
     with pytest.raises(ChatTemplateError, match="alternate"):
         ours.encode_chat([CONVERSATION[1], CONVERSATION[1]])
+
+
+def test_chat_command_sets_template_variables(tmp_path):
+    """`lowbit chat --template-var enable_thinking=false` reaches Qwen3's template: the prompt
+    gains the empty think block; a malformed NAME=VALUE is refused before loading."""
+    import subprocess
+    import sys
+
+    import torch
+    import transformers as tf
+
+    from lowbit.convert.converter import convert
+
+    torch.manual_seed(0)
+    folder = tmp_path / "qwen3"
+    tf.Qwen3ForCausalLM(tf.Qwen3Config(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                       max_position_embeddings=256)).save_pretrained(folder)
+    tok = tokenizer_folder(tmp_path / "tok", "qwen3")
+    for f in tok.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    path = convert(folder, tmp_path / "q.lowbit", method="f32").path
+
+    def prompt_tokens(*extra):
+        proc = subprocess.run([sys.executable, "-m", "lowbit.cli", "chat", str(path), "-v", "--max-tokens", "1", *extra],
+                              input="Hello there\n", capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        line = next(x for x in proc.stderr.splitlines() if "prompt" in x)
+        return int(line.split("prompt ")[1].split()[0])
+
+    plain = prompt_tokens()
+    assert prompt_tokens("--template-var", "enable_thinking=false") > plain
+    assert prompt_tokens("--template-var", "enable_thinking=true") == plain
+    proc = subprocess.run([sys.executable, "-m", "lowbit.cli", "chat", str(path), "--template-var", "enable thinking"],
+                          input="", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "NAME=VALUE" in proc.stderr
