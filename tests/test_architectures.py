@@ -213,3 +213,53 @@ def test_unknown_architectures_list_the_supported_ones():
         assert arch in SUPPORTED and arch in msg
     with pytest.raises(UnsupportedModel, match="model_type mamba"):
         model_spec({"model_type": "mamba"})
+
+
+@pytest.mark.parametrize("linear_class", ["bitlinear", "autobitlinear"])
+def test_falcon_e_linear_input_norms_match_transformers(tmp_path, linear_class, monkeypatch):
+    """Falcon-E / Falcon3-1.58bit: Llama with a packed BitNet quantization_config whose
+    use_rms_norm puts an RMSNorm (own weight) on every BitLinear's input before quantising it."""
+    import transformers
+    from safetensors.numpy import load_file, save_file
+    from test_model_vs_transformers import write_packed_bitnet
+    from tiny_models import save_tiny
+
+    latent = save_tiny("llama", tmp_path / "latent", seed=31, num_hidden_layers=3)
+    packed = tmp_path / "packed"
+    write_packed_bitnet(latent, packed, linear_class)
+    tensors = load_file(packed / "model.safetensors")
+    rng = np.random.default_rng(3)
+    for name in [n for n in tensors if n.endswith(".weight_scale")]:
+        stem = name[: -len("weight_scale")]
+        n_in = tensors[stem + "weight"].shape[1]
+        tensors[stem + "rms_norm.weight"] = (1 + 0.3 * rng.standard_normal(n_in)).astype(np.float32)
+    save_file(tensors, packed / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((packed / "config.json").read_text())
+    cfg["quantization_config"].update(use_rms_norm=True, rms_norm_eps=1e-5)
+    (packed / "config.json").write_text(json.dumps(cfg))
+    model = transformers.AutoModelForCausalLM.from_pretrained(packed, dtype=torch.float32, attn_implementation="eager")
+    out = convert(packed, tmp_path / "e.lowbit", method="f32")
+    with LowbitReader(out.path) as r:
+        assert r.metadata["features"] == {"linear_input_norm": "0.2.0"}
+        assert r.metadata["config"]["linear_norm_eps"] == 1e-5
+        assert "model.layers.2.mlp.down_proj.input_norm.weight" in r.tensors
+    ids = random_ids(PROMPT + DECODE, seed=12)
+    with torch.no_grad():
+        ref = model.eval()(torch.tensor(ids[None])).logits[0].float().numpy()
+    ours = runtime_logits(out.path, ids)
+    assert np.abs(ours - ref).max() <= 1e-3 * np.abs(ref).max(), np.abs(ours - ref).max() / np.abs(ref).max()
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() > 0.95
+    assert load(out.path).model.fused_decode
+    # the fused decode step's per-linear norms against the numpy forward over the dequantised file
+    fused = runtime_logits(out.path, ids[:40], prompt=32)
+    with monkeypatch.context() as m:
+        m.setattr(model_module, "make_linear", ReferenceLinear)
+        assert not load(out.path).model.fused_decode
+        numpy_ref = runtime_logits(out.path, ids[:40], prompt=32)
+    err = np.abs(fused - numpy_ref).max(axis=1) / np.abs(numpy_ref).max()
+    assert err[:33].max() <= 1e-4 and err.max() <= 3e-2, err
+    tensors.pop("model.layers.0.self_attn.q_proj.rms_norm.weight")  # left out: transformers' ones
+    save_file(tensors, packed / "model.safetensors", metadata={"format": "pt"})
+    again = convert(packed, tmp_path / "e2.lowbit", method="f32")
+    with LowbitReader(again.path) as r:
+        assert np.array_equal(r["model.layers.0.self_attn.q_proj.input_norm.weight"].dequantize(), np.ones(64, np.float32))
