@@ -61,11 +61,19 @@ def make_model(family: str):
         cfg = tf.Phi3Config(**BASE, pad_token_id=0, rope_parameters=phi3_rope(128), original_max_position_embeddings=128,
                             tie_word_embeddings=True)
         return tf.Phi3ForCausalLM(cfg)
+    if family == "gemma3-multimodal":  # only its language model is converted
+        text = tf.Gemma3TextConfig(**{**GEMMA, "num_hidden_layers": 3}, query_pre_attn_scalar=16,
+                                   sliding_window_pattern=2)
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "image_size": 28, "patch_size": 14}
+        cfg = tf.Gemma3Config(text_config=text.to_dict(), vision_config=vision, mm_tokens_per_image=4,
+                              image_token_index=383, boi_token_index=381, eoi_token_index=382)
+        return tf.Gemma3ForConditionalGeneration(cfg)
     raise ValueError(family)
 
 
 CONTEXT = {"phi4-mini": 128}  # the runtime's context picks LongRoPE's short factors
-FAMILIES = ["qwen3", "qwen3-tied-sliding", "gemma2", "gemma3", "phi3", "phi4-mini"]
+FAMILIES = ["qwen3", "qwen3-tied-sliding", "gemma2", "gemma3", "gemma3-multimodal", "phi3", "phi4-mini"]
 
 
 def save(family: str, folder, seed: int):
