@@ -1,8 +1,11 @@
-"""The decoder: Llama family (Llama, Mistral, Qwen2, SmolLM2) and BitNet b1.58 in one class.
+"""The decoder: every family lowbit converts (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, BitNet
+b1.58, Falcon-E) in one class.
 
-Differences between them are data, not branches: q/k/v biases and BitNet's sub-norms are used
-when their tensors exist, the MLP activation comes from the config, and ternary layers quantise
-their own activations to int8 inside their kernels. Activations and accumulation are float32.
+Differences between them are data, not branches: q/k/v biases, BitNet's sub-norms, q/k norms,
+Gemma's output norms and per-linear input norms are used when their tensors exist; the MLP
+activation, attention scale and soft-capping, per-layer sliding window and RoPE table, partial
+RoPE and the embedding multiplier come from the config (ModelArgs); ternary layers quantise their
+own activations to int8 inside their kernels. Activations and accumulation are float32.
 """
 
 from __future__ import annotations

@@ -133,3 +133,23 @@ def test_chat_command_sets_template_variables(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lowbit.cli", "chat", str(path), "--template-var", "enable thinking"],
                           input="", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "NAME=VALUE" in proc.stderr
+
+
+def test_jinja_extensions_render_as_transformers(tmp_path):
+    """strftime_now (Llama 3.x's date line), loop controls ({% break %}, {% continue %}) and
+    raise_exception behave as in transformers' environment."""
+    ours, hf = both(tmp_path, "qwen3")
+    template = (
+        "{{- 'Today: ' + strftime_now('%d %b %Y') + '\\n' }}"
+        "{%- for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}"
+        "{% if loop.index0 > 2 %}{% break %}{% endif %}"
+        "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    ours.chat_template = template
+    expected = hf.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False, chat_template=template)
+    assert ours.apply_chat_template(CONVERSATION, add_generation_prompt=True) == expected
+    assert "Italy" not in expected and "Paris" in expected and "tutor" not in expected
+    ours.chat_template = "{{ raise_exception('no tools here') }}"
+    with pytest.raises(ChatTemplateError, match="no tools here"):
+        ours.encode_chat(CONVERSATION)
