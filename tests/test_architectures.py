@@ -61,6 +61,12 @@ def make_model(family: str):
         cfg = tf.Phi3Config(**BASE, pad_token_id=0, rope_parameters=phi3_rope(128), original_max_position_embeddings=128,
                             tie_word_embeddings=True)
         return tf.Phi3ForCausalLM(cfg)
+    if family == "gemma2-gguf":  # what llama.cpp assumes of Gemma 2: scale head_dim^-1/2, even layers slide
+        cfg = tf.Gemma2Config(**GEMMA, query_pre_attn_scalar=16, attn_logit_softcapping=3.0, final_logit_softcapping=8.0)
+        return tf.Gemma2ForCausalLM(cfg)
+    if family == "gemma3-gguf":  # and of Gemma 3: every 6th layer global, local RoPE base 10000
+        cfg = tf.Gemma3TextConfig(**{**GEMMA, "num_hidden_layers": 6}, query_pre_attn_scalar=16)
+        return tf.Gemma3ForCausalLM(cfg)
     if family == "gemma3-multimodal":  # only its language model is converted
         text = tf.Gemma3TextConfig(**{**GEMMA, "num_hidden_layers": 3}, query_pre_attn_scalar=16,
                                    sliding_window_pattern=2)
@@ -73,7 +79,8 @@ def make_model(family: str):
 
 
 CONTEXT = {"phi4-mini": 128}  # the runtime's context picks LongRoPE's short factors
-FAMILIES = ["qwen3", "qwen3-tied-sliding", "gemma2", "gemma3", "gemma3-multimodal", "phi3", "phi4-mini"]
+FAMILIES = ["qwen3", "qwen3-tied-sliding", "gemma2", "gemma3", "gemma3-multimodal", "phi3", "phi4-mini",
+            "gemma2-gguf", "gemma3-gguf"]
 
 
 def save(family: str, folder, seed: int):
@@ -271,3 +278,83 @@ def test_falcon_e_linear_input_norms_match_transformers(tmp_path, linear_class, 
     again = convert(packed, tmp_path / "e2.lowbit", method="f32")
     with LowbitReader(again.path) as r:
         assert np.array_equal(r["model.layers.0.self_attn.q_proj.input_norm.weight"].dequantize(), np.ones(64, np.float32))
+
+
+GGUF_BLOCK = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
+              "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "self_attn.q_norm": "attn_q_norm",
+              "self_attn.k_norm": "attn_k_norm"}
+GEMMA_GGUF_BLOCK = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+                    "post_feedforward_layernorm": "post_ffw_norm"}
+
+
+def write_gguf(folder, arch: str, dst):
+    """The HF checkpoint as llama.cpp's converter writes it (names, Gemma's 1 + w norms, the
+    metadata llama.cpp reads), in f32, with a minimal SentencePiece vocabulary."""
+    import sys
+    from pathlib import Path
+
+    import gguf
+    from safetensors.numpy import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from gguf_variants import _spm_vocab
+
+    cfg = json.loads((folder / "config.json").read_text())
+    gemma = arch.startswith("gemma")
+    w = gguf.GGUFWriter(str(dst), arch)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    rope = cfg.get("rope_parameters") or {}
+    w.add_rope_freq_base(float((rope.get("full_attention") or rope).get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if gemma:
+        w.add_sliding_window(cfg["sliding_window"])
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if cfg.get(key):
+                w.add_float32(f"{arch}.{key}", cfg[key])
+    tokens, scores, types = _spm_vocab(cfg["vocab_size"], 1, 2, 0)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    block = {**GGUF_BLOCK, **(GEMMA_GGUF_BLOCK if gemma else {"post_attention_layernorm": "ffn_norm"})}
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    for name, t in load_file(folder / "model.safetensors").items():
+        if name in names:
+            out = names[name]
+        else:
+            _, _, i, *rest = name.split(".")
+            out = f"blk.{i}.{block['.'.join(rest[:-1])]}.{rest[-1]}"
+        t = t.astype(np.float32)
+        if gemma and name.endswith("norm.weight"):
+            t = t + np.float32(1.0)
+        w.add_tensor(out, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+@pytest.mark.parametrize(("family", "arch"), [("qwen3", "qwen3"), ("gemma2-gguf", "gemma2"), ("gemma3-gguf", "gemma3")])
+def test_gguf_naming_per_architecture(checkpoints, tmp_path, family, arch):
+    """Each module's GGUF description (llama.cpp's tensor names, norm offset, the constants
+    llama.cpp hard-codes for Gemma) turns llama.cpp's form of the checkpoint back into the model."""
+    folder, model = checkpoints(family)
+    path = write_gguf(folder, arch, tmp_path / "m.gguf")
+    out = convert(path, tmp_path / "m.lowbit", method="f32")
+    ids = random_ids(PROMPT + DECODE, seed=8)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids[None])).logits[0].float().numpy()
+    ours = runtime_logits(out.path, ids)
+    assert np.abs(ours - ref).max() <= 1e-3 * np.abs(ref).max()
