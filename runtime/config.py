@@ -55,6 +55,7 @@ class ModelArgs:
     layer_types: list[str] | None = None  # per layer "sliding_attention" / "full_attention"; None: all alike
     rope_local_base_freq: float | None = None  # RoPE base of sliding layers, unscaled (Gemma 3)
     partial_rotary_factor: float = 1.0  # RoPE on the first head_dim × this dims of each head (Phi)
+    linear_norm_eps: float | None = None  # eps of the RMSNorm on each linear's input (Falcon-E's use_rms_norm)
 
     def __post_init__(self) -> None:
         if not self.head_dim and self.num_attention_heads > 0:

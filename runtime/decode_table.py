@@ -11,7 +11,8 @@ integers (buffer, byte offset, rows, bytes per row) into one of two uint8 buffer
 
 Table row per layer: 15 entries (input norm, post norm, attention sub-norm, MLP sub-norm, then
 q, k, v, o, gate, up, down, then q norm, k norm, attention-output norm, MLP-output norm), each `ENTRY` ints: kind, group, flags, then the specs of the
-descriptor's a, b, c, d and bias (norms use only the first spec). See `kernels.matvec` for what
+descriptor's a, b, c, d and bias, then of the linear's input norm (Falcon-E; empty when none);
+norms use only the first spec. See `kernels.matvec` for what
 a..d hold per encoding.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 SPEC = 4  # (buffer, byte offset, rows, bytes per row)
-ENTRY = 3 + 5 * SPEC
+ENTRY = 3 + 6 * SPEC  # kind, group, flags; a, b, c, d, bias; the linear's own input norm
 ROW = 15  # entries per layer
 ALIGN = 64
 
@@ -82,6 +83,8 @@ def build_decode_table(blocks: list[Any], file_buffer: np.ndarray | None) -> tup
                 return None
             kind, *arrays, group, flags = desc
             table[i, j, :3] = (kind, group, flags)
+            norm = getattr(lin, "input_norm", None)
+            arrays = [*arrays, np.ascontiguousarray(norm, dtype=np.float32) if norm is not None else np.zeros(0, np.float32)]
             for k, arr in enumerate(arrays):
                 table[i, j, 3 + k * SPEC : 3 + (k + 1) * SPEC] = buffers.spec(arr)
     if not len(blocks):

@@ -1,8 +1,11 @@
-"""The decoder: Llama family (Llama, Mistral, Qwen2, SmolLM2) and BitNet b1.58 in one class.
+"""The decoder: every family lowbit converts (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, BitNet
+b1.58, Falcon-E) in one class.
 
-Differences between them are data, not branches: q/k/v biases and BitNet's sub-norms are used
-when their tensors exist, the MLP activation comes from the config, and ternary layers quantise
-their own activations to int8 inside their kernels. Activations and accumulation are float32.
+Differences between them are data, not branches: q/k/v biases, BitNet's sub-norms, q/k norms,
+Gemma's output norms and per-linear input norms are used when their tensors exist; the MLP
+activation, attention scale and soft-capping, per-layer sliding window and RoPE table, partial
+RoPE and the embedding multiplier come from the config (ModelArgs); ternary layers quantise their
+own activations to int8 inside their kernels. Activations and accumulation are float32.
 """
 
 from __future__ import annotations
@@ -137,36 +140,50 @@ def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 Lookup = Callable[[str], Any]  # tensor name -> TensorEntry / EncodedTensor, or None if absent
 
 
+class NormedLinear:
+    """A linear layer whose input is RMS-normalised by its own weight first (Falcon-E's BitLinear
+    with use_rms_norm: the norm precedes the int8 activation quantisation)."""
+
+    def __init__(self, linear: Any, input_norm: np.ndarray, eps: float) -> None:
+        self.linear, self.input_norm, self.eps = linear, input_norm, eps
+        self.descriptor = getattr(linear, "descriptor", None)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.linear(_norm(x, self.input_norm, self.eps))
+
+
 def _dense(lookup: Lookup, name: str) -> np.ndarray | None:
     entry = lookup(name)
     return None if entry is None else np.ascontiguousarray(entry.dequantize(), dtype=np.float32)
 
 
-def _linear(lookup: Lookup, prefix: str) -> Any:
+def _linear(lookup: Lookup, prefix: str, norm_eps: float | None = None) -> Any:
     entry = lookup(prefix + ".weight")
     if entry is None:
         raise KeyError(f"missing tensor {prefix}.weight")
-    return make_linear(entry, _dense(lookup, prefix + ".bias"))
+    linear = make_linear(entry, _dense(lookup, prefix + ".bias"))
+    norm = _dense(lookup, prefix + ".input_norm.weight") if norm_eps is not None else None
+    return linear if norm is None else NormedLinear(linear, norm, norm_eps)
 
 
-def load_attention(lookup: Lookup, i: int) -> Attention:
+def load_attention(lookup: Lookup, i: int, norm_eps: float | None = None) -> Attention:
     p = f"model.layers.{i}.self_attn."
-    return Attention(*(_linear(lookup, p + f"{x}_proj") for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"),
+    return Attention(*(_linear(lookup, p + f"{x}_proj", norm_eps) for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"),
                      q_norm=_dense(lookup, p + "q_norm.weight"), k_norm=_dense(lookup, p + "k_norm.weight"))
 
 
-def load_mlp(lookup: Lookup, i: int) -> MLP:
+def load_mlp(lookup: Lookup, i: int, norm_eps: float | None = None) -> MLP:
     p = f"model.layers.{i}.mlp."
-    return MLP(*(_linear(lookup, p + f"{x}_proj") for x in ("gate", "up", "down")), sub_norm=_dense(lookup, p + "ffn_sub_norm.weight"))
+    return MLP(*(_linear(lookup, p + f"{x}_proj", norm_eps) for x in ("gate", "up", "down")), sub_norm=_dense(lookup, p + "ffn_sub_norm.weight"))
 
 
-def load_block(lookup: Lookup, i: int) -> Block:
+def load_block(lookup: Lookup, i: int, norm_eps: float | None = None) -> Block:
     p = f"model.layers.{i}."
     return Block(
         _dense(lookup, p + "input_layernorm.weight"),
-        load_attention(lookup, i),
+        load_attention(lookup, i, norm_eps),
         _dense(lookup, p + "post_attention_layernorm.weight"),
-        load_mlp(lookup, i),
+        load_mlp(lookup, i, norm_eps),
         _dense(lookup, p + "attn_output_norm.weight"),
         _dense(lookup, p + "mlp_output_norm.weight"),
     )
@@ -182,7 +199,7 @@ class Transformer:
         self.reader = reader
         lookup = reader.tensors.get
         self.embed: TensorEntry = reader["model.embed_tokens.weight"]
-        self.blocks: list[Block] = [load_block(lookup, i) for i in range(args.num_hidden_layers)]
+        self.blocks: list[Block] = [load_block(lookup, i, args.linear_norm_eps) for i in range(args.num_hidden_layers)]
         self.norm = _dense(lookup, "model.norm.weight")
         self.lm_head = make_linear(lookup("lm_head.weight") or self.embed)
         p, rot = args.max_position_embeddings, args.rotary_dim
@@ -203,7 +220,7 @@ class Transformer:
         a = self.args
         decode_layers(x, *self.decode_table, cache.keys, cache.values, self.rope_cos, self.rope_sin, self.layer_info,
                       pos, a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.attention_scale,
-                      a.attn_logit_softcapping or 0.0, a.rotary_dim)
+                      a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)

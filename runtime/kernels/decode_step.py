@@ -124,16 +124,30 @@ def _descriptor(file, side, entry):
 
 
 @helper
+def _input_norm(file, side, entry):
+    """The linear's own input-norm weight (empty when it has none)."""
+    return _view(file, side, entry, 23)[0].view(np.float32)
+
+
+@helper
+def _inp(x, norm, eps):
+    """x, or x RMS-normed by a linear's own input norm."""
+    if norm.shape[0]:
+        return rms_norm(x, norm, eps)
+    return x
+
+
+@helper
 def _rows(desc, act, y, task):
     r0 = task * ROWS_PER_TASK
     rows_into(desc, act, y, r0, min(y.shape[0], r0 + ROWS_PER_TASK))
 
 
 @helper
-def _project_add(desc, inp, x, out_norm, eps):
+def _project_add(desc, inp, x, out_norm, eps, in_norm, lin_eps):
     """x += W inp, RMS-normed by out_norm first when it is not empty (o_proj, down_proj: the
     residual adds); inlined, so its prange is one of the caller's parallel regions."""
-    act = prepare(desc, inp)
+    act = prepare(desc, _inp(inp, in_norm, lin_eps))
     out = np.empty(desc[1].shape[0], dtype=np.float32)
     for t in prange(task_count(out.shape[0])):
         _rows(desc, act, out, t)
@@ -146,12 +160,12 @@ def _project_add(desc, inp, x, out_norm, eps):
 
 @kernel
 def decode_layers(x, file, side, table, keys, values, cos, sin, layer_info, pos, n_heads, eps, act, scale,
-                  softcap, rot):
+                  softcap, rot, lin_eps):
     """Run x (float32 [hidden], the token's embedding) at position pos through every layer, in
     place; keys/values [layers, KVH, context, D] receive this position's K and V. cos/sin
     [tables, P, rot/2]; layer_info [layers, 2]: the layer's sliding window (0: none) and RoPE
     table; scale: the attention scale; softcap > 0 soft-caps attention scores; rot: the rotary
-    dims of each head."""
+    dims of each head; lin_eps: eps of the linears' own input norms (where the table has them)."""
     kvh = keys.shape[1]
     d = keys.shape[3]
     rep = n_heads // kvh
@@ -174,10 +188,14 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, layer_info, pos,
         attn_out = _norm(file, side, row[13])
         mlp_out = _norm(file, side, row[14])
 
+        nq = _input_norm(file, side, row[4])
+        nk = _input_norm(file, side, row[5])
+        nv = _input_norm(file, side, row[6])
+        own = nq.shape[0] + nk.shape[0] + nv.shape[0] > 0  # each linear normalises its own input
         xn = rms_norm(x, _norm(file, side, row[0]), eps)
-        aq = prepare(lq, xn)
-        ak = aq if shares_input(lq, lk) else prepare(lk, xn)
-        av = ak if shares_input(lk, lv) else prepare(lv, xn)
+        aq = prepare(lq, _inp(xn, nq, lin_eps))
+        ak = aq if shares_input(lq, lk) and not own else prepare(lk, _inp(xn, nk, lin_eps))
+        av = ak if shares_input(lk, lv) and not own else prepare(lv, _inp(xn, nv, lin_eps))
         q = np.empty(lq[1].shape[0], dtype=np.float32)
         k = np.empty(lk[1].shape[0], dtype=np.float32)
         v = np.empty(lv[1].shape[0], dtype=np.float32)
@@ -209,11 +227,14 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, layer_info, pos,
                    att[h * d : (h + 1) * d], softcap)
         if attn_sub.shape[0]:
             att = rms_norm(att, attn_sub, eps)
-        _project_add(lo, att, x, attn_out, eps)
+        _project_add(lo, att, x, attn_out, eps, _input_norm(file, side, row[7]), lin_eps)
 
+        ng = _input_norm(file, side, row[8])
+        nu = _input_norm(file, side, row[9])
+        own = ng.shape[0] + nu.shape[0] > 0
         xn = rms_norm(x, _norm(file, side, row[1]), eps)
-        ag = prepare(lg, xn)
-        au = ag if shares_input(lg, lu) else prepare(lu, xn)
+        ag = prepare(lg, _inp(xn, ng, lin_eps))
+        au = ag if shares_input(lg, lu) and not own else prepare(lu, _inp(xn, nu, lin_eps))
         gate = np.empty(lg[1].shape[0], dtype=np.float32)
         up = np.empty(lu[1].shape[0], dtype=np.float32)
         tg = task_count(gate.shape[0])
@@ -227,5 +248,5 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, layer_info, pos,
         hidden = activate(gate, up, act)
         if ffn_sub.shape[0]:
             hidden = rms_norm(hidden, ffn_sub, eps)
-        _project_add(ld, hidden, x, mlp_out, eps)
+        _project_add(ld, hidden, x, mlp_out, eps, _input_norm(file, side, row[10]), lin_eps)
 

@@ -21,9 +21,9 @@ from lowbit.errors import UnsupportedModel
 
 MODULES = (llama, bitnet, qwen3, gemma2, gemma3, phi3)
 BY_CLASS = {arch: m for m in MODULES for arch in m.ARCHITECTURES}
-BY_MODEL_TYPE = {t: (m, m.ARCHITECTURES[m.MODEL_TYPES.index(t)] if len(m.ARCHITECTURES) > 1 and
-                     m.MODEL_TYPES.index(t) < len(m.ARCHITECTURES) else m.ARCHITECTURES[0])
-                 for m in MODULES for t in m.MODEL_TYPES}
+# model_type -> (module, HF class): MODEL_TYPES[i] is the type of ARCHITECTURES[i] (or of the last)
+BY_MODEL_TYPE = {t: (m, m.ARCHITECTURES[min(i, len(m.ARCHITECTURES) - 1)])
+                 for m in MODULES for i, t in enumerate(m.MODEL_TYPES)}
 SUPPORTED = tuple(BY_CLASS)
 
 

@@ -40,6 +40,7 @@ FEATURE_VERSIONS = {
     "local_rope": "0.2.0",
     "partial_rotary": "0.2.0",
     "longrope": "0.2.0",
+    "linear_input_norm": "0.2.0",
 }
 
 
@@ -55,6 +56,7 @@ class Source:
     name: str
     rows: tuple[int, int] | None = None
     add: float = 0.0
+    ones: int = 0  # when `name` is absent from the checkpoint: a vector of this many ones
 
 
 def identity(name: str, shape: list[int]) -> list[tuple[str, Source]]:
@@ -109,6 +111,8 @@ def required_features(cfg: dict[str, Any], names: set[str] | None = None) -> lis
         out.append("partial_rotary")
     if (cfg.get("rope_scaling") or {}).get("rope_type") == "longrope":
         out.append("longrope")
+    if cfg.get("linear_norm_eps") is not None:
+        out.append("linear_input_norm")
     return out
 
 
@@ -228,7 +232,7 @@ class CheckpointView:
             self.file_hashes = ckpt.file_hashes
         if hasattr(ckpt, "rows"):
             self.rows = self._rows
-            self.dtype = lambda name: ckpt.dtype(self._sources[name].name)
+            self.dtype = lambda name: ckpt.dtype(self._sources[name].name) if self._sources[name].name in ckpt else "F32"
 
     def tensor_names(self) -> list[str]:
         return list(self._sources)
@@ -238,6 +242,8 @@ class CheckpointView:
 
     def shape(self, name: str) -> list[int]:
         s = self._sources[name]
+        if s.ones and s.name not in self.ckpt:
+            return [s.ones]
         shape = list(self.ckpt.shape(s.name))
         if s.rows is not None:
             shape[0] = s.rows[1] - s.rows[0]
@@ -245,6 +251,8 @@ class CheckpointView:
 
     def get(self, name: str) -> np.ndarray:
         s = self._sources[name]
+        if s.ones and s.name not in self.ckpt:
+            return np.ones(s.ones, dtype=np.float32)
         w = self.ckpt.get(s.name)
         if s.rows is not None:
             w = np.ascontiguousarray(w[s.rows[0] : s.rows[1]])
@@ -259,7 +267,7 @@ class CheckpointView:
         return w + np.float32(s.add) if s.add else w
 
     def release(self, name: str) -> None:
-        if hasattr(self.ckpt, "release"):
+        if hasattr(self.ckpt, "release") and self._sources[name].name in self.ckpt:
             self.ckpt.release(self._sources[name].name)
 
     def iter_tensors(self) -> Iterator[tuple[str, np.ndarray]]:

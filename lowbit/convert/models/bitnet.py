@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowbit.convert.models.base import ModelSpec, Source, llama_config, llama_tensors
+from lowbit.convert.models.base import (
+    ModelSpec,
+    Source,
+    is_linear_weight,
+    llama_config,
+    llama_tensors,
+)
 from lowbit.errors import UnsupportedModel
 
 ARCHITECTURES = ("BitNetForCausalLM",)
@@ -29,8 +35,6 @@ def quantization(hf: dict[str, Any]) -> dict[str, Any]:
             f"quantization_config.quant_method {qcfg.get('quant_method')!r} is not supported "
             "(only unquantised checkpoints and quant_method 'bitnet')"
         )
-    if qcfg.get("use_rms_norm"):
-        raise UnsupportedModel("quantization_config.use_rms_norm (a norm inside every BitLinear) is not supported yet")
     return qcfg
 
 
@@ -40,11 +44,17 @@ def ternary_spec(hf: dict[str, Any], source_arch: str, config: dict[str, Any]) -
     config["activation_bits"] = 8
     tensors = llama_tensors(config)
     tensors.map = canonical
+    if qcfg.get("use_rms_norm"):  # Falcon-E: an RMSNorm on each BitLinear's input, before quantising it
+        config["linear_norm_eps"] = float(qcfg.get("rms_norm_eps") or 1e-6)
+        tensors.required |= {n[: -len("weight")] + "input_norm.weight" for n in tensors.required if is_linear_weight(n)}
+        tensors.map = linear_norms
+    # "online": latent weights that transformers ternarises at load (absmean), as lowbit does
+    packed = bool(qcfg) and qcfg.get("quantization_mode", "offline") != "online"
     return ModelSpec(
         architecture="bitnet",
         source_architecture=source_arch,
         config=config,
-        ternary_weights="packed" if qcfg else "latent",
+        ternary_weights="packed" if packed else "latent",
         weight_scale_divides=qcfg.get("linear_class", "bitlinear") == "bitlinear",
         tensors=tensors,
     )
@@ -60,6 +70,18 @@ def canonical(name: str, shape: list[int]) -> list[tuple[str, Source]]:
     for old, repl in RENAMES.items():
         new = new.replace(old, repl)
     return [(new, Source(name))]
+
+
+def linear_norms(name: str, shape: list[int]) -> list[tuple[str, Source]]:
+    """use_rms_norm: each BitLinear's `rms_norm.weight` becomes `input_norm.weight` (ones when a
+    checkpoint leaves it out, as transformers then initialises it)."""
+    if name.endswith(".rms_norm.weight"):
+        return []
+    out = canonical(name, shape)
+    if is_linear_weight(name):
+        out.append((name[: -len("weight")] + "input_norm.weight", Source(name[: -len("weight")] + "rms_norm.weight",
+                                                                        ones=int(shape[-1]))))
+    return out
 
 
 def spec(hf: dict[str, Any], source_arch: str) -> ModelSpec:
