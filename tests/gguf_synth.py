@@ -28,9 +28,12 @@ LAYOUT: dict[int, tuple[int, int, tuple[int, ...]]] = {
     int(T.TQ2_0): (256, 66, (64,)),
     gq.Q1_0: (128, 18, (0,)),
     gq.Q2_0: (64, 18, (0,)),
+    int(T.Q4_K): (256, 144, (0, 2)),
+    int(T.Q6_K): (256, 210, (208,)),
 }
 NAMES = {int(T.Q4_0): "Q4_0", int(T.Q4_1): "Q4_1", int(T.Q8_0): "Q8_0", int(T.TQ1_0): "TQ1_0",
-         int(T.TQ2_0): "TQ2_0", gq.Q1_0: "Q1_0", gq.Q2_0: "Q2_0", gq.I2_S: "I2_S"}  # fmt: skip
+         int(T.TQ2_0): "TQ2_0", gq.Q1_0: "Q1_0", gq.Q2_0: "Q2_0", gq.I2_S: "I2_S",
+         int(T.Q4_K): "Q4_K", int(T.Q6_K): "Q6_K", int(T.F16): "F16"}  # fmt: skip
 BY_NAME = {v: k for k, v in NAMES.items()}
 
 
@@ -49,7 +52,7 @@ def random_raw(type_id: int, rows: int, cols: int, rng: np.random.Generator, sca
         raw[:, :64] = q[..., 0] | (q[..., 1] << 2) | (q[..., 2] << 4) | (q[..., 3] << 6)
     for k, off in enumerate(f16s):
         v = (rng.standard_normal(nb) * scale).astype(np.float16)
-        if k == 0 and type_id in (int(T.Q4_1),):
+        if k == 0 and type_id in (int(T.Q4_1), int(T.Q4_K)):
             v = np.abs(v) / 8
         raw[:, off : off + 2] = v.reshape(-1, 1).view(np.uint8)
     return raw.reshape(rows, -1)
@@ -102,7 +105,8 @@ def patch_types(path: Path, patches: dict[str, tuple[int, int]], rows: dict[str,
 def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hidden: int = 256,
                      ffn: int = 512, heads: int = 4, kv_heads: int = 2, vocab: int = 64,
                      embed_type: int | None = None, seed: int = 0, ternary: bool = True,
-                     tokenizer_model: str = "gpt2") -> dict[str, tuple[int | None, np.ndarray]]:
+                     tokenizer_model: str = "gpt2", overrides: dict[str, int] | None = None,
+                     block_scale: float | None = None) -> dict[str, tuple[int | None, np.ndarray]]:
     """A Llama-shaped GGUF whose linear layers are random raw blocks of `linear_type` (None: F32).
     Returns GGUF name -> (type id or None, raw rows or float32 values)."""
     rng = np.random.default_rng(seed)
@@ -134,12 +138,22 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
     rows: dict[str, int] = {}
 
     def add(name: str, shape: tuple[int, int], type_id: int | None, scale: float) -> None:
+        type_id = (overrides or {}).get(name, type_id)
+        if type_id == int(T.F16):
+            a = (rng.standard_normal(shape) * scale).astype(np.float16)
+            w.add_tensor(name, a)
+            tensors[name] = (type_id, a)
+            return
         if type_id is None:
             a = (rng.standard_normal(shape) * scale).astype(np.float32)
             w.add_tensor(name, a)
             tensors[name] = (None, a)
             return
         raw = random_raw(type_id, shape[0], shape[1], rng, scale, ternary)
+        if block_scale is not None and type_id in (int(T.TQ1_0), int(T.TQ2_0)):
+            at = LAYOUT[type_id][2][0]  # one scale for the whole tensor, as BitNet's weights have
+            blocks = raw.reshape(-1, LAYOUT[type_id][1])
+            blocks[:, at : at + 2] = np.array([block_scale], np.float16).view(np.uint8)
         add_raw_tensor(w, name, type_id, raw, patches, shape[1])
         rows[name] = shape[0]
         tensors[name] = (type_id, raw)
