@@ -157,3 +157,22 @@ def test_keep_refuses_other_inputs(tmp_path: Path, kept) -> None:
     with pytest.raises(LowbitError, match="takes no --calibrate or --target-bpw"):
         convert(kept["Q4_1"][0], tmp_path / "y.lowbit", method="keep", target_bpw=3.0)
     assert not (tmp_path / "x.lowbit").exists() and not (tmp_path / "y.lowbit").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_keep_ppl_equals_f32(smollm2_gguf, smollm2_file, tmp_path: Path) -> None:
+    """SmolLM2's Q4_1 GGUF kept: ≤ 5.0 bits/weight on the linear layers and PPL on the held-out
+    text within 0.3 % of the f32 conversion (the same grid, so in fact equal up to float order)."""
+    from lowbit.eval.perplexity import perplexity
+    from lowbit.quant.calibrate import default_evaluation_text
+    from lowbit.runtime import load
+
+    res = convert(smollm2_gguf, tmp_path / "keep.lowbit", method="keep")
+    assert res.linear_bits_per_weight <= 5.0
+    assert {t.encoding for t in res.tensors if len(t.shape) == 2} == {"q4f", "q8"}
+    assert all(t.kept for t in res.tensors)
+    _, text = default_evaluation_text()
+    ours = perplexity(load(res.path, context_length=256), text, 256).ppl
+    ref = perplexity(load(smollm2_file("f32"), context_length=256), text, 256).ppl
+    print(f"PPL keep {ours:.4f}, f32 {ref:.4f}")
+    assert abs(ours - ref) <= 0.003 * ref, (ours, ref)
