@@ -22,6 +22,7 @@ from numba import prange
 from lowbit.formats.encodings.affine import Q1F, Q2F, Q4F
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
+from lowbit.runtime.kernels.simd import row_dot_q1, row_dot_q2, row_dot_q4
 
 f32 = np.float32
 i32 = np.int32
@@ -54,9 +55,30 @@ def _group_dot(cg, xg, bits, group):
 
 
 @helper
-def affine_row(codes, x, xs, scales, mins, has_min, bits, zero, group):
+def affine_row(codes, x, xs, scales, mins, has_min, bits, zero, group, no_zeros):
     """y for one row: codes u8 [in·b/8], x f32 [in], xs f32 [ng] (group sums), scales / mins u16
-    [ng] (f16 bits)."""
+    [ng] (f16 bits), no_zeros u8 [ng] of zeros. The products run in the q2/q4 kernels' vector
+    IR (`simd.row_dot_q{b}`, here with f16 scales): Σ_g s_g Σ v·x; the zero point and the
+    minimums add Σ_g (m_g − s_g·zero') xs_g (zero' = zero, or 1 for b = 1's 2q − 1)."""
+    if bits == 4:
+        acc = row_dot_q4(codes, x, scales, no_zeros, xs, group)
+    elif bits == 2:
+        acc = row_dot_q2(codes, x, scales, no_zeros, xs, group)
+    else:
+        acc = f32(2.0) * row_dot_q1(codes, x, scales, no_zeros, xs, group)
+    z = f32(zero + (1 if bits == 1 else 0))
+    corr = f32(0.0)
+    for g in range(scales.shape[0]):
+        c = -z * f16_to_f32(scales[g])
+        if has_min:
+            c += f16_to_f32(mins[g])
+        corr += c * xs[g]
+    return acc + corr
+
+
+@helper
+def affine_row_loops(codes, x, xs, scales, mins, has_min, bits, zero, group):
+    """As affine_row in plain loops (the form the vector IR replaced; kept for the tests)."""
     per = group * bits // 8
     acc = f32(0.0)
     z = f32(zero)

@@ -162,10 +162,11 @@ def rows_into(desc, act, y, r0, r1):
         sc = b.view(np.uint16)
         mn = c.view(np.uint16)
         has_min = mn.shape[1] > 0
+        no_zeros = np.zeros(sc.shape[1], dtype=np.uint8)
         for r in range(r0, r1):
             prefetch_row(a, r + ahead)
             m = mn[r] if has_min else mn[0]
-            y[r] = affine_row(a[r], xf, xs, sc[r], m, has_min, flags & 255, flags >> 8, group)
+            y[r] = affine_row(a[r], xf, xs, sc[r], m, has_min, flags & 255, flags >> 8, group, no_zeros)
     elif kind == Q8:
         codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
         scales = b.view(np.uint16)
