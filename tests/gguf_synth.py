@@ -124,9 +124,9 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
     w.add_file_type(0)
     w.add_tokenizer_model(tokenizer_model)
     w.add_tokenizer_pre("gpt-2")
-    w.add_token_list([chr(33 + i) for i in range(vocab)])
+    w.add_token_list([chr(33 + i) for i in range(vocab - 1)] + ['!"'])  # one merge: llama.cpp needs merges
     w.add_token_types([1] * vocab)
-    w.add_token_merges([])
+    w.add_token_merges(['! "'])
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     hd = hidden // heads
@@ -149,6 +149,8 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
             w.add_tensor(name, a)
             tensors[name] = (None, a)
             return
+        if type_id == int(T.Q8_0):  # codes span ±127: d ≈ max|w| / 127, as llama.cpp writes it
+            scale /= 40
         raw = random_raw(type_id, shape[0], shape[1], rng, scale, ternary)
         if block_scale is not None and type_id in (int(T.TQ1_0), int(T.TQ2_0)):
             at = LAYOUT[type_id][2][0]  # one scale for the whole tensor, as BitNet's weights have

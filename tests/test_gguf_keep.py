@@ -176,3 +176,28 @@ def test_smollm2_keep_ppl_equals_f32(smollm2_gguf, smollm2_file, tmp_path: Path)
     ref = perplexity(load(smollm2_file("f32"), context_length=256), text, 256).ppl
     print(f"PPL keep {ours:.4f}, f32 {ref:.4f}")
     assert abs(ours - ref) <= 0.003 * ref, (ours, ref)
+
+
+@pytest.mark.parametrize("name", ["Q1_0", "Q2_0", "TQ2_0", "Q4_1", "Q8_0"])
+def test_logits_agree_with_llama_cpp(tmp_path: Path, name: str) -> None:
+    """llama.cpp (through llama-cpp-python, which knows these types) on the same GGUF: prompt
+    logits within 1e-2 relative of lowbit's on the kept file."""
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from gguf_variants import open_llama
+
+    from lowbit.runtime import load
+
+    gguf_path = tmp_path / f"{name}.gguf"
+    write_tiny_llama(gguf_path, BY_NAME[name], seed=3)
+    path = convert(gguf_path, tmp_path / f"{name}.lowbit", method="keep").path
+    ids = [int(i) for i in np.random.default_rng(1).integers(2, 63, 12)]
+    ours = load(path).logits(ids)
+    llm = open_llama(gguf_path, repack=False, n_ctx=64, n_batch=64, logits_all=True, verbose=False)
+    llm.eval(ids)
+    ref = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    llm.close()
+    err = np.abs(ours - ref).max() / np.abs(ref).max()
+    assert err <= 1e-2, err
