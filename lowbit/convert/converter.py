@@ -51,6 +51,8 @@ class TensorReport:
     shape: tuple[int, ...]
     nbytes: int
     rel_error: float
+    source_type: str | None = None  # the GGML type of a GGUF source tensor
+    kept: bool = False  # re-packed losslessly (--method keep), not re-quantised
 
 
 @dataclass
@@ -226,8 +228,12 @@ def convert(
     if output.is_dir():
         raise ConversionError(f"{output} is a folder, expected a file path")
     rec = load_recipe(recipe, method)
+    if rec.method == "keep" and (calibration is not None or target_bpw is not None):
+        raise ConversionError("--method keep re-packs the GGUF's own grid: it takes no --calibrate or --target-bpw")
     with _malformed_input(source):
         ckpt = open_checkpoint(str(source), revision)
+        if rec.method == "keep" and not hasattr(ckpt, "gguf_tensor"):
+            raise ConversionError("--method keep applies to GGUF input only (re-packs its quantised blocks)")
         _check_source_types(ckpt.config)
         spec = model_spec(ckpt.config)
     if spec.tensors is not None:  # the checkpoint in lowbit's tensor names (splits, renames: models/*)
@@ -286,9 +292,15 @@ def convert(
         writer.add_blob(blob_name, blob)
         total = len(names)
 
-        def write(name: str, w: np.ndarray, encoded: EncodedTensor, err: float) -> None:
-            writer.add_tensor(name, encoded, info={"rel_error": round(err, 6)})
-            reports.append(TensorReport(name, encoded.encoding, tuple(encoded.shape), encoded.nbytes, err))
+        def write(name: str, w: Any, encoded: EncodedTensor, err: float) -> None:
+            info: dict[str, Any] = {"rel_error": round(err, 6)}
+            src_type = _source_type(ckpt, name)
+            if src_type is not None:
+                info["source_type"] = src_type
+                info["kept"] = isinstance(w, _Kept)
+            writer.add_tensor(name, encoded, info=info)
+            reports.append(TensorReport(name, encoded.encoding, tuple(encoded.shape), encoded.nbytes, err,
+                                        src_type, isinstance(w, _Kept)))
             if progress is not None:
                 progress(name, len(reports), total)
 
@@ -302,6 +314,9 @@ def convert(
                 if src_name not in order:
                     continue
                 name = canonical_name(src_name)
+                if isinstance(w, _Kept):
+                    write(name, w, w.encoded, 0.0)
+                    continue
                 if isinstance(w, _RowChunks):
                     encoded, err = w.encode()
                     write(name, w, encoded, err)
@@ -322,6 +337,8 @@ def convert(
         # what the runtime will check at load, on what is about to be written (an exception
         # here aborts the writer: no file)
         check_tensors(args, {r["name"]: r for r in writer.tensor_records})
+        if any(r.source_type for r in reports):
+            metadata["provenance"]["source_types"] = _source_types(reports)
     lin_err = [t.rel_error for t in reports if is_linear_weight(t.name)]
     warning = weight_error_warning(lin_err)
     if warning:
@@ -429,8 +446,44 @@ class _RowChunks:
         return encoded, (num**0.5 / den**0.5 if den > 0 else 0.0)
 
 
+@dataclass
+class _Kept:
+    """A GGUF tensor re-packed losslessly (`lowbit.convert.keep`)."""
+
+    encoded: EncodedTensor
+    kind: str
+
+
+def _source_type(ckpt: Any, name: str) -> str | None:
+    """The GGML type of a GGUF tensor (by canonical name), None for other sources."""
+    if not hasattr(ckpt, "gguf_tensor"):
+        return None
+    from lowbit.convert.gguf_quants import type_name
+
+    src = {canonical_name(n): n for n in ckpt.tensor_names()}.get(name)
+    return None if src is None else type_name(ckpt.gguf_tensor(src).tensor_type)
+
+
+def _source_types(reports: list[TensorReport]) -> dict[str, dict[str, int]]:
+    """encoding -> {GGML source type (+ " kept" when re-packed): tensor count}, for `lowbit info`."""
+    out: dict[str, dict[str, int]] = {}
+    for r in reports:
+        if r.source_type is not None:
+            key = r.source_type + (" kept" if r.kept else "")
+            by = out.setdefault(r.encoding, {})
+            by[key] = by.get(key, 0) + 1
+    return out
+
+
 def _iter_source(ckpt: Any, rec: Recipe, native: bool = False):
-    """(name, float32 array or _RowChunks) for every tensor, in the source's order."""
+    """(name, float32 array, _RowChunks or _Kept) for every tensor, in the source's order."""
+    if rec.method == "keep":
+        from lowbit.convert.keep import keep_tensor
+
+        for name in ckpt.tensor_names():
+            encoded, kind = keep_tensor(ckpt, name)
+            yield name, (ckpt.get(name) if encoded is None else _Kept(encoded, kind))
+        return
     if not hasattr(ckpt, "rows"):
         yield from ckpt.iter_tensors()
         return
