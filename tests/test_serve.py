@@ -433,6 +433,13 @@ def test_serve_help_documents_every_option():
     assert r.returncode != 0 and "--parallel" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_kv_memory_below_one_context_is_refused(tiny):
+    r = subprocess.run([sys.executable, "-m", "lowbit.cli", "serve", str(tiny), "--kv-memory", "0.01", "--port", "0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --kv-memory 0.01 MiB is less than one request")
+
+
 def test_create_app_mounts_in_process(tiny):
     """lowbit.serve.create_app returns a plain ASGI app (here driven by Starlette's TestClient)."""
     from starlette.testclient import TestClient

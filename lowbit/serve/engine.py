@@ -87,8 +87,9 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.context_length = context_length or llm.context_length
         self.token_bytes = KVCache.bytes_per_token(llm.args)
-        self.kv_budget = max(kv_budget or parallel * self.context_length * self.token_bytes,
-                             self.context_length * self.token_bytes)  # one full context always fits
+        self.kv_budget = kv_budget or parallel * self.context_length * self.token_bytes
+        if self.kv_budget < self.context_length * self.token_bytes:
+            raise ValueError("the KV budget must hold at least one full context")
         self.pending: deque[Job] = deque()
         self.active: list[Job] = []
         self.idle: list[KVCache] = []  # finished caches, oldest first
