@@ -38,6 +38,7 @@ class KVCache:
         self.context_length = context_length
         self.length = 0
         self.ids: list[int] = []  # the tokens at positions 0..length-1, when known
+        self.prompt_upto = 0  # positions 0..prompt_upto-1 were all run as prompt segments
 
     @property
     def nbytes(self) -> int:
@@ -50,11 +51,13 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
         self.ids = []
+        self.prompt_upto = 0
 
     def truncate(self, n: int) -> None:
         """Forget every position from n on."""
         n = max(0, min(n, self.length))
         self.length = n
+        self.prompt_upto = min(self.prompt_upto, n)
         del self.ids[n:]
 
     def common_prefix(self, ids: Sequence[int]) -> int:
@@ -66,10 +69,16 @@ class KVCache:
             n += 1
         return n
 
-    def reuse(self, ids: Sequence[int]) -> int:
+    def reusable(self, ids: Sequence[int], prompt_only: bool = False) -> int:
+        """How many leading positions a prompt `ids` could keep (prompt_only: only positions that
+        were run as prompt tokens, whose bits then do not depend on what came after them)."""
+        n = self.common_prefix(ids)
+        return min(n, self.prompt_upto) if prompt_only else n
+
+    def reuse(self, ids: Sequence[int], prompt_only: bool = False) -> int:
         """Keep the prefix shared with `ids`, at most len(ids) − 1 positions (the last token must
         run to give logits); returns where the new tokens start."""
-        keep = min(self.common_prefix(ids), len(ids) - 1)
+        keep = min(self.reusable(ids, prompt_only), len(ids) - 1)
         self.truncate(keep)
         return keep
 
@@ -77,8 +86,10 @@ class KVCache:
         if self.length + t > self.context_length:
             raise ValueError(f"context length {self.context_length} exceeded ({self.length} + {t} tokens)")
 
-    def advance(self, ids: Sequence[int]) -> None:
-        """Record that `ids` now fill the next positions."""
+    def advance(self, ids: Sequence[int], prompt: bool = False) -> None:
+        """Record that `ids` now fill the next positions (prompt: they ran as a prompt segment)."""
+        if prompt and self.prompt_upto == self.length:
+            self.prompt_upto += len(ids)
         self.ids.extend(int(i) for i in ids)
         self.length += len(ids)
 
@@ -101,11 +112,14 @@ class KVCache:
 
 @dataclass
 class Segment:
-    """Tokens of one sequence in a batched forward: they go to `cache` at positions start.."""
+    """Tokens of one sequence in a batched forward: they go to `cache` at positions start..
+    A prompt segment runs the prefill kernels (one weight unpack for all its tokens), a decode
+    segment the decode kernel; either way a token's bits never depend on the other segments."""
 
     cache: KVCache
     ids: list[int]
     start: int
+    prompt: bool = False
 
 
 class Segments:

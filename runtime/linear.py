@@ -116,6 +116,21 @@ class Linear:
             matvec_rows(self.descriptor, x2, y)
         return y
 
+    def tiles(self, x: np.ndarray) -> np.ndarray:
+        """x [T, in] -> [T, out] with the prefill kernel whatever T (1 included): a block of
+        weight rows is unpacked once for all T tokens, and row t is the same bits for any T and
+        any other rows (the server runs prompt tokens on this)."""
+        x2 = _as_input(x)
+        if x2.ndim != 2 or x2.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self._what()}: input shape {list(x.shape)}, expected [T, {self.in_features}]"
+            )
+        y = self._output(x2.shape[0], None)
+        if x2.shape[0]:
+            self._prefill(x2, y)
+        self._finish(y)
+        return y
+
     # -- helpers for subclasses ----------------------------------------------------------------
 
     def _output(self, t: int, out: np.ndarray | None) -> np.ndarray:
@@ -233,6 +248,9 @@ class TernaryLinear(Linear):
             self._pre = ternary.ternary_prefill
         else:
             self._pre = ternary.ternary16_prefill
+
+    def tiles(self, x: np.ndarray) -> np.ndarray:
+        return self(self.quantize(x))
 
     def quantize(self, x: np.ndarray) -> QuantizedActivation:
         x2 = _as_input(x.reshape(1, -1) if x.ndim == 1 else x)

@@ -264,10 +264,12 @@ class Transformer:
     def forward_batch(self, segments: list[Segment]) -> np.ndarray:
         """Several sequences in one pass: logits [S, vocab] of each segment's last token.
 
-        The linear layers run once over all the stacked tokens with the decode kernel applied to
-        each token (`Linear.rows`), so every weight row read serves every sequence, and each
-        token's result is exactly what it would be alone: outputs never depend on the company
-        a sequence keeps (the server's batching relies on this, bit for bit)."""
+        The linear layers run once over all the stacked tokens: decode segments' tokens through
+        the decode kernel applied to each token (`Linear.rows`), prompt segments' through the
+        prefill kernels (`Linear.tiles`); the logits always through the decode kernel. Either
+        way every weight row read serves every sequence, and each token's result is exactly what
+        it would be alone: outputs never depend on the company a sequence keeps (the server's
+        batching relies on this, bit for bit). Not re-entrant: callers hold the model's lock."""
         for seg in segments:
             if seg.start != seg.cache.length or not seg.ids:
                 raise ValueError("a segment must continue its cache with at least one token")
@@ -277,38 +279,60 @@ class Transformer:
         self._check_ids(ids, max(s.start + len(s.ids) for s in segments))
         x = self.embed_tokens(ids)
         blocks, head = self._per_token()
+        self._split.set(np.concatenate([np.full(len(s.ids), s.prompt) for s in segments]))
         for i, block in enumerate(blocks):
             x = block_forward(self.args, self.layer_ropes[i], block, x, batch, i, 0)
         for seg in segments:
-            seg.cache.advance(seg.ids)
+            seg.cache.advance(seg.ids, prompt=seg.prompt)
         last = np.ascontiguousarray(x[batch.bounds[1:] - 1])
         return softcap(head(_norm(last, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
 
     def _per_token(self) -> tuple[list[Block], PerToken]:
         """The blocks with every Linear wrapped in PerToken (built once; weights shared)."""
         if getattr(self, "_per_token_blocks", None) is None:
-            self._per_token_blocks = [_wrap_linears(b) for b in self.blocks]
-            self._per_token_head = PerToken(self.lm_head)
+            self._split = RowSplit()
+            self._per_token_blocks = [_wrap_linears(b, self._split) for b in self.blocks]
+            self._per_token_head = PerToken(self.lm_head, RowSplit())  # logits: decode kernel
         return self._per_token_blocks, self._per_token_head
 
 
-class PerToken:
-    """A Linear that runs the decode kernel for each row of its input (`Linear.rows`)."""
+class RowSplit:
+    """Which rows of the current batched forward belong to prompt segments."""
 
-    def __init__(self, linear: Linear) -> None:
-        self.linear = linear
+    def __init__(self) -> None:
+        self.set(np.zeros(0, dtype=bool))
+
+    def set(self, prompt_rows: np.ndarray) -> None:
+        self.prompt = np.flatnonzero(prompt_rows)
+        self.decode = np.flatnonzero(~prompt_rows)
+
+
+class PerToken:
+    """A Linear that runs the decode kernel on decode rows (`Linear.rows`) and the prefill
+    kernels on prompt rows (`Linear.tiles`), as `split` says."""
+
+    def __init__(self, linear: Linear, split: RowSplit) -> None:
+        self.linear, self.split = linear, split
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.linear.rows(x)
+        p, d = self.split.prompt, self.split.decode
+        if not p.size:
+            return self.linear.rows(x)
+        if not d.size:
+            return self.linear.tiles(x)
+        y = np.empty((x.shape[0], self.linear.out_features), dtype=np.float32)
+        y[d] = self.linear.rows(x[d])
+        y[p] = self.linear.tiles(x[p])
+        return y
 
 
-def _wrap_linears(obj: Any) -> Any:
+def _wrap_linears(obj: Any, split: RowSplit) -> Any:
     """A copy of a Block / Attention / MLP dataclass with its Linear fields wrapped in PerToken."""
     changes = {}
     for f in fields(obj):
         value = getattr(obj, f.name)
         if isinstance(value, Linear):
-            changes[f.name] = PerToken(value)
+            changes[f.name] = PerToken(value, split)
         elif is_dataclass(value):
-            changes[f.name] = _wrap_linears(value)
+            changes[f.name] = _wrap_linears(value, split)
     return replace(obj, **changes)

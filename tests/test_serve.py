@@ -141,13 +141,22 @@ def test_streaming_equals_whole(client, server):
     assert events[-1]["choices"][0]["finish_reason"] == "length" and "usage" not in events[-1]
 
 
+def _stop_case(client) -> tuple[str, str, str]:
+    """(prompt, greedy text, a 3-character stop string from its middle); the random model's text is
+    mostly stray bytes, so look for a prompt whose answer has a window of real characters."""
+    for prompt in ["Count for me", "Tell me a story", "Hello there", "What is this?", "abc def", "1 2 3", "Go on"]:
+        text = chat(client, prompt, max_tokens=30, temperature=0).choices[0].message.content
+        for at in range(3, len(text) - 3):
+            if "\ufffd" not in text[at : at + 3]:
+                return prompt, text, text[at : at + 3]
+    raise AssertionError("no usable stop string")
+
+
 def test_stop_strings(client):
-    text = chat(client, "Count for me", max_tokens=30, temperature=0).choices[0].message.content
-    stop = text[8:11]
-    assert len(stop) == 3
+    prompt, text, stop = _stop_case(client)
     cut = text[: text.index(stop)]
     for stream in (False, True):
-        r = chat(client, "Count for me", max_tokens=30, temperature=0, stop=[stop, "never-there"], stream=stream)
+        r = chat(client, prompt, max_tokens=30, temperature=0, stop=[stop, "never-there"], stream=stream)
         if stream:
             chunks = list(r)
             got = "".join(ch.choices[0].delta.content or "" for ch in chunks)
@@ -332,7 +341,7 @@ def batched_greedy(llm, ids: list[int], n: int) -> str:
     from lowbit.runtime.kv_cache import KVCache, Segment
 
     cache = KVCache(llm.args, llm.context_length)
-    logits = llm.model.forward_batch([Segment(cache, list(ids), 0)])[0]
+    logits = llm.model.forward_batch([Segment(cache, list(ids), 0, prompt=True)])[0]
     out = []
     for _ in range(n):
         tok = int(np.argmax(logits))
@@ -422,6 +431,13 @@ def test_serve_help_documents_every_option():
     r = subprocess.run([sys.executable, "-m", "lowbit.cli", "serve", "x.lowbit", "--parallel", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "--parallel" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_kv_memory_below_one_context_is_refused(tiny):
+    r = subprocess.run([sys.executable, "-m", "lowbit.cli", "serve", str(tiny), "--kv-memory", "0.01", "--port", "0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --kv-memory 0.01 MiB is less than one request")
 
 
 def test_create_app_mounts_in_process(tiny):

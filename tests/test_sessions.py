@@ -154,11 +154,11 @@ def test_batched_forward_equals_each_sequence_alone(which, request):
     model = m.model
     prompts = [m.tokenize(p) for p in PROMPTS]
 
-    def run(groups):
+    def run(groups, prompt=True):
         caches = [KVCache(m.args, 128) for _ in prompts]
         logits = {}
         for group in groups:
-            segs = [Segment(caches[i], prompts[i], 0) for i in group]
+            segs = [Segment(caches[i], prompts[i], 0, prompt=prompt) for i in group]
             for i, row in zip(group, model.forward_batch(segs)):
                 logits[i] = row
         steps = {i: [] for i in range(len(prompts))}
@@ -175,6 +175,55 @@ def test_batched_forward_equals_each_sequence_alone(which, request):
     for i in range(len(prompts)):
         for a, b, c in zip(one_by_one[i], together[i], mixed[i]):
             assert np.array_equal(a, b) and np.array_equal(a, c)
+    # prompts run through the decode kernel instead: also independent of the company
+    as_decode = run([[0, 1, 2, 3]], prompt=False)
+    assert all(np.array_equal(a, b) for a, b in zip(as_decode[2], run([[2]], prompt=False)[2]))
+
+
+def test_prompt_and_decode_segments_mix_in_one_batch(tiny):
+    """A newcomer's prompt chunks run in the same passes as another sequence's decode steps;
+    both still get the tokens they get alone, and reuse keeps only prompt-run positions."""
+    m = lowbit.load(tiny, context_length=128)
+    fb = m.model.forward_batch
+    a_ids, b_ids = m.tokenize(PROMPTS[0]), m.tokenize(PROMPTS[1])
+
+    def alone(ids, n):
+        c = KVCache(m.args, 128)
+        logits, out = fb([Segment(c, ids, 0, prompt=True)])[0], []
+        for _ in range(n):
+            out.append(int(np.argmax(logits)))
+            logits = fb([Segment(c, [out[-1]], c.length)])[0]
+        return out, c
+
+    alone_a, _ = alone(a_ids, 8)
+    alone_b, cache_b = alone(b_ids, 6)
+    ca, cb = KVCache(m.args, 128), KVCache(m.args, 128)
+    la, lb = fb([Segment(ca, a_ids, 0, prompt=True)])[0], None
+    chunks = [b_ids[:2], b_ids[2:3], b_ids[3:]]  # b's prompt in three chunks beside a's decode
+    got_a, got_b = [], []
+    while len(got_a) < 8 or len(got_b) < 6:
+        segs, who = [], []
+        if len(got_a) < 8:
+            got_a.append(int(np.argmax(la)))
+            segs.append(Segment(ca, [got_a[-1]], ca.length))
+            who.append("a")
+        if chunks:
+            segs.append(Segment(cb, chunks.pop(0), cb.length, prompt=True))
+            who.append("b")
+        elif len(got_b) < 6:
+            got_b.append(int(np.argmax(lb)))
+            segs.append(Segment(cb, [got_b[-1]], cb.length))
+            who.append("b")
+        for w, row in zip(who, fb(segs)):
+            if w == "a":
+                la = row
+            else:
+                lb = row
+    assert got_a == alone_a and got_b == alone_b
+    assert cache_b.prompt_upto == len(b_ids) and cache_b.length == len(b_ids) + 6
+    follow_up = b_ids + alone_b + [9]
+    assert cache_b.reusable(follow_up, prompt_only=True) == len(b_ids)  # the answer runs again
+    assert cache_b.reusable(follow_up) == len(b_ids) + 6
 
 
 def _entries(out: int, n: int, rng: np.random.Generator) -> dict:
@@ -207,4 +256,6 @@ def test_kernels_give_each_token_the_same_bits_in_any_batch(encoding):
     rows = lin.rows(x)
     for b in range(x.shape[0]):
         assert np.array_equal(rows[b], lin(x[b]))
+        assert np.array_equal(lin.tiles(x[b : b + 1])[0], full[b])  # the prefill kernel at T = 1
+    assert np.array_equal(lin.tiles(x[::-1])[::-1], full)  # and with other company
     assert np.array_equal(lin.rows(x[3:5]), rows[3:5])

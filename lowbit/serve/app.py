@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from lowbit.errors import LowbitError
+from lowbit.runtime.kv_cache import KVCache
 from lowbit.serve.engine import Engine, Job, QueueFull
 from lowbit.serve.schema import ApiError, Parsed, parse
 from lowbit.serve.token_bytes import token_bytes
@@ -88,6 +90,10 @@ def create_app(
     llm = load_model(model_or_path, threads, context_length, method)
     name = model_name or Path(str(llm.path)).stem
     budget = int(kv_budget_mb * 2**20) if kv_budget_mb else None
+    one = llm.context_length * KVCache.bytes_per_token(llm.args)
+    if budget is not None and budget < one:
+        raise LowbitError(f"--kv-memory {kv_budget_mb:g} MiB is less than one request's full context "
+                          f"({one / 2**20:.1f} MiB at {llm.context_length} tokens); raise it or lower --ctx")
     engine = Engine(llm, parallel=parallel, max_queue=max_queue, kv_budget=budget, prefill_chunk=prefill_chunk)
     created = int(time.time())
     defaults = {k: v for k, v in (llm.generation_defaults or {}).items()

@@ -9,7 +9,9 @@ output does not depend on what it was batched with.
 
 Each request gets its own KVCache. Finished caches stay as a small pool for prefix reuse: a new
 request takes the idle cache sharing the longest prefix with its prompt (the same system prompt,
-the previous turn of its chat) and runs only the rest. Caches are counted against a KV memory
+the previous turn of its chat) and runs only the rest. Only positions that were run as prompt
+tokens are reused (a previous answer's tokens run again, as prompt): their bits depend on the
+tokens alone, so reuse never changes an answer either. Caches are counted against a KV memory
 budget by the positions they have touched; idle ones are dropped (oldest first) to make room.
 Past `max_queue` waiting requests, `submit` raises QueueFull (the app answers 429).
 """
@@ -85,8 +87,9 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.context_length = context_length or llm.context_length
         self.token_bytes = KVCache.bytes_per_token(llm.args)
-        self.kv_budget = max(kv_budget or parallel * self.context_length * self.token_bytes,
-                             self.context_length * self.token_bytes)  # one full context always fits
+        self.kv_budget = kv_budget or parallel * self.context_length * self.token_bytes
+        if self.kv_budget < self.context_length * self.token_bytes:
+            raise ValueError("the KV budget must hold at least one full context")
         self.pending: deque[Job] = deque()
         self.active: list[Job] = []
         self.idle: list[KVCache] = []  # finished caches, oldest first
@@ -141,8 +144,8 @@ class Engine:
     def _take_cache(self, job: Job) -> KVCache | None:
         """The idle cache sharing the longest prefix with the prompt, else a new one if the
         budget allows (dropping idle caches, oldest first); None: wait for a request to end."""
-        best = max(self.idle, key=lambda c: c.common_prefix(job.prompt_ids), default=None)
-        if best is not None and best.common_prefix(job.prompt_ids) > 0:
+        best = max(self.idle, key=lambda c: c.reusable(job.prompt_ids, prompt_only=True), default=None)
+        if best is not None and best.reusable(job.prompt_ids, prompt_only=True) > 0:
             self.idle.remove(best)
             return best
         reserved = sum(self._reserved(j) for j in self.active) + self._reserved(job)
@@ -212,7 +215,7 @@ class Engine:
                 return
             self.pending.popleft()
             job.cache = cache
-            job.pos = cache.reuse(job.prompt_ids)
+            job.pos = cache.reuse(job.prompt_ids, prompt_only=True)
             self.prompt_tokens += len(job.prompt_ids)
             self.reused_tokens += job.pos
             self.active.append(job)
@@ -230,10 +233,9 @@ class Engine:
             if j.pos < len(j.prompt_ids):
                 n = max(1, min(len(j.prompt_ids) - j.pos, budget))
                 budget -= n
-                ids = j.prompt_ids[j.pos : j.pos + n]
+                segments.append(Segment(j.cache, j.prompt_ids[j.pos : j.pos + n], j.cache.length, prompt=True))
             else:
-                ids = [j.last]
-            segments.append(Segment(j.cache, ids, j.cache.length))
+                segments.append(Segment(j.cache, [j.last], j.cache.length))
         with self.llm._compute:
             logits = self.model.forward_batch(segments)
         self.steps += 1
@@ -264,9 +266,7 @@ class Engine:
         s = j.stream
         if j.constraint is not None:
             c = j.constraint
-            if not c.forced and s.max_tokens - len(s.generated) <= c.needed() + 1:
-                c.force()
-            token = c.choose(logits, s.sampler, s.history)
+            token = c.choose(logits, s.sampler, s.history, left=s.max_tokens - len(s.generated) - 1)
             c.push(token)
         else:
             token = s.choose(logits)

@@ -4,8 +4,8 @@
 text so far can still become one JSON object (RFC 8259), whether it already is one, and the
 shortest text that would complete it. `JsonConstraint` uses it per sequence: a candidate token is
 allowed only if its text keeps the output a valid prefix; end-of-sequence only once the object is
-complete (then generation stops); and when the token budget is about to run out, the completion
-text is forced so the answer always parses. Token texts are decoded once per tokenizer.
+complete (then generation stops); and only if the object can still be closed within the tokens
+left, so the answer always parses. Token texts are decoded once per tokenizer.
 """
 
 from __future__ import annotations
@@ -264,20 +264,18 @@ class JsonConstraint:
         self.encode = encode
         self.state = JsonPrefix()
         self.forced: list[int] = []
+        self.left: int | None = None
 
     def _ok(self, token: int) -> bool:
+        """The token keeps a valid prefix that can still be closed within the tokens left after
+        it (the completion's length in characters bounds its length in tokens)."""
         if token in self.eos:
             return self.state.complete
         t = self.texts[token] if token < len(self.texts) else None
         if t is None:
             return False
         c = self.state.copy()
-        return c.feed(t)
-
-    def needed(self) -> int:
-        """Tokens the shortest completion takes (0 when complete)."""
-        text = self.state.completion()
-        return len(self.encode(text)) if text else 0
+        return c.feed(t) and (self.left is None or len(c.completion()) <= self.left)
 
     def force(self) -> None:
         """From now on emit exactly the tokens of the completion (the budget is running out)."""
@@ -286,9 +284,20 @@ class JsonConstraint:
         if not self.forced and self.eos:
             self.forced = [self.eos[0]]
 
-    def choose(self, logits: np.ndarray, sampler: Any, history: Sequence[int]) -> int:
+    def choose(self, logits: np.ndarray, sampler: Any, history: Sequence[int], left: int | None = None) -> int:
+        """The next token; `left`: how many tokens may follow it (None: no limit)."""
+        self.left = left
         if self.forced:
             return self.forced.pop(0)
+        try:
+            return self._choose(logits, sampler, history)
+        except ValueError:  # no candidate fits (a vocabulary without single characters): close it
+            self.force()
+            if not self.forced:
+                raise
+            return self.forced.pop(0)
+
+    def _choose(self, logits: np.ndarray, sampler: Any, history: Sequence[int]) -> int:
         if self.state.complete and self.eos:
             return self.eos[0]
         if sampler.params.greedy:
