@@ -34,7 +34,13 @@ from lowbit.formats import LowbitWriter
 from lowbit.formats.encodings import EncodedTensor
 from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
 from lowbit.quant import quantize, relative_error
-from lowbit.runtime.validate import check_config, check_generation, check_tensors
+from lowbit.runtime.validate import (
+    check_config,
+    check_generation,
+    check_tensors,
+    check_tokenizer,
+    check_tokenizer_metadata,
+)
 
 if TYPE_CHECKING:
     from lowbit.quant.calibrate import CalibrationConfig
@@ -252,6 +258,8 @@ def convert(
         config["tie_word_embeddings"] = True
     args = check_config(config)  # the runtime's checks, before anything is written
     check_generation(gen)
+    check_tokenizer_metadata(tok_meta, [blob_name])
+    check_tokenizer(args, _tokenizer(tok_meta, blob))
     if not native and hasattr(ckpt, "shape"):  # (BitNet's packed weights have other shapes)
         with _malformed_input(source):
             check_tensors(args, {canonical_name(n): {"shape": ckpt.shape(n), "encoding": None} for n in names})
@@ -318,6 +326,12 @@ def convert(
             "measure it with `lowbit eval`."
         )
     return ConvertResult(output, time.perf_counter() - start, output.stat().st_size, reports, warnings)
+
+
+def _tokenizer(tok_meta: dict[str, Any], blob: bytes) -> Any:
+    from lowbit.runtime.tokenizer import Tokenizer
+
+    return Tokenizer.from_bytes(tok_meta["kind"], blob, tok_meta)
 
 
 INTEGER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
