@@ -129,8 +129,10 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
         )
     if origin is list:
         (item,) = typing.get_args(annotation) or (Any,)
-        if not isinstance(value, list):  # HF writes a lone id for a one-element list
-            value = [value]
+        if not isinstance(value, list):
+            if item is not int:
+                raise InvalidModel(f"config field {name!r} must be a list, got {_kind(value)}")
+            value = [value]  # HF writes a lone token id for a one-element id list
         return [coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):

@@ -111,12 +111,34 @@ def _st(edit):
     return make
 
 
+def _raw_file(name: str, data: bytes):
+    def make(folder: Path) -> Path:
+        write_hf(folder)
+        (folder / name).write_bytes(data)
+        return folder
+    return make
+
+
 def _raw_config(text: bytes):
     def make(folder: Path) -> Path:
         write_hf(folder)
         (folder / "config.json").write_bytes(text)
         return folder
     return make
+
+
+def _tokenizer_config(**changes):
+    def make(folder: Path) -> Path:
+        write_hf(folder)
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, **changes}))
+        return folder
+    return make
+
+
+def _small_vocab(folder: Path) -> Path:  # consistent tensors, but the tokenizer has 384 ids
+    cfg = {**CONFIG, "vocab_size": 300}
+    return write_hf(folder, cfg, hf_tensors(cfg))
 
 
 def _wide_tensors(folder: Path) -> Path:  # hidden_size 128 in the config, 64-wide tensors
@@ -139,6 +161,12 @@ HF_CASES = {
     "config-not-object": _raw_config(b"[1, 2, 3]"),
     "config-not-json": _raw_config(b"{not json"),
     "config-not-utf8": _raw_config(b'{"architectures": ["\xff\xfe"]}'),
+    "tokenizer-smaller-vocab": _small_vocab,
+    "tokenizer-template-number": _tokenizer_config(chat_template=5),
+    "tokenizer-add-bos-string": _tokenizer_config(add_bos_token="yes"),
+    "tokenizer-config-not-json": _raw_file("tokenizer_config.json", b"{oops"),
+    "tokenizer-json-garbage": _raw_file("tokenizer.json", b"\xff\xfe"),
+    "generation-temperature-string": _raw_file("generation_config.json", b'{"temperature": "hot"}'),
     "st-negative-shape": _st(lambda h: {**h, first_tensor(h): {**h[first_tensor(h)], "shape": [-1, 64]}}),
     "st-header-not-object": _st(lambda h: b"[1, 2]"),
     "st-header-not-json": _st(lambda h: b"{\xff\xfe"),

@@ -500,3 +500,31 @@ def test_long_conversations_still_render():
     content = "word " * (MAX_CHARS // 5 + 1000)
     text = render_chat_template(CHATML, [{"role": "user", "content": content}] * 2)
     assert text.count(content) == 2
+
+
+def test_config_coercion_follows_the_annotations():
+    """ModelArgs.from_dict coerces by the declared types, so a field added later (a dataclass
+    with one more annotated field here) gets the same treatment with no code of its own."""
+    from dataclasses import dataclass
+
+    from lowbit.errors import InvalidModel
+    from lowbit.runtime.config import ModelArgs
+
+    base = {k: v for k, v in H.BASE_CONFIG.items()}
+    args = ModelArgs.from_dict({**base, "rms_norm_eps": 0, "rope_theta": 500000, "eos_token_id": 2, "unknown": [1]})
+    assert type(args.rms_norm_eps) is float and type(args.rope_theta) is float and args.eos_token_id == [2]
+
+    @dataclass
+    class Newer(ModelArgs):
+        final_logit_softcapping: float | None = None
+        layer_types: list[str] | None = None
+
+    assert Newer.from_dict({**base, "final_logit_softcapping": 30}).final_logit_softcapping == 30.0
+    for field, value in [("final_logit_softcapping", True), ("final_logit_softcapping", "30"),
+                         ("layer_types", ["full", 1]), ("layer_types", "full"), ("hidden_size", 64.0),
+                         ("hidden_size", True), ("tie_word_embeddings", 0), ("rope_scaling", "linear"),
+                         ("hidden_size", 1 << 40)]:
+        with pytest.raises(InvalidModel, match=field):
+            Newer.from_dict({**base, field: value})
+    with pytest.raises(InvalidModel, match="lacks field 'vocab_size'"):
+        ModelArgs.from_dict({k: v for k, v in base.items() if k != "vocab_size"})

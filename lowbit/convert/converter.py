@@ -35,7 +35,13 @@ from lowbit.formats import LowbitWriter
 from lowbit.formats.encodings import EncodedTensor
 from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
 from lowbit.quant import quantize, relative_error
-from lowbit.runtime.validate import check_config, check_generation, check_tensors
+from lowbit.runtime.validate import (
+    check_config,
+    check_generation,
+    check_tensors,
+    check_tokenizer,
+    check_tokenizer_metadata,
+)
 
 if TYPE_CHECKING:
     from lowbit.quant.calibrate import CalibrationConfig
@@ -264,6 +270,8 @@ def convert(
         config["tie_word_embeddings"] = True
     args = check_config(config)  # the runtime's checks, before anything is written
     check_generation(gen)
+    check_tokenizer_metadata(tok_meta, [blob_name])
+    check_tokenizer(args, _tokenizer(tok_meta, blob))
     if not native and hasattr(ckpt, "shape"):  # (BitNet's packed weights have other shapes)
         with _malformed_input(source):
             check_tensors(args, {canonical_name(n): {"shape": ckpt.shape(n), "encoding": None} for n in names})
@@ -386,6 +394,12 @@ def perplexity_warning(ppl: float, reference: float) -> str | None:
         return (f"perplexity {ppl:.1f} is {ratio:.2f}× the f32 conversion's {reference:.1f}: expect clearly "
                 "worse output than the original")
     return None
+
+
+def _tokenizer(tok_meta: dict[str, Any], blob: bytes) -> Any:
+    from lowbit.runtime.tokenizer import Tokenizer
+
+    return Tokenizer.from_bytes(tok_meta["kind"], blob, tok_meta)
 
 
 INTEGER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
