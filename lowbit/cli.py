@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "bench:bench",
     "eval": "evaluate:evaluate",
     "demo": "demo:demo",
+    "serve": "serve:serve",
 }
 
 HELP = {
@@ -31,6 +32,7 @@ HELP = {
     "bench": "Measure load time, prefill and decode speed.",
     "eval": "Measure perplexity or KL divergence on a text.",
     "demo": "Build the default model (SmolLM2-135M-Instruct), convert it and answer a question.",
+    "serve": "Serve a model over an OpenAI-compatible HTTP API, with a chat page.",
 }
 
 

@@ -28,17 +28,36 @@ def notice(text: str, color: str = "yellow") -> None:
     click.secho(f"[{text}]", fg=color, err=True)
 
 
+def template_vars(ctx, param, values: tuple[str, ...]) -> dict:
+    """--template-var NAME=VALUE (repeatable): a chat template variable such as Qwen3's
+    enable_thinking; VALUE is read as JSON (true, false, 3, "x"), else taken as a string."""
+    import json
+    import re
+
+    out = {}
+    for item in values:
+        name, sep, raw = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE with NAME an identifier (e.g. enable_thinking=false)")
+        try:
+            out[name] = json.loads(raw)
+        except ValueError:
+            out[name] = raw
+    return out
+
+
 class ChatSession:
     """History, context trimming and one reply at a time. A message never ends the chat: one that
     cannot fit is refused with a notice; the answer's budget is what the context has left (down to
     a floor, below which the oldest turns are dropped)."""
 
-    def __init__(self, llm, system: str | None, sampling: dict, verbose: bool) -> None:
+    def __init__(self, llm, system: str | None, sampling: dict, verbose: bool, variables: dict | None = None) -> None:
         self.llm = llm
         self.system = system
         self.sampling = sampling
         self.max_tokens = int(sampling.get("max_tokens", 512))
         self.verbose = verbose
+        self.variables = variables or {}  # chat template variables (--template-var)
         self.history: list[dict[str, str]] = []
 
     def messages(self) -> list[dict[str, str]]:
@@ -51,7 +70,7 @@ class ChatSession:
 
     def _encode(self, history: list[dict[str, str]]) -> list[int]:
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return self.llm.tokenizer.encode_chat(head + history, add_generation_prompt=True)
+        return self.llm.tokenizer.encode_chat(head + history, add_generation_prompt=True, **self.variables)
 
     def prompt_ids(self) -> list[int] | None:
         """Encode the conversation (its last message the new one), dropping the oldest turns while
@@ -182,13 +201,15 @@ def read_message(interactive: bool) -> str | None:
 @click.argument("model")
 @click.option("--system", help="System message.")
 @click.option("-v", "--verbose", is_flag=True, help="Print tokens/s and time to first token after each reply.")
+@click.option("--template-var", "variables", multiple=True, callback=template_vars, metavar="NAME=VALUE",
+              help="Set a chat template variable, e.g. enable_thinking=false (Qwen3). Repeatable.")
 @model_options
 @sampling_options(max_tokens=512)
-def chat(model, system, verbose, threads, context_length, method, **sampling) -> None:
+def chat(model, system, verbose, variables, threads, context_length, method, **sampling) -> None:
     """Chat with MODEL in the terminal (or one reply per line of piped stdin)."""
     interactive = sys.stdin.isatty()
     llm, _ = open_model(model, threads, context_length, method, quiet=not interactive)
-    session = ChatSession(llm, system, sampling_kwargs(sampling, llm.generation_defaults), verbose)
+    session = ChatSession(llm, system, sampling_kwargs(sampling, llm.generation_defaults), verbose, variables)
     if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())

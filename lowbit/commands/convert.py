@@ -78,12 +78,31 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
         f"wrote {result.path} ({size_mb:.1f} MB, {len(result.tensors)} tensors) in {result.seconds:.1f} s: "
         f"linear layers {result.linear_bits_per_weight:.3f} bits/weight, all matrices {result.bits_per_weight:.3f}"
     )
+    for line in _source_type_lines(result.tensors):
+        click.echo(line)
     worst = ", ".join(f"{t.name} {t.rel_error:.3f}" for t in result.worst(3))
     click.echo(f"largest relative errors: {worst}")
     for w in result.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
     if evaluate:
         _quality_card(source, result.path, eval_text, eval_ctx, revision)
+
+
+def _source_type_lines(reports) -> list[str]:
+    """For GGUF input: which tensors were re-packed losslessly and which re-quantised."""
+    from collections import Counter
+
+    quantised = [t for t in reports if t.source_type and len(t.shape) == 2]
+    if not quantised:
+        return []
+    kept = Counter(f"{t.source_type} -> {t.encoding}" for t in quantised if t.kept)
+    redone = [t for t in quantised if not t.kept]
+    lines = [f"kept losslessly: {sum(kept.values())} tensors" + "".join(f", {n} x {k}" for k, n in kept.most_common())]
+    if redone:
+        by = Counter(f"{t.source_type} -> {t.encoding}" for t in redone)
+        names = ", ".join(t.name for t in redone[:4]) + (", ..." if len(redone) > 4 else "")
+        lines.append(f"re-quantised: {len(redone)} tensors" + "".join(f", {n} x {k}" for k, n in by.most_common()) + f" ({names})")
+    return lines
 
 
 def _quality_card(source: str, path, eval_text: str | None, ctx: int, revision: str | None) -> None:
