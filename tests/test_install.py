@@ -94,3 +94,23 @@ def test_readme_quick_start_in_a_fresh_venv(tmp_path, home_with_demo_model):
     assert out.stdout.strip()
     where = sh("python -c 'import lowbit.runtime; print(lowbit.runtime.__file__)'", elsewhere, env).stdout
     assert where.startswith(str(clone))  # the editable install points at the clone
+
+
+def test_every_package_is_installed():
+    """`pip install .` (not editable) ships only the packages pyproject.toml lists: a sub-package
+    missing there works in the editable tree and is absent from a user's install."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    dirs = {name: ROOT / name for name in ("lowbit",)}
+    dirs.update({pkg: ROOT / path for pkg, path in tool["package-dir"].items()})
+    found = set()
+    for pkg, root in dirs.items():
+        for init in root.rglob("__init__.py"):
+            rel = init.parent.relative_to(root)
+            found.add(".".join((pkg, *rel.parts)) if rel.parts else pkg)
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
