@@ -5,14 +5,19 @@ or OpenMP), i.e. tens of milliseconds per token; `check_threading_layer()` warns
 
 Sharing the CPU: a decode step is ~5 parallel regions per layer (150 per SmolLM2 token), each
 ending when its slowest thread does. With another process busy on one of two cores, a worker that
-spins between regions (TBB, or OpenMP's default spin-then-sleep) burns its share of that core and
-then waits for its next time slice inside the region, so `--threads 2` decoded slower than
-`--threads 1` (issue 20: 9.8 against 86.5 tok/s). A worker that sleeps at once (OpenMP's
-`OMP_WAIT_POLICY=PASSIVE`) keeps its scheduler credit and preempts the busy process when woken:
-`tools/bench_contention.py` measured 112 tok/s at 2 threads against 34 at 1 with a busy loop on a
-shared 2-core VM, where TBB gave 34 against 40 and spinning OpenMP 2.4 against 23. So, unless the
-user chose (NUMBA_THREADING_LAYER, NUMBA_THREADING_LAYER_PRIORITY, OMP_WAIT_POLICY), lowbit asks
-numba for OpenMP with passive waits first, then TBB, then workqueue.
+spins between regions (TBB, or OpenMP's default: 300,000 spins before sleeping) burns its share of
+that core and then waits for its next time slice inside a region, so `--threads 2` decoded slower
+than `--threads 1` (issue 20: 9.8 against 86.5 tok/s). A worker that spins only a few µs (about
+the gap between two regions of one token) and then sleeps keeps its scheduler credit and preempts
+the busy process when woken. `tools/bench_contention.py` on a 2-core VM with a busy loop on one
+core (SmolLM2 q4, decode tok/s at threads 1 → 2, medians of 5; the VM was also shared with other
+work, load 7-11): GNU OpenMP with GOMP_SPINCOUNT=300 21 → 86 and 43 → 89 (one run of four 31 → 24),
+OMP_WAIT_POLICY=PASSIVE 26 → 111 and 23 → 106, TBB 24 → 20 and 22 → 19, OpenMP's default
+spinning 23 → 2.4. Passive waits were as good under contention, but pay a wake-up per region on
+an idle machine, which a 300-spin wait (a few µs) mostly avoids. So, unless the
+user chose (NUMBA_THREADING_LAYER, NUMBA_THREADING_LAYER_PRIORITY, OMP_WAIT_POLICY, GOMP_SPINCOUNT,
+KMP_BLOCKTIME), lowbit asks numba for OpenMP first (then TBB, then workqueue) with a 300-spin wait
+(KMP_BLOCKTIME=0 for Intel's OpenMP, whose finest setting is 1 ms).
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ ENV = "LOWBIT_THREADS"
 LAYER_ORDER = "omp tbb workqueue"
 
 
+WAIT_ENV = {"GOMP_SPINCOUNT": "300", "KMP_BLOCKTIME": "0"}
+CHOICES = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY", "OMP_WAIT_POLICY", *WAIT_ENV)
+
+
 def prefer_passive_openmp() -> None:
-    """Ask numba for OpenMP with passive waits first (see the module's docstring), unless the user
-    chose a layer or a wait policy; must run before the first parallel call starts the pool."""
-    if os.environ.get("NUMBA_THREADING_LAYER", "default").lower() != "default":
+    """Ask numba for OpenMP with short spin waits first (see the module's docstring), unless the
+    user chose a layer or a wait policy; must run before the first parallel call starts the pool."""
+    if any(os.environ.get(k, "").strip() for k in CHOICES):
         return
-    if "NUMBA_THREADING_LAYER_PRIORITY" in os.environ or "OMP_WAIT_POLICY" in os.environ:
-        return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by libgomp when numba's omp pool loads it
+    os.environ.update(WAIT_ENV)  # read by the OpenMP runtime when numba's omp pool loads it
     os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = LAYER_ORDER  # numba re-reads its env at compiles
     numba.config.THREADING_LAYER_PRIORITY = LAYER_ORDER.split()
 

@@ -87,6 +87,7 @@ BAD = (
     + [(["bench", MISSING], ["-n", "-3"], "--prompt-tokens"), (["bench", MISSING], ["-r", "-1"], "--repeats")]
     + [(["generate", MISSING], ["-p", v], "prompt is empty") for v in ("", "  ")]
     + [(["demo"], ["-p", ""], "prompt is empty")]
+    + [(["chat", MISSING], ["--template-var", v], "NAME=VALUE") for v in ("enable thinking", "=1", "1x=2")]
     + [(["convert", "./src"], [opt, v], opt) for opt, v in (
         ("--calib-sequences", "0"), ("--calib-len", "1"), ("--target-bpw", "0"), ("--target-bpw", "nan"),
         ("--eval-ctx", "3"))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+
+
+IMPORT_ALL = """
+import importlib, pkgutil, lowbit
+names = [m.name for m in pkgutil.walk_packages(lowbit.__path__, "lowbit.") if "serve" not in m.name]
+for name in names:
+    importlib.import_module(name)
+assert "lowbit.convert.converter" in names and "lowbit.runtime.kernels.decode_step" in names, names
+"""
 
 
 def readme_commands() -> tuple[str, str]:
@@ -80,13 +90,16 @@ def test_readme_quick_start_in_a_fresh_venv(tmp_path, home_with_demo_model):
     demo = sh(first, clone, env)
     assert "Paris" in demo.stdout
     assert not list((site / "lowbit").rglob("*.nb[ic]"))  # numba's cache stays out of site-packages
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # the demo's model was cached, so import what it skipped: every module the install shipped
+    # (a sub-package missing from pyproject.toml is absent here); `serve` needs its extra
+    sh(f"python -c {shlex.quote(IMPORT_ALL)}", elsewhere, env)
 
     sh(install_test_deps, clone, env)
     assert not (site / "lowbit").exists()  # no leftover folder to shadow the editable install
     sh(f"{second.split('&&')[-1].strip()} --collect-only", clone, env)  # the test command's imports
 
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
     version = sh("lowbit --version", elsewhere, env)
     assert re.search(r"lowbit, version \d+\.\d+", version.stdout)
     model = next((home_with_demo_model / "models").glob("*-q4.lowbit"))
@@ -94,3 +107,23 @@ def test_readme_quick_start_in_a_fresh_venv(tmp_path, home_with_demo_model):
     assert out.stdout.strip()
     where = sh("python -c 'import lowbit.runtime; print(lowbit.runtime.__file__)'", elsewhere, env).stdout
     assert where.startswith(str(clone))  # the editable install points at the clone
+
+
+def test_every_package_is_installed():
+    """`pip install .` (not editable) ships only the packages pyproject.toml lists: a sub-package
+    missing there works in the editable tree and is absent from a user's install."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    dirs = {name: ROOT / name for name in ("lowbit",)}
+    dirs.update({pkg: ROOT / path for pkg, path in tool["package-dir"].items()})
+    found = set()
+    for pkg, root in dirs.items():
+        for init in root.rglob("__init__.py"):
+            rel = init.parent.relative_to(root)
+            found.add(".".join((pkg, *rel.parts)) if rel.parts else pkg)
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"

@@ -1,4 +1,4 @@
-"""The threading layer lowbit asks numba for: OpenMP with passive waits (it shares a busy CPU
+"""The threading layer lowbit asks numba for: OpenMP with short spin waits (it shares a busy CPU
 gracefully, tools/bench_contention.py), unless the user chose a layer or a wait policy."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ PROBE = """
 import json, os
 from lowbit.runtime.threads import check_threading_layer
 layer = check_threading_layer()
-print(json.dumps({"layer": layer, "wait": os.environ.get("OMP_WAIT_POLICY")}))
+print(json.dumps({"layer": layer, "wait": os.environ.get("OMP_WAIT_POLICY"), "spin": os.environ.get("GOMP_SPINCOUNT")}))
 """
-CHOICES = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY", "OMP_WAIT_POLICY")
+CHOICES = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+           "KMP_BLOCKTIME")
 
 
 def probe(**env: str) -> dict:
@@ -35,18 +36,19 @@ def omp_available() -> bool:
     return True
 
 
-def test_default_is_passive_openmp():
+def test_default_is_openmp_with_short_spins():
     got = probe()
     if omp_available():
-        assert got == {"layer": "omp", "wait": "PASSIVE"}
+        assert got == {"layer": "omp", "wait": None, "spin": "300"}
     else:  # no OpenMP runtime: TBB, as numba would pick
         assert got["layer"] == "tbb"
 
 
-@pytest.mark.parametrize("env,layer,wait", [
-    ({"NUMBA_THREADING_LAYER": "tbb"}, "tbb", None),
-    ({"NUMBA_THREADING_LAYER_PRIORITY": "tbb omp workqueue"}, "tbb", None),
-    ({"OMP_WAIT_POLICY": "ACTIVE"}, "tbb", "ACTIVE"),  # a wait policy of their own: numba's order
+@pytest.mark.parametrize("env,layer,wait,spin", [
+    ({"NUMBA_THREADING_LAYER": "tbb"}, "tbb", None, None),
+    ({"NUMBA_THREADING_LAYER_PRIORITY": "tbb omp workqueue"}, "tbb", None, None),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "tbb", "PASSIVE", None),  # a wait policy of their own: numba's order
+    ({"GOMP_SPINCOUNT": "1000"}, "tbb", None, "1000"),
 ])
-def test_the_users_choice_is_left_alone(env, layer, wait):
-    assert probe(**env) == {"layer": layer, "wait": wait}
+def test_the_users_choice_is_left_alone(env, layer, wait, spin):
+    assert probe(**env) == {"layer": layer, "wait": wait, "spin": spin}
