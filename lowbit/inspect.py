@@ -73,6 +73,11 @@ def summarize(source: LowbitReader | str | os.PathLike, tensors: bool = False) -
         enc["tensors"] += 1
         enc["weights"] += weights
         enc["bytes"] += nbytes
+        src = entry.info.get("source_type")
+        if isinstance(src, str):  # converted from a GGUF: its GGML type, re-packed or re-quantised
+            key = _str(src) + (" kept" if entry.info.get("kept") is True else " re-quantised")
+            by_src = enc.setdefault("source_types", {})
+            by_src[key] = by_src.get(key, 0) + 1
         if tensors:
             rel = entry.info.get("rel_error")
             rows.append(

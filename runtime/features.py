@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowbit.errors import LowbitError
+from lowbit.runtime.errors import LowbitError
 
 # what this runtime implements (keep in step with lowbit.convert.models.base.FEATURE_VERSIONS)
 SUPPORTED_FEATURES = frozenset({

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats.encodings.q8 import group_size_of
-from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
+from lowbit.runtime.kernels import affine, dense, grouped, onebit, q8, ternary
 from lowbit.runtime.kernels.matvec import layer_norm as layer_norm_row
-from lowbit.runtime.kernels.matvec import make_descriptor, matvec
+from lowbit.runtime.kernels.matvec import make_descriptor, matvec, matvec_rows
 from lowbit.runtime.kernels.ternary import QuantizedActivation, quantize_activation
 
 
@@ -72,10 +72,13 @@ class Linear:
                 )
             self.bias = b
         self.descriptor = make_descriptor(
-            entry.encoding, entry.parts, self._group(), self._layernorm(), self.bias
+            entry.encoding, entry.parts, self._group(), self._layernorm(), self.bias, self._flags()
         )
 
     def _group(self) -> int:
+        return 0
+
+    def _flags(self) -> int:
         return 0
 
     def _layernorm(self) -> bool:
@@ -99,6 +102,19 @@ class Linear:
             self._prefill(x2, y)
             self._finish(y)
         return y[0] if one and out is None else y
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """x [B, in] -> [B, out] with the decode kernel for every row: row b is bit for bit
+        self(x[b]), whatever the other rows are (the server batches sequences on this)."""
+        x2 = _as_input(x)
+        if x2.ndim != 2 or x2.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self._what()}: input shape {list(x.shape)}, expected [B, {self.in_features}]"
+            )
+        y = np.empty((x2.shape[0], self.out_features), dtype=np.float32)
+        if x2.shape[0]:
+            matvec_rows(self.descriptor, x2, y)
+        return y
 
     # -- helpers for subclasses ----------------------------------------------------------------
 
@@ -177,6 +193,30 @@ class GroupedLinear(Linear):
             group,
         )
         self._prefill = lambda x, y: grouped.grouped_prefill(x, *args, y)
+
+
+class AffineLinear(Linear):
+    """q1f, q2f, q4f: f16 group scales (and minimums), the exact grids of GGUF block types."""
+
+    def _group(self) -> int:
+        return int(self.params["group_size"])
+
+    def _flags(self) -> int:
+        return int(self.encoding[1]) | int(self.params["zero"]) << 8
+
+    def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
+        super().__init__(entry, bias)
+        p = entry.parts
+        mins = p["mins"] if "mins" in p else np.zeros((self.out_features, 0), np.uint16)
+        args = (
+            _readonly(p["codes"], np.uint8),
+            _readonly(p["scales"], np.uint16),
+            _readonly(mins, np.uint16),
+            int(self.encoding[1]),
+            int(self.params["zero"]),
+            self._group(),
+        )
+        self._prefill = lambda x, y: affine.affine_prefill(x, *args, y)
 
 
 class TernaryLinear(Linear):
@@ -269,6 +309,9 @@ _CLASSES: dict[str, type[Linear]] = {
     "ternary": TernaryLinear,
     "ternary-1.6": TernaryLinear,
     "onebit": OneBitLinear,
+    "q1f": AffineLinear,
+    "q2f": AffineLinear,
+    "q4f": AffineLinear,
 }
 
 
@@ -305,9 +348,13 @@ def warmup() -> None:
         ENCODINGS["ternary-1.6"].pack(np.sign(w).astype(np.int8), np.ones(out, np.float32))
     )
     entries.append(ENCODINGS["onebit"].pack(w, np.ones(n, np.float16), np.ones(out, np.float16)))
+    q32 = np.ones((out, 64), np.uint8)
+    entries.append(ENCODINGS["q4f"].pack(q32, np.ones((out, 2)), 32, 8))
+    entries.append(ENCODINGS["q4f"].pack(q32, np.ones((out, 2)), 32, 0, np.ones((out, 2))))
     for e in entries:
         lin = make_linear(e)
-        lin(x[:1])
-        lin(x)
+        xe = x if lin.in_features == n else rng.standard_normal((2, lin.in_features)).astype(np.float32)
+        lin(xe[:1])
+        lin(xe)
         if isinstance(lin, TernaryLinear):  # the shared-activation forms too
             lin(lin.quantize(x[:1]))

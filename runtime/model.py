@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,12 +20,14 @@ import numpy as np
 from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
+from lowbit.runtime.errors import LowbitError
 from lowbit.runtime.features import check_features
-from lowbit.runtime.kernels.attention import attention
 from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
-from lowbit.runtime.linear import make_linear
+from lowbit.runtime.kv_cache import KVCache, Segment, Segments
+from lowbit.runtime.linear import Linear, make_linear
 from lowbit.runtime.rope import RotaryEmbedding
+from lowbit.runtime.validate import check_tensors
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -55,20 +57,6 @@ def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
 
 
 ACTIVATIONS = {"silu": silu, "relu2": relu2, "gelu_tanh": gelu_tanh}
-
-
-class KVCache:
-    """Pre-allocated keys and values for every layer: [layers, kv_heads, context, head_dim]."""
-
-    def __init__(self, args: ModelArgs, context_length: int) -> None:
-        shape = (args.num_hidden_layers, args.num_key_value_heads, context_length, args.head_dim)
-        self.keys = np.zeros(shape, dtype=np.float32)  # calloc: pages become resident as used
-        self.values = np.zeros(shape, dtype=np.float32)
-        self.context_length = context_length
-        self.length = 0
-
-    def reset(self) -> None:
-        self.length = 0
 
 
 @dataclass
@@ -101,9 +89,11 @@ class Block:
 
 
 def attention_forward(
-    args: ModelArgs, rope: RotaryEmbedding, attn: Attention, x: np.ndarray, cache: KVCache, layer: int, start: int
+    args: ModelArgs, rope: RotaryEmbedding, attn: Attention, x: np.ndarray, cache: KVCache | Segments, layer: int,
+    start: int,
 ) -> np.ndarray:
-    """Grouped-query attention of x [T, hidden] at positions start.., writing K/V into the cache."""
+    """Grouped-query attention of x [T, hidden] at positions start.., writing K/V into the cache
+    (or, for Segments, each sequence's tokens at its own positions into its own cache)."""
     t = x.shape[0]
     h, kvh, d = args.num_attention_heads, args.num_key_value_heads, args.head_dim
     q = attn.q_proj(x).reshape(t, h, d)
@@ -111,15 +101,10 @@ def attention_forward(
     if attn.q_norm is not None:
         q = rms_norm(q, attn.q_norm, args.rms_norm_eps)
         k = rms_norm(k, attn.k_norm, args.rms_norm_eps)
-    q = rope.apply(q, start)
-    k = rope.apply(k, start)
     v = attn.v_proj(x).reshape(t, kvh, d)
-    end = start + t
-    cache.keys[layer, :, start:end] = k.transpose(1, 0, 2)
-    cache.values[layer, :, start:end] = v.transpose(1, 0, 2)
-    out = np.empty((t, h * d), dtype=np.float32)
-    attention(np.ascontiguousarray(q, dtype=np.float32), cache.keys[layer], cache.values[layer], start,
-              args.layer_window(layer), out, args.attention_scale, args.attn_logit_softcapping or 0.0)
+    # RoPE, the cache write and attention, per sequence when `cache` holds several (Segments)
+    out = cache.attend(layer, rope, q, k, v, start, args.layer_window(layer), args.attention_scale,
+                       args.attn_logit_softcapping or 0.0)
     if attn.sub_norm is not None:
         out = rms_norm(out, attn.sub_norm, args.rms_norm_eps)
     return attn.o_proj(np.ascontiguousarray(out, dtype=np.float32))
@@ -133,7 +118,8 @@ def mlp_forward(args: ModelArgs, mlp: MLP, x: np.ndarray) -> np.ndarray:
 
 
 def block_forward(
-    args: ModelArgs, rope: RotaryEmbedding, block: Block, x: np.ndarray, cache: KVCache, layer: int, start: int
+    args: ModelArgs, rope: RotaryEmbedding, block: Block, x: np.ndarray, cache: KVCache | Segments, layer: int,
+    start: int,
 ) -> np.ndarray:
     """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
     eps = args.rms_norm_eps
@@ -208,6 +194,7 @@ class Transformer:
 
     def __init__(self, reader: LowbitReader, args: ModelArgs, context_length: int | None = None) -> None:
         check_features(reader.metadata)
+        check_tensors(args, reader.tensors)  # before any kernel: they trust these shapes
         self.args = args
         self.reader = reader
         lookup = reader.tensors.get
@@ -217,13 +204,11 @@ class Transformer:
         self.lm_head = make_linear(lookup("lm_head.weight") or self.embed)
         p, rot = args.max_position_embeddings, args.rotary_dim
         self.rope = RotaryEmbedding(args.head_dim, p, args.rope_theta, args.rope_scaling, rot, context_length)
-        ropes = [self.rope]
+        self.ropes = [self.rope]
         if args.rope_local_base_freq is not None:  # sliding layers' own, unscaled RoPE (Gemma 3)
-            ropes.append(RotaryEmbedding(args.head_dim, p, args.rope_local_base_freq, None, rot))
-        self.layer_ropes = [ropes[1] if args.uses_local_rope(i) else ropes[0] for i in range(args.num_hidden_layers)]
-        # decode step: cos/sin [tables, P, rot/2]; per layer (window, table)
-        self.rope_cos = np.ascontiguousarray(np.stack([r.cos for r in ropes]))
-        self.rope_sin = np.ascontiguousarray(np.stack([r.sin for r in ropes]))
+            self.ropes.append(RotaryEmbedding(args.head_dim, p, args.rope_local_base_freq, None, rot, context_length))
+        self.layer_ropes = [self.ropes[int(args.uses_local_rope(i))] for i in range(args.num_hidden_layers)]
+        self._stack_ropes()
         self.layer_info = np.array(
             [(args.layer_window(i), int(args.uses_local_rope(i))) for i in range(args.num_hidden_layers)], dtype=np.int64
         ).reshape(-1, 2)
@@ -247,15 +232,83 @@ class Transformer:
         """Run ids [T] at positions cache.length.. and return logits [T or 1, vocab]."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         start, t = cache.length, len(ids)
-        if start + t > cache.context_length:
-            raise ValueError(f"context length {cache.context_length} exceeded ({start} + {t} tokens)")
+        cache.check_room(t)
+        self._check_ids(ids, start + t)
         x = self.embed_tokens(ids)
         if t == 1 and self.fused_decode:
             self.decode_step(x[0], cache, start)
         else:
             for i, block in enumerate(self.blocks):
                 x = block_forward(self.args, self.layer_ropes[i], block, x, cache, i, start)
-        cache.length = start + t
+        cache.advance(ids)
         if not all_logits:
             x = x[-1:]
         return softcap(self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
+
+    def _check_ids(self, ids: np.ndarray, end: int) -> None:
+        """Token ids index the embedding unchecked: refuse any outside the vocabulary; RoPE
+        tables grow to cover positions up to `end`."""
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.args.vocab_size):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise LowbitError(f"token id {bad} is outside the model's vocabulary of {self.args.vocab_size}")
+        if end > self.rope.positions:
+            for rope in self.ropes:
+                rope.ensure(end)
+            self._stack_ropes()
+
+    def _stack_ropes(self) -> None:
+        """The decode step's cos/sin [tables, P, rot/2]: the global table, then the local one."""
+        self.rope_cos = np.ascontiguousarray(np.stack([r.cos for r in self.ropes]))
+        self.rope_sin = np.ascontiguousarray(np.stack([r.sin for r in self.ropes]))
+
+    def forward_batch(self, segments: list[Segment]) -> np.ndarray:
+        """Several sequences in one pass: logits [S, vocab] of each segment's last token.
+
+        The linear layers run once over all the stacked tokens with the decode kernel applied to
+        each token (`Linear.rows`), so every weight row read serves every sequence, and each
+        token's result is exactly what it would be alone: outputs never depend on the company
+        a sequence keeps (the server's batching relies on this, bit for bit)."""
+        for seg in segments:
+            if seg.start != seg.cache.length or not seg.ids:
+                raise ValueError("a segment must continue its cache with at least one token")
+            seg.cache.check_room(len(seg.ids))
+        batch = Segments(segments)
+        ids = np.concatenate([np.asarray(s.ids, dtype=np.int64) for s in segments])
+        self._check_ids(ids, max(s.start + len(s.ids) for s in segments))
+        x = self.embed_tokens(ids)
+        blocks, head = self._per_token()
+        for i, block in enumerate(blocks):
+            x = block_forward(self.args, self.layer_ropes[i], block, x, batch, i, 0)
+        for seg in segments:
+            seg.cache.advance(seg.ids)
+        last = np.ascontiguousarray(x[batch.bounds[1:] - 1])
+        return softcap(head(_norm(last, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
+
+    def _per_token(self) -> tuple[list[Block], PerToken]:
+        """The blocks with every Linear wrapped in PerToken (built once; weights shared)."""
+        if getattr(self, "_per_token_blocks", None) is None:
+            self._per_token_blocks = [_wrap_linears(b) for b in self.blocks]
+            self._per_token_head = PerToken(self.lm_head)
+        return self._per_token_blocks, self._per_token_head
+
+
+class PerToken:
+    """A Linear that runs the decode kernel for each row of its input (`Linear.rows`)."""
+
+    def __init__(self, linear: Linear) -> None:
+        self.linear = linear
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.linear.rows(x)
+
+
+def _wrap_linears(obj: Any) -> Any:
+    """A copy of a Block / Attention / MLP dataclass with its Linear fields wrapped in PerToken."""
+    changes = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Linear):
+            changes[f.name] = PerToken(value)
+        elif is_dataclass(value):
+            changes[f.name] = _wrap_linears(value)
+    return replace(obj, **changes)

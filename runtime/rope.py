@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+ROPE_TYPES = ("default", "linear", "llama3", "longrope")  # rope_scaling types inverse_frequencies implements
+DEFAULT_POSITIONS = 4096  # tables built up front when the caller does not say how many it needs
+
 
 def inverse_frequencies(
     head_dim: int, theta: float, scaling: dict[str, Any] | None, context_length: int | None = None
@@ -54,7 +57,11 @@ def attention_factor(scaling: dict[str, Any] | None) -> float:
 
 
 class RotaryEmbedding:
-    """Precomputed cos/sin tables [positions, rotary_dim / 2] for every position up to the context."""
+    """Precomputed cos/sin tables [positions, rotary_dim / 2] for the context actually used.
+
+    `max_positions` is the model's limit (max_position_embeddings, which a file may set to 2^24);
+    the tables cover `context_length` (default min(limit, DEFAULT_POSITIONS)) and `ensure()` grows
+    them when a longer context is run, so their size follows the context, never the file's claim."""
 
     def __init__(
         self,
@@ -66,15 +73,29 @@ class RotaryEmbedding:
         context_length: int | None = None,
     ) -> None:
         self.rotary_dim = rotary_dim or head_dim
-        inv = inverse_frequencies(self.rotary_dim, theta, scaling, context_length or max_positions)
-        angles = np.outer(np.arange(max_positions, dtype=np.float64), inv)  # [P, R/2]
-        mult = attention_factor(scaling)
-        self.cos = (np.cos(angles) * mult).astype(np.float32)
-        self.sin = (np.sin(angles) * mult).astype(np.float32)
+        self.inv = inverse_frequencies(self.rotary_dim, theta, scaling, context_length or max_positions)
+        self.mult = attention_factor(scaling)
+        self.max_positions = max_positions
+        self._build(min(max_positions, DEFAULT_POSITIONS) if context_length is None else context_length)
+
+    def _build(self, n: int) -> None:
+        angles = np.outer(np.arange(n, dtype=np.float64), self.inv)  # [P, R/2]
+        self.cos = (np.cos(angles) * self.mult).astype(np.float32)
+        self.sin = (np.sin(angles) * self.mult).astype(np.float32)
+
+    @property
+    def positions(self) -> int:
+        return self.cos.shape[0]
+
+    def ensure(self, n: int) -> None:
+        """Tables for at least n positions (the kernels index them without bounds checks)."""
+        if n > self.positions:
+            self._build(max(n, min(2 * self.positions, self.max_positions)))
 
     def apply(self, x: np.ndarray, start: int) -> np.ndarray:
         """x [T, heads, D] at positions start..start+T-1 -> rotated copy."""
         t, _, d = x.shape
+        self.ensure(start + t)
         half = self.rotary_dim // 2
         cos = self.cos[start : start + t, None, :]
         sin = self.sin[start : start + t, None, :]

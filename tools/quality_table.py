@@ -59,7 +59,10 @@ LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML r
     # 1 bit where the rest of the model still works: SVID against ALS-fitted g/h
     ("onebit MLPs 10-19 (rest f32) SVID", dict(method="f32", recipe_text=ONEBIT_MLPS), False),
     ("onebit MLPs 10-19 (rest f32) calibrated", dict(method="f32", recipe_text=ONEBIT_MLPS), True),
+    # the source GGUF itself, re-packed without a second rounding (Q4_1 -> q4f, Q8_0 -> q8 g32)
+    ("keep (the Q4_1 GGUF re-packed)", dict(method="keep", source="gguf"), False),
 ]
+SOURCE_GGUF_LABEL = "Q4_1 (the source GGUF)"
 NOTES_MARKER = "<!-- notes below are kept by tools/quality_table.py -->"
 LLAMA_TYPES = ["Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "TQ2_0"]
 
@@ -101,7 +104,7 @@ def row_key(row: dict) -> tuple[str, str]:
 
 def merge_rows(saved: list[dict], new: list[dict]) -> list[dict]:
     """The saved table with `new` rows replacing or joining it, in the canonical row order."""
-    order = [("lowbit", "f32 reference")] + [("lowbit", v[0]) for v in LOWBIT_VARIANTS] + [("llama.cpp", t) for t in LLAMA_TYPES]
+    order = [("lowbit", "f32 reference")] + [("lowbit", v[0]) for v in LOWBIT_VARIANTS] + [("llama.cpp", t) for t in LLAMA_TYPES] + [("llama.cpp", "Q4_1")]
     merged = {row_key(r): r for r in saved}
     merged.update({row_key(r): r for r in new})
     rank = {k: i for i, k in enumerate(order)}
@@ -130,6 +133,7 @@ def target_lines(rows: list[dict]) -> list[str]:
         out.append(text)
 
     ours("q4 g128 GPTQ", 1.03, "Q4_0")
+    ours("keep (the Q4_1 GGUF re-packed)", 1.003, "Q4_1")
     ours("q3 g128 GPTQ", 1.15, "Q3_K_M")
     ours("q2 g64 GPTQ", None, "Q2_K")
     ours("target-bpw 2.5 (GPTQ)", None, "Q2_K")
@@ -169,19 +173,26 @@ def main() -> None:
             continue
         path = args.workdir / (re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("_") + ".lowbit")
         kwargs = dict(kwargs)
+        src = smollm2_gguf_path() if kwargs.pop("source", None) == "gguf" else hf
         if "recipe_text" in kwargs:
             kwargs["recipe"] = path.with_suffix(".toml")
             kwargs["recipe"].write_text(kwargs.pop("recipe_text"))
         timing = path.with_suffix(".seconds")  # a cached conversion keeps its measured time
         if not path.exists():
             t0 = time.perf_counter()
-            convert(hf, path, calibration=calib if calibrated else None, **kwargs)
+            convert(src, path, calibration=calib if calibrated else None, **kwargs)
             timing.write_text(f"{time.perf_counter() - t0:.1f}")
         seconds = float(timing.read_text()) if timing.exists() else 0.0
         info = summarize(path)
         rows.append({"engine": "lowbit", "variant": label, "file_mb": path.stat().st_size / 1e6,
                      "linear_bpw": info["linear_bits_per_weight"], **score(lowbit_logprobs(path, args.ctx), windows, ref_lp),
                      "seconds": round(seconds, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    if not only or SOURCE_GGUF_LABEL in only:  # llama.cpp on the downloaded file itself
+        s = gguf_summary(smollm2_gguf_path())
+        rows.append({"engine": "llama.cpp", "variant": SOURCE_GGUF_LABEL, "file_mb": s["file_size_bytes"] / 1e6,
+                     "linear_bpw": s["linear_bits_per_weight"],
+                     **score(llama_logprobs(smollm2_gguf_path(), args.ctx, args.threads), windows, ref_lp), "seconds": 0})
         print(json.dumps(rows[-1]), flush=True)
     f16 = args.workdir / "smollm2-F16.gguf"
     if not f16.exists():

@@ -34,6 +34,13 @@ def _bpw(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def _source_types(by: dict[str, int] | None) -> str:
+    """`  from GGUF Q4_1 kept ×210, Q6_K re-quantised ×2` for tensors converted from a GGUF."""
+    if not by:
+        return ""
+    return "  from GGUF " + ", ".join(f"{_safe(k)} ×{n}" for k, n in sorted(by.items(), key=lambda kv: -kv[1]))
+
+
 def _format_summary(s: dict[str, Any]) -> list[str]:
     lines = []
 
@@ -55,7 +62,8 @@ def _format_summary(s: dict[str, Any]) -> list[str]:
     for i, (name, e) in enumerate(s["encodings"].items()):
         row(
             "encodings" if i == 0 else "",
-            f"{_safe(name):<12} {e['weights']:>14,} weights {_size(e['bytes']):>10}  {_bpw(e['bits_per_weight'])} bpw",
+            f"{_safe(name):<12} {e['weights']:>14,} weights {_size(e['bytes']):>10}  {_bpw(e['bits_per_weight'])} bpw"
+            + _source_types(e.get("source_types")),
         )
     tok = s["tokenizer"]
     kind = _safe(tok["kind"] or "unknown") + (f" ({_safe(tok['blob'])})" if tok["blob"] else "")

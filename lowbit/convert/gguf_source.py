@@ -88,10 +88,10 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _open_reader(path: Path) -> Any:
-    import gguf
+    from lowbit.convert.gguf_quants import open_reader
 
     try:
-        return gguf.GGUFReader(path)
+        return open_reader(path)
     except (ValueError, IndexError, TypeError, OSError) as e:
         # gguf-py lets a truncated or foreign file surface as raw numpy errors
         raise ConversionError(
@@ -115,16 +115,27 @@ class GGUFCheckpoint:
                 f"(supported: {', '.join(ARCHITECTURES)})"
             )
         self.arch = ARCHITECTURES[self.gguf_architecture]
-        self._tensors = self._map_tensors()
-        self.config = self._build_config()
-        self.generation_config = self._build_generation_config()
+        try:
+            self._tensors = self._map_tensors()
+            self.config = self._build_config()
+            self.generation_config = self._build_generation_config()
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError, IndexError, KeyError) as e:
+            # hostile metadata (a head count of 0, a string where a number goes, ...)
+            raise ConversionError(
+                f"{self.path.name}: malformed GGUF metadata ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            ) from None
 
     # -- metadata ---------------------------------------------------------------------------
     def meta(self, key: str, default: Any = None) -> Any:
         """A metadata value as a Python value (str, int, float, bool or list), cached."""
         if key not in self._cache:
             field = self._reader.fields.get(key)
-            self._cache[key] = default if field is None else field.contents()
+            try:
+                self._cache[key] = default if field is None else field.contents()
+            except (UnicodeDecodeError, ValueError, IndexError, TypeError) as e:
+                raise ConversionError(
+                    f"{self.path.name}: GGUF metadata {key} cannot be read ({type(e).__name__})"
+                ) from None
         value = self._cache[key]
         return default if value is None else value
 
@@ -168,25 +179,28 @@ class GGUFCheckpoint:
 
     def get(self, name: str) -> np.ndarray:
         """One tensor as a writable float32 array, dequantised, in HF row order."""
-        import gguf.quants
+        from lowbit.convert.gguf_quants import dequantize
 
         t = self._tensors[name]
-        try:
-            w = gguf.quants.dequantize(t.data, t.tensor_type)
-        except NotImplementedError:
-            raise UnsupportedModel(
-                f"{self.path.name}: tensor {name} uses GGML type {t.tensor_type.name}, which gguf-py cannot dequantise"
-            ) from None
+        w = dequantize(t, f"{self.path.name}: ")
         # a copy: never hand out (read-only) views of the memory map
         w = np.array(w, dtype=np.float32).reshape(self.shape(name))
         if self.arch.norm_shift and name.endswith("norm.weight"):  # Gemma: llama.cpp stores 1 + w
             w -= np.float32(self.arch.norm_shift)
+        return np.ascontiguousarray(self.hf_rows(name, w))
+
+    def gguf_tensor(self, name: str) -> Any:
+        """The gguf-py ReaderTensor behind an HF name (raw blocks, for lossless re-packing)."""
+        return self._tensors[name]
+
+    def hf_rows(self, name: str, w: np.ndarray) -> np.ndarray:
+        """Rows of a tensor (values or raw block rows) in HF order: Q/K un-permuted."""
         if self.arch.permuted_qk:
             if ".self_attn.q_proj." in name:
-                w = unpermute_qk(w, self.config["num_attention_heads"])
-            elif ".self_attn.k_proj." in name:
-                w = unpermute_qk(w, self.config["num_key_value_heads"])
-        return np.ascontiguousarray(w)
+                return unpermute_qk(w, self.config["num_attention_heads"])
+            if ".self_attn.k_proj." in name:
+                return unpermute_qk(w, self.config["num_key_value_heads"])
+        return w
 
     def iter_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         """(HF name, float32 array), one at a time, in file order."""

@@ -51,6 +51,7 @@ METHODS: dict[str, Method] = {
         Method("ternary", "ternary", {"scale_mode": "tensor"}, "BitNet b1.58 ternary, 2-bit codes", True),
         Method("ternary-1.6", "ternary-1.6", {"scale_mode": "tensor"}, "ternary, 5 trits per byte (1.6 bit)", True),
         Method("onebit", "onebit", {"layernorm": False}, "OneBit sign bits + f16 value vectors (SVID)", True),
+        Method("keep", "q4", {"group_size": 128}, "GGUF input: re-pack every tensor whose grid lowbit holds exactly, q4 for the rest"),
     )
 }
 PARAM_KEYS = {"group_size", "scale_mode", "layernorm"}

@@ -18,6 +18,8 @@ bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
     Q2/Q3/Q4      codes   scales u8    zeros    row_scale   G       -
     T2/T3         codes   -            -        scale f32   -       -
     ONEBIT        signs   g f16        h f16    -           -       1 = LayerNorm
+    AFFINE        codes   scales f16   mins f16 -           G       bits | zero << 8
+                                       (or empty: no minimums)
 
 `prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
 quantisation of x (per token, per block of 32 for q8, per group for q4) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
@@ -30,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from lowbit.runtime.kernels.affine import affine_row
 from lowbit.runtime.kernels.common import pad_vector
 from lowbit.runtime.kernels.grouped import group_sums, q4_row, quantize_groups
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
@@ -39,10 +42,10 @@ from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
 from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3
 from lowbit.runtime.kernels.ternary import quantize_into
 
-F32, F16, BF16, Q8, Q2, Q3, Q4, T2, T3, ONEBIT = range(10)
+F32, F16, BF16, Q8, Q2, Q3, Q4, T2, T3, ONEBIT, AFFINE = range(11)
 KINDS = {
     "f32": F32, "f16": F16, "bf16": BF16, "q8": Q8, "q2": Q2, "q3": Q3, "q4": Q4,
-    "ternary": T2, "ternary-1.6": T3, "onebit": ONEBIT,
+    "ternary": T2, "ternary-1.6": T3, "onebit": ONEBIT, "q1f": AFFINE, "q2f": AFFINE, "q4f": AFFINE,
 }  # fmt: skip
 ROWS_PER_TASK = 16  # output rows one parallel task computes (one kind branch per task)
 MAX_TASKS = 64  # parallel tasks of one matvec call at most
@@ -94,6 +97,8 @@ def prepare(desc, x):
     elif kind == Q2 or kind == Q3:
         xf = pad_vector(x, b.shape[1] * group)
         xs = group_sums(xf, group)
+    elif kind == AFFINE:
+        xs = group_sums(x, group)
     elif kind == T2 or kind == T3:
         per = 4 if kind == T2 else 5
         xq = np.zeros(a.shape[1] * per, dtype=np.int8)
@@ -152,6 +157,16 @@ def rows_into(desc, act, y, r0, r1):
         for r in range(r0, r1):
             prefetch_row(a, r + ahead)
             y[r] = onebit_row(a[r], xq, off, f16_to_f32(h[r]), inv, tail)
+    elif kind == AFFINE:
+        flags = desc[7]
+        sc = b.view(np.uint16)
+        mn = c.view(np.uint16)
+        has_min = mn.shape[1] > 0
+        no_zeros = np.zeros(sc.shape[1], dtype=np.uint8)
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            m = mn[r] if has_min else mn[0]
+            y[r] = affine_row(a[r], xf, xs, sc[r], m, has_min, flags & 255, flags >> 8, group, no_zeros)
     elif kind == Q8:
         codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
         scales = b.view(np.uint16)
@@ -226,6 +241,27 @@ def matvec(desc, x, y):
     finish(desc, y)
 
 
+@kernel
+def matvec_rows(desc, x, y):
+    """y [B, out]: W x[b] for B tokens (x float32 [B, in]), each row bit for bit what `matvec`
+    gives that token alone (the same prepare / rows_into / finish), while every block of
+    ROWS_PER_TASK weight rows is fetched from memory once and used by all B tokens."""
+    n_tok = x.shape[0]
+    acts = [prepare(desc, x[0])]
+    for b in range(1, n_tok):
+        acts.append(prepare(desc, x[b]))
+    out = y.shape[1]
+    step = max(ROWS_PER_TASK, (out + MAX_TASKS - 1) // MAX_TASKS)
+    for t in prange((out + step - 1) // step):
+        end = min(out, t * step + step)
+        for r0 in range(t * step, end, ROWS_PER_TASK):
+            r1 = min(end, r0 + ROWS_PER_TASK)
+            for b in range(n_tok):
+                rows_into(desc, acts[b], y[b], r0, r1)
+    for b in range(n_tok):
+        finish(desc, y[b])
+
+
 # -- building descriptors ----------------------------------------------------------------------
 
 
@@ -249,22 +285,22 @@ _TERNARY = ("codes", None, None, "scale")
 _PART_NAMES = {
     F32: ("data",), F16: ("data",), BF16: ("data",), Q8: ("codes", "scales"),
     Q2: _GROUPED, Q3: _GROUPED, Q4: _GROUPED, T2: _TERNARY, T3: _TERNARY,
-    ONEBIT: ("signs", "g", "h"),
+    ONEBIT: ("signs", "g", "h"), AFFINE: ("codes", "scales", "mins"),
 }  # fmt: skip
 
 
 def make_descriptor(
     encoding: str, parts: dict[str, np.ndarray], group: int = 0, layernorm: bool = False,
-    bias: np.ndarray | None = None,
+    bias: np.ndarray | None = None, flags: int = 0,
 ) -> tuple:
     """The descriptor tuple for one linear layer's parts (see the module docstring)."""
     kind = KINDS[encoding]
     names = _PART_NAMES[kind]
-    arrays = [_bytes2d(parts[n]) if n else _EMPTY for n in names]
+    arrays = [_bytes2d(parts[n]) if n in parts else _EMPTY for n in names]
     arrays += [_EMPTY] * (4 - len(arrays))
     if bias is None:
         b = _NO_BIAS
     else:
         b = np.ascontiguousarray(bias, dtype=np.float32).copy()
         b.flags.writeable = False
-    return (kind, *arrays, b, int(group), int(bool(layernorm)))
+    return (kind, *arrays, b, int(group), int(bool(layernorm)) | int(flags))

@@ -755,9 +755,28 @@ def _group_q3(row: _Row, cbase, xbase):
     return row.fma(ir.Constant(_v8f32, [ir.Constant(_f32, 4.0)] * 8), hi8, low)
 
 
+def _group_q1(row: _Row, cbase, xbase):
+    """One bit per weight (q1f): G/8 bytes, bit k of byte j ↔ x[k·G/8 + j]; Σ bit·x."""
+    b = row.b
+    e = b.udiv(row.group, row.const(8))
+    zero4 = ir.Constant(_v4f32, None)
+
+    def body(j, acc):
+        v = row.codes_i32(b.add(cbase, j), 4)
+        out = list(acc)
+        for k in range(8):
+            xo = b.add(b.add(xbase, b.mul(e, row.const(k))), j)
+            out[k] = row.fma(row.field(v, k, 1, 4), row.xvec(xo, 4), out[k])
+        return out
+
+    s4 = _sum(b, row.loop(e, 4, [zero4] * 8, body))
+    return b.shuffle_vector(s4, zero4, ir.Constant(ir.VectorType(_i32, 8), list(range(8))))
+
+
 def _build_grouped(context, builder, sig, args, group_dot) -> ir.Value:
     b = builder
     row = _Row(context, builder, sig, args)
+    f16_scales = sig.args[2].dtype == types.uint16
     per = b.udiv(b.mul(row.group, row.const(row_bits[group_dot])), row.const(8))
     pre = b.block
     head = b.append_basic_block("rows.group")
@@ -773,7 +792,10 @@ def _build_grouped(context, builder, sig, args, group_dot) -> ir.Value:
     acc.add_incoming(_zeros8(), pre)
     zs.add_incoming(zero_f, pre)
     d = group_dot(row, b.mul(g, per), b.mul(g, row.group))
-    s = b.uitofp(b.load(b.gep(row.scales, [g])), _f32)
+    if f16_scales:  # q1f/q2f/q4f: f16 group scales (raw bits)
+        s = b.fpext(b.bitcast(b.load(b.gep(row.scales, [g])), ir.HalfType()), _f32)
+    else:
+        s = b.uitofp(b.load(b.gep(row.scales, [g])), _f32)
     z = b.uitofp(b.load(b.gep(row.zeros, [g])), _f32)
     xsg = b.load(b.gep(row.xs, [g]))
     s8 = b.insert_element(ir.Constant(_v8f32, None), s, ir.Constant(_i32, 0))
@@ -800,7 +822,7 @@ def _build_grouped(context, builder, sig, args, group_dot) -> ir.Value:
     return b.fsub(_sum(b, lanes), zs_f)
 
 
-row_bits = {_group_q4: 4, _group_q3: 3, _group_q2: 2}
+row_bits = {_group_q4: 4, _group_q3: 3, _group_q2: 2, _group_q1: 1}
 
 
 def _grouped_intrinsic(group_dot, name: str):
@@ -810,7 +832,8 @@ def _grouped_intrinsic(group_dot, name: str):
                 isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
                 for a in (codes, x, scales, zeros, xs)
             )
-            and codes.dtype == scales.dtype == zeros.dtype == types.uint8
+            and codes.dtype == zeros.dtype == types.uint8
+            and scales.dtype in (types.uint8, types.uint16)  # u8 integer scales or f16 bits
             and x.dtype == xs.dtype == types.float32
             and isinstance(group, types.Integer)
         )
@@ -829,6 +852,8 @@ def _grouped_intrinsic(group_dot, name: str):
 
 
 # row_dot_qB(codes_row, xp, scales_row, zeros_row, xs, G) -> Σ_g sq_g (Σ_{i in g} q_i xp_i − z_g xs_g)
+# (scales u8, or u16 f16 bits for the q{b}f encodings; row_dot_q1: one bit per weight, q1f's layout)
+row_dot_q1 = _grouped_intrinsic(_group_q1, "row_dot_q1")
 row_dot_q4 = _grouped_intrinsic(_group_q4, "row_dot_q4")
 row_dot_q3 = _grouped_intrinsic(_group_q3, "row_dot_q3")
 row_dot_q2 = _grouped_intrinsic(_group_q2, "row_dot_q2")

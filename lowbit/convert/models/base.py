@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from lowbit.errors import UnsupportedModel
+from lowbit.runtime.rope import ROPE_TYPES
 
 LINEAR_RE = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq", ".weight_scale")
-ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 # the lowbit release that first ran each model feature (SPEC.md 3.3); files list what they need
 FEATURE_VERSIONS = {
     "qk_norm": "0.2.0",

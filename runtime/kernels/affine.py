@@ -1,0 +1,155 @@
+"""q1f / q2f / q4f: grouped codes with f16 group scales and optional f16 minimums (SPEC.md 2.7),
+the exact grids of GGUF's Q1_0, Q2_0 / TQ2_0, Q4_0 / Q4_1.
+
+    Ŵ[r, i] = s[r, g] · (v[r, i] − zero) + m[r, g]      (v = q, or 2q − 1 for b = 1)
+    y[r]    = Σ_g s[r, g] · (Σ_{i in g} v_i x_i − zero · xs[g]) + m[r, g] · xs[g]
+
+with the activation's group sums xs[g] = Σ_{i in g} x_i computed once per token and shared by
+every row. Decode keeps the activation in float32 (these grids come from files that llama.cpp
+runs with int8 activations; float keeps lowbit's result equal to the dequantised weights times
+x, which the GGUF keep tests hold it to) and walks each group's streams over consecutive bytes
+against contiguous slices of x, as the q2/q4 kernels do (b = 4: low nibbles vs x[0:G/2], high
+vs x[G/2:G]; b = 2: stream k = bits 2k..2k+1 vs x[k·G/4 ..]; b = 1: bit k of byte j vs
+x[k·G/8 + j]). Prefill dequantises a block of rows once into scratch and multiplies it with
+every token (`common.rows_times_tokens`), as the other prefill kernels do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from lowbit.formats.encodings.affine import Q1F, Q2F, Q4F
+from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
+from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
+from lowbit.runtime.kernels.simd import row_dot_q1, row_dot_q2, row_dot_q4
+
+f32 = np.float32
+i32 = np.int32
+
+
+@helper
+def _group_dot(cg, xg, bits, group):
+    """Σ v·x over one group (v = code, or the bit for b = 1; the caller maps 2q − 1)."""
+    s = f32(0.0)
+    if bits == 4:
+        h = group // 2
+        x0 = xg[:h]
+        x1 = xg[h:]
+        for j in range(h):
+            b = i32(cg[j])
+            s += f32(b & 15) * x0[j] + f32(b >> 4) * x1[j]
+    elif bits == 2:
+        m = group // 4
+        for k in range(4):
+            xk = xg[k * m : (k + 1) * m]
+            for j in range(m):
+                s += f32((i32(cg[j]) >> (2 * k)) & 3) * xk[j]
+    else:
+        e = group // 8
+        for k in range(8):
+            xk = xg[k * e : (k + 1) * e]
+            for j in range(e):
+                s += f32((i32(cg[j]) >> k) & 1) * xk[j]
+    return s
+
+
+@helper
+def affine_row(codes, x, xs, scales, mins, has_min, bits, zero, group, no_zeros):
+    """y for one row: codes u8 [in·b/8], x f32 [in], xs f32 [ng] (group sums), scales / mins u16
+    [ng] (f16 bits), no_zeros u8 [ng] of zeros. The products run in the q2/q4 kernels' vector
+    IR (`simd.row_dot_q{b}`, here with f16 scales): Σ_g s_g Σ v·x; the zero point and the
+    minimums add Σ_g (m_g − s_g·zero') xs_g (zero' = zero, or 1 for b = 1's 2q − 1)."""
+    if bits == 4:
+        acc = row_dot_q4(codes, x, scales, no_zeros, xs, group)
+    elif bits == 2:
+        acc = row_dot_q2(codes, x, scales, no_zeros, xs, group)
+    else:
+        acc = f32(2.0) * row_dot_q1(codes, x, scales, no_zeros, xs, group)
+    z = f32(zero + (1 if bits == 1 else 0))
+    corr = f32(0.0)
+    for g in range(scales.shape[0]):
+        c = -z * f16_to_f32(scales[g])
+        if has_min:
+            c += f16_to_f32(mins[g])
+        corr += c * xs[g]
+    return acc + corr
+
+
+@helper
+def affine_row_loops(codes, x, xs, scales, mins, has_min, bits, zero, group):
+    """As affine_row in plain loops (the form the vector IR replaced; kept for the tests)."""
+    per = group * bits // 8
+    acc = f32(0.0)
+    z = f32(zero)
+    for g in range(scales.shape[0]):
+        s = _group_dot(codes[g * per : (g + 1) * per], x[g * group : (g + 1) * group], bits, group)
+        if bits == 1:
+            s = f32(2.0) * s - xs[g]
+        acc += f16_to_f32(scales[g]) * (s - z * xs[g])
+        if has_min:
+            acc += f16_to_f32(mins[g]) * xs[g]
+    return acc
+
+
+@helper
+def _dequantize_row(c, sc, mn, has_min, bits, zero, group, dst):
+    """One row of Ŵ into dst f32 [in]."""
+    per = group * bits // 8
+    for g in range(sc.shape[0]):
+        s = f16_to_f32(sc[g])
+        m = f16_to_f32(mn[g]) if has_min else f32(0.0)
+        cg = c[g * per : (g + 1) * per]
+        dg = dst[g * group : (g + 1) * group]
+        if bits == 4:
+            h = group // 2
+            for j in range(h):
+                b = i32(cg[j])
+                dg[j] = s * f32((b & 15) - zero) + m
+                dg[h + j] = s * f32((b >> 4) - zero) + m
+        elif bits == 2:
+            q = group // 4
+            for k in range(4):
+                for j in range(q):
+                    dg[k * q + j] = s * f32(((i32(cg[j]) >> (2 * k)) & 3) - zero) + m
+        else:
+            e = group // 8
+            for k in range(8):
+                for j in range(e):
+                    dg[k * e + j] = s * f32(2 * ((i32(cg[j]) >> k) & 1) - 1) + m
+
+
+@kernel
+def affine_prefill(x, codes, scales, mins, bits, zero, group, y):
+    """x f32 [T, in]; codes u8 [out, in·b/8]; scales u16 [out, ng]; mins u16 [out, ng] or
+    [out, 0] (no minimums); y f32 [T, out]."""
+    out, ng = scales.shape
+    has_min = mins.shape[1] > 0
+    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
+    for b in prange(nblocks):
+        r0 = b * ROW_BLOCK
+        nr = min(ROW_BLOCK, out - r0)
+        scratch = np.empty((ROW_BLOCK, ng * group), dtype=np.float32)
+        for i in range(nr):
+            r = r0 + i
+            _dequantize_row(codes[r], scales[r], mins[r], has_min, bits, zero, group, scratch[i])
+        rows_times_tokens(scratch, nr, x, y, r0)
+
+
+# -- numpy reference ------------------------------------------------------------------------
+
+
+def affine_ref(
+    x: np.ndarray, codes: np.ndarray, scales: np.ndarray, mins: np.ndarray | None, bits: int,
+    zero: int, group: int,
+) -> np.ndarray:
+    """x [T, in] -> [T, out] through the encoding's own dequantize(), in float64 (both kernels
+    keep float32 activations)."""
+    enc = {1: Q1F, 2: Q2F, 4: Q4F}[bits]
+    parts = {"codes": codes, "scales": scales.view(np.float16)}
+    if mins is not None:
+        parts["mins"] = mins.view(np.float16)
+    n_in = codes.shape[1] * 8 // bits
+    params = {"group_size": group, "zero": zero, "has_min": mins is not None}
+    w = enc.dequantize(parts, (codes.shape[0], n_in), params)
+    return (np.asarray(x, np.float64) @ w.astype(np.float64).T).astype(np.float32)
