@@ -141,6 +141,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "final_logit_softcapping": _positive_or_null,
     "layer_types": _layer_types,
     "rope_local_base_freq": _positive_or_null,
+    "linear_norm_eps": _positive_or_null,
     "partial_rotary_factor": _partial_rotary,
 }
 
@@ -212,6 +213,12 @@ TENSOR_ROLES: tuple[Role, ...] = (
     Role(_L + "mlp.up_proj.bias", lambda a: (a.intermediate_size,), "vector", _OPTIONAL),
     Role(_L + "mlp.down_proj.bias", lambda a: (a.hidden_size,), "vector", _OPTIONAL),
     Role(_L + "mlp.ffn_sub_norm.weight", lambda a: (a.intermediate_size,), "vector", _OPTIONAL),
+    # Falcon-E (use_rms_norm): each linear's own input norm, [in_features]
+    *(Role(_L + f"{m}.input_norm.weight", shape, "vector", feature="linear_norm_eps") for m, shape in (
+        ("self_attn.q_proj", lambda a: (a.hidden_size,)), ("self_attn.k_proj", lambda a: (a.hidden_size,)),
+        ("self_attn.v_proj", lambda a: (a.hidden_size,)), ("self_attn.o_proj", lambda a: (_q(a),)),
+        ("mlp.gate_proj", lambda a: (a.hidden_size,)), ("mlp.up_proj", lambda a: (a.hidden_size,)),
+        ("mlp.down_proj", lambda a: (a.intermediate_size,)))),
 )
 
 

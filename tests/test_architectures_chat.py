@@ -133,6 +133,7 @@ def test_chat_command_sets_template_variables(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lowbit.cli", "chat", str(path), "--template-var", "enable thinking"],
                           input="", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "NAME=VALUE" in proc.stderr  # a bad option: one error line, exit 1 (issue 20)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_jinja_extensions_render_as_transformers(tmp_path):
