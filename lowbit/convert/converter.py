@@ -28,6 +28,7 @@ from lowbit.convert.architectures import (
 )
 from lowbit.convert.bitnet import ternary_scale, unpack_hf_ternary
 from lowbit.convert.models import FEATURE_VERSIONS, CheckpointView, required_features
+from lowbit.convert.models.base import llama_names, llama_optional
 from lowbit.convert.recipe import METHODS, Recipe, load_recipe
 from lowbit.convert.sources import check_weight, open_checkpoint
 from lowbit.errors import ConversionError, LowbitError
@@ -84,27 +85,8 @@ class ConvertResult:
 
 
 def expected_tensors(spec: ModelSpec) -> set[str]:
-    if spec.tensors is not None:
-        return set(spec.tensors.required)
-    cfg = spec.config
-    names = {"model.embed_tokens.weight", "model.norm.weight"}
-    if not cfg["tie_word_embeddings"]:
-        names.add("lm_head.weight")
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        names |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
-        names |= {p + f"self_attn.{x}_proj.weight" for x in "qkvo"}
-        names |= {p + f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")}
-    return names
-
-
-def optional_tensor(name: str) -> bool:
-    """Tensors a model may or may not have: biases, BitNet sub-norms, an untied lm_head."""
-    return (
-        name.endswith((".q_proj.bias", ".k_proj.bias", ".v_proj.bias", ".o_proj.bias"))
-        or name.endswith((".attn_sub_norm.weight", ".ffn_sub_norm.weight"))
-        or name == "lm_head.weight"
-    )
+    """The tensors the checkpoint must have: its module's own list, else the Llama block's."""
+    return set(spec.tensors.required) if spec.tensors is not None else llama_names(spec.config)
 
 
 def _token_str(value: Any) -> str | None:
@@ -251,7 +233,7 @@ def convert(
     missing = sorted(required - set(canon))
     if missing:
         raise ConversionError(f"checkpoint lacks tensor {missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1 else f"checkpoint lacks tensor {missing[0]}")
-    optional = spec.tensors.optional if spec.tensors is not None else optional_tensor
+    optional = spec.tensors.optional if spec.tensors is not None else llama_optional
     unexpected = sorted(n for n in canon if n not in required and not optional(n))
     if unexpected:
         raise ConversionError(f"unexpected tensor {unexpected[0]} for {spec.source_architecture} (an unsupported variant?)")
