@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from test_quantized_forward import INT8_ACTIVATIONS, PRESETS, ReferenceLinear
-from tiny_models import COMMON, random_ids, write_tokenizer
+from tiny_models import COMMON, random_ids, randomise_and_save
 
 import lowbit.runtime.model as model_module
 from lowbit.convert.converter import convert
@@ -86,18 +86,7 @@ FAMILIES = ["qwen3", "qwen3-tied-sliding", "gemma2", "gemma3", "gemma3-multimoda
 def save(family: str, folder, seed: int):
     torch.manual_seed(seed)
     model = make_model(family).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_((0.0 if "gemma" in family else 1.0) + 0.2 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) * 0.08)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    write_tokenizer(folder)
-    return folder, model
+    return randomise_and_save(model, folder, 0.0 if "gemma" in family else 1.0), model
 
 
 def runtime_logits(path, ids, context=None, prompt=PROMPT) -> np.ndarray:

@@ -92,11 +92,18 @@ def save_tiny(arch: str, folder: Path, seed: int = 0, **overrides) -> Path:
         "mistral": tf.MistralForCausalLM,
         "bitnet": tf.BitNetForCausalLM,
     }[arch]
-    model = cls(config).eval()
+    return randomise_and_save(cls(config).eval(), folder)
+
+
+def randomise_and_save(model, folder: Path, norm_base: float = 1.0):
+    """Random weights (norms around `norm_base`: 0 for Gemma's 1+w norms), saved with the test
+    tokenizer; returns the folder."""
+    import torch
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                p.copy_(norm_base + 0.2 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
             else:
