@@ -17,9 +17,9 @@ import lowbit.runtime.model as model_module
 from lowbit.convert.converter import convert
 from lowbit.convert.gguf_source import GGUFCheckpoint
 from lowbit.errors import LowbitError
+from lowbit.file_info import summarize
 from lowbit.formats import LowbitReader
 from lowbit.formats.encodings import ENCODINGS
-from lowbit.inspect import summarize
 from lowbit.runtime.kernels.affine import affine_ref
 from lowbit.runtime.linear import make_linear
 

@@ -60,7 +60,7 @@ def busy_loop() -> subprocess.Popen:
 
 def default_model() -> str:
     from lowbit.demo_model import ensure_smollm2_checkpoint
-    from lowbit.models import resolve_model
+    from lowbit.model_cache import resolve_model
 
     return str(resolve_model(str(ensure_smollm2_checkpoint()), method="q4"))
 
