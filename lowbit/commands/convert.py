@@ -1,4 +1,5 @@
-"""`lowbit convert SOURCE -o OUT.lowbit`."""
+"""`lowbit convert SOURCE -o OUT.lowbit`: validates the options, then hands the work to
+`lowbit.convert.converter.convert`."""
 
 from __future__ import annotations
 
