@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.bench import ordinary_ids, peak_rss_mb, timed_run
+
 TOOLS = Path(__file__).resolve().parent
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
@@ -200,30 +202,18 @@ def _peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    from lowbit.bench import peak_rss_mb
-
     return peak_rss_mb()
 
 
 def _run(engine, prompt: list[int], gen: int) -> dict[str, Any]:
-    engine.reset()
-    t0 = time.perf_counter()
-    logits = engine.prefill(prompt)
-    tp = time.perf_counter()
-    tok = int(np.argmax(logits))
-    t1 = time.perf_counter()
-    tokens = [tok]
-    for _ in range(gen):
-        tok = int(np.argmax(engine.decode(tok)))
-        tokens.append(tok)
-    t2 = time.perf_counter()
+    r = timed_run(engine, prompt, gen)
     return {
-        "prefill_s": tp - t0,
-        "time_to_first_token_s": t1 - t0,
-        "decode_s": t2 - t1,
-        "prefill_tps": len(prompt) / (tp - t0),
-        "decode_tps": gen / (t2 - t1) if gen else float("nan"),
-        "tokens": tokens,
+        "prefill_s": r.prefill_s,
+        "time_to_first_token_s": r.time_to_first_token_s,
+        "decode_s": r.decode_s,
+        "prefill_tps": len(prompt) / r.prefill_s,
+        "decode_tps": gen / r.decode_s if gen else float("nan"),
+        "tokens": r.tokens,
     }
 
 
@@ -448,16 +438,6 @@ def quantize_fallbacks(m: ModelFiles, qtype: str) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 # the benchmark
 # --------------------------------------------------------------------------------------------
-def make_prompt(vocab: int, n: int, avoid: set[int], seed: int = 0) -> list[int]:
-    """n ordinary token ids from the range lowbit.bench.bench_prompt draws from."""
-    rng = np.random.default_rng(seed)
-    lo, hi = min(1000, vocab // 4), vocab // 2
-    ids: list[int] = []
-    while len(ids) < n:
-        ids += [int(i) for i in rng.integers(lo, hi, size=n) if int(i) not in avoid]
-    return ids[:n]
-
-
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
@@ -551,7 +531,7 @@ def run_benchmark(args) -> dict[str, Any]:
         avoid = {int(x) for x in (eos if isinstance(eos, list) else [eos]) if x is not None}
         if cfg.get("bos_token_id") is not None:
             avoid.add(int(cfg["bos_token_id"]))
-        prompt = make_prompt(int(cfg["vocab_size"]), args.prompt_tokens, avoid)
+        prompt = ordinary_ids(int(cfg["vocab_size"]), args.prompt_tokens, avoid)
         entry: dict[str, Any] = {"description": MODELS[name], "hf_dir": str(m.hf_dir), "f16_gguf": str(m.f16_gguf),
                                  "files": {}, "pairs": [], "steps": m.steps, "refused": []}
         report["models"][name] = entry
