@@ -227,5 +227,7 @@ class Worker:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 5 or sys.argv[1] not in ("lowbit", "llamacpp"):
+        sys.exit("usage: bench_engines.py lowbit|llamacpp MODEL THREADS CTX (started by bench_vs_llamacpp.py)")
     engine_name, model, n_threads, n_ctx = sys.argv[1:5]
     sys.exit(worker_main(engine_name, model, int(n_threads), int(n_ctx)))
