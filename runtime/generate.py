@@ -123,14 +123,3 @@ def stream_generate(
         if n == 1:
             t_decode = time.perf_counter()
         logits = model.decode(token)
-
-
-def greedy_tokens(model: LanguageModel, prompt_ids: Sequence[int], n: int) -> list[int]:
-    """n greedy tokens after prompt_ids (no detokenisation): for tests and benchmarks."""
-    logits = model.prefill(list(prompt_ids))
-    out = []
-    for _ in range(n):
-        tok = int(np.argmax(logits))
-        out.append(tok)
-        logits = model.decode(tok)
-    return out

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from cli_runner import run_lowbit
 
+from lowbit.file_info import summarize
 from lowbit.formats import LowbitReader
-from lowbit.inspect import summarize
 
 GOLDEN = Path(__file__).parent / "golden"
 

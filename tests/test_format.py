@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lowbit.file_info import summarize
 from lowbit.formats import LowbitReader, LowbitWriter
 from lowbit.formats.encodings import BF16, F16, F32, ONEBIT, Q2, Q3, Q4, Q8, TERNARY, TERNARY_1P6
 from lowbit.formats.errors import (
@@ -31,7 +32,6 @@ from lowbit.formats.errors import (
     UnknownEncoding,
     UnsupportedVersion,
 )
-from lowbit.inspect import summarize
 
 # SPEC.md 1.1, written out here rather than imported: the spec is the oracle
 MAGIC = b"\x89LOWBIT\n"

@@ -17,9 +17,9 @@ import lowbit.runtime.model as model_module
 from lowbit.convert.converter import convert
 from lowbit.convert.gguf_source import GGUFCheckpoint
 from lowbit.errors import LowbitError
+from lowbit.file_info import summarize
 from lowbit.formats import LowbitReader
 from lowbit.formats.encodings import ENCODINGS
-from lowbit.inspect import summarize
 from lowbit.runtime.kernels.affine import affine_ref
 from lowbit.runtime.linear import make_linear
 
@@ -159,7 +159,6 @@ def test_keep_refuses_other_inputs(tmp_path: Path, kept) -> None:
     assert not (tmp_path / "x.lowbit").exists() and not (tmp_path / "y.lowbit").exists()
 
 
-@pytest.mark.slow
 def test_smollm2_keep_ppl_equals_f32(smollm2_gguf, smollm2_file, tmp_path: Path) -> None:
     """SmolLM2's Q4_1 GGUF kept: ≤ 5.0 bits/weight on the linear layers and PPL on the held-out
     text within 0.3 % of the f32 conversion (the same grid, so in fact equal up to float order)."""

@@ -62,7 +62,7 @@ def sh(cmd: str, cwd: Path, env: dict[str, str], timeout: int = 1200) -> subproc
 @pytest.fixture
 def home_with_demo_model(tmp_path, smollm2_hf_dir, smollm2_file, monkeypatch):
     """A LOWBIT_HOME whose cache already holds the demo's HF folder and its q4 conversion."""
-    from lowbit.models import cached_path
+    from lowbit.model_cache import cached_path
 
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)

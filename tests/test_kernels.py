@@ -391,15 +391,20 @@ def test_simd_dots_match_portable_loops(variant):
 
     from lowbit.runtime.kernels import simd
 
+    # q8 has no VNNI dot: a VNNI CPU runs the AVX2 one, so "vnni" checks it again
     pick = {
-        "avx2": (simd._dot_t2_avx2, simd._dot_t3_avx2, simd._dot_b1_avx2, simd._dot_q4_i8_avx2),
-        "vnni": (simd._dot_t2_vnni, simd._dot_t3_vnni, simd._dot_b1_vnni, simd._dot_q4_i8_vnni),
+        "avx2": (simd._dot_t2_avx2, simd._dot_t3_avx2, simd._dot_b1_avx2, simd._dot_q4_i8_avx2, simd._dot_q8_avx2),
+        "vnni": (simd._dot_t2_vnni, simd._dot_t3_vnni, simd._dot_b1_vnni, simd._dot_q4_i8_vnni, simd._dot_q8_avx2),
     }.get(variant)
-    t2, t3, b1, q4 = pick or (simd.dot_t2, simd.dot_t3, simd._dot_b1_row, simd.dot_q4_i8_generic)
+    t2, t3, b1, q4, q8 = pick or (simd.dot_t2, simd.dot_t3, simd._dot_b1_row, simd.dot_q4_i8_generic, simd.dot_q8)
 
     @njit
     def run(codes2, codes3, x, codes1, x1, q1, tail, c4, d, sq, group):
         return t2(codes2, x), t3(codes3, x), b1(codes1, x1, q1, tail), q4(c4, x, d, sq, group)
+
+    @njit
+    def run_q8(codes, x, d):
+        return q8(codes, x, d)
 
     rng = np.random.default_rng(13)
     for q in (32, 64, 1728):
@@ -431,6 +436,20 @@ def test_simd_dots_match_portable_loops(variant):
         assert got[2] == want1 == simd.dot_b1_generic(codes1, x1, q1, tail)
         want4 = simd.dot_q4_i8_generic(c4, x, d, sq, group)
         np.testing.assert_allclose(got[3], want4, rtol=1e-5)
+        # q8 rows of an even and an odd number of 32-blocks (the AVX2 loop runs blocks in pairs);
+        # codes span all of int8, activations ±127 as the quantizer makes them
+        for nb in (q // 4, q // 4 - 1):
+            c8 = rng.integers(-128, 128, 32 * nb).astype(np.int8)
+            c8[:8] = -128
+            x8 = rng.integers(-127, 128, 32 * nb).astype(np.int8)
+            x8[8:16] = -127
+            d8 = rng.random(nb).astype(np.float32)
+            terms = d8.astype(np.float64) * (c8.astype(np.int64) * x8).reshape(nb, 32).sum(1)
+            got8 = run_q8(c8, x8, d8)
+            want8 = simd.dot_q8_generic(c8, x8, d8)
+            tol = 1e-5 * float(np.abs(terms).sum())
+            np.testing.assert_allclose(got8, terms.sum(), rtol=0, atol=tol)
+            np.testing.assert_allclose(got8, want8, rtol=0, atol=tol)
 
 
 def test_one_signature_per_kernel():

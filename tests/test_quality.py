@@ -134,7 +134,7 @@ def test_calibrated_onebit_beats_svid_on_layer_outputs(smollm2_hf_dir, f32):
 
 def test_quality_card_and_target_bpw(smollm2_hf_dir, f32, tmp_path):
     from lowbit.eval.quality import measure_quality, store_quality
-    from lowbit.inspect import summarize
+    from lowbit.file_info import summarize
 
     out = convert(smollm2_hf_dir, tmp_path / "mix.lowbit", method="q2", target_bpw=3.0)
     assert out.linear_bits_per_weight <= 3.0

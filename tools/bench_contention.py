@@ -26,9 +26,9 @@ import sys
 import time
 
 CHILD = r"""
-import json, sys, time
-import numpy as np
+import json, sys
 import lowbit
+from lowbit.bench import run_once
 from lowbit.runtime.warmup import warm_up_kernels
 path, tokens, rounds, counts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), [int(t) for t in sys.argv[4].split(",")]
 llm = lowbit.load(path, threads=max(counts))
@@ -38,14 +38,8 @@ rows = []
 for r in range(rounds):
     for n in (counts if r % 2 == 0 else counts[::-1]):
         llm.threads = n
-        llm.reset()
-        t0 = time.perf_counter()
-        logits = llm.prefill(prompt)
-        t1 = time.perf_counter()
-        for _ in range(tokens):
-            logits = llm.decode(int(np.argmax(logits)))
-        t2 = time.perf_counter()
-        rows.append({"threads": n, "round": r, "ttft_s": t1 - t0, "decode_tps": tokens / (t2 - t1)})
+        prefill_s, decode_s = run_once(llm, prompt, tokens)
+        rows.append({"threads": n, "round": r, "ttft_s": prefill_s, "decode_tps": tokens / decode_s})
 import numba
 print(json.dumps({"layer": numba.threading_layer(), "rows": rows}))
 """
@@ -60,7 +54,7 @@ def busy_loop() -> subprocess.Popen:
 
 def default_model() -> str:
     from lowbit.demo_model import ensure_smollm2_checkpoint
-    from lowbit.models import resolve_model
+    from lowbit.model_cache import resolve_model
 
     return str(resolve_model(str(ensure_smollm2_checkpoint()), method="q4"))
 

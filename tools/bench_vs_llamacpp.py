@@ -19,16 +19,16 @@ lowbit keeps its default q8 embeddings/lm_head (f16 for the f16 pair); llama.cpp
 quantiser's defaults and falls back to other types where rows are not a multiple of the block
 size: the types it actually wrote and the linear layers' bits/weight are reported.
 
-Each engine+encoding runs in its own persistent worker process (peak RSS is per configuration, no
-shared caches), started once per pair; run requests alternate between the engines and the thread
+Each engine+encoding runs in its own persistent worker process (tools/bench_engines.py; peak RSS is
+per configuration, no shared caches), started once per pair; run requests alternate between the engines and the thread
 counts (lowbit 1 thread, llama.cpp 1 thread, lowbit 2 threads, llama.cpp 2 threads, then run 2,
 ...), so both the engine ratios and the 2-thread/1-thread scaling compare runs made minutes, not
-a quarter of an hour, apart on a machine whose memory bandwidth drifts. A run: reset, prefill the prompt (random ordinary token ids, the same on both
-sides), then greedy decode --gen-tokens tokens; kernels are warmed up before any timing. Medians of
+a quarter of an hour, apart on a machine whose memory bandwidth drifts. A run (lowbit.bench.timed_run, as `lowbit bench` times): reset, prefill the prompt (random ordinary
+token ids from lowbit.bench.ordinary_ids, the same on both sides), then greedy decode --gen-tokens tokens; kernels are warmed up before any timing. Medians of
 --repeats runs; ratios are lowbit / llama.cpp (tok/s above 1: lowbit faster; TTFT, RSS and size
 above 1: lowbit slower or larger).
 
-Generated files are cached under --workdir (default $LOWBIT_HOME/bench, i.e. ~/.cache/lowbit/bench)
+The table is tools/bench_report.py's. Generated files are cached under --workdir (default $LOWBIT_HOME/bench, i.e. ~/.cache/lowbit/bench)
 and reused.
 
     python tools/bench_vs_llamacpp.py --models smollm2 --threads 1,2 --repeats 5
@@ -48,18 +48,20 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from lowbit.bench import ordinary_ids
 
 TOOLS = Path(__file__).resolve().parent
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
+
+from bench_engines import Worker  # noqa: E402
+from bench_report import format_report  # noqa: E402
 
 PAIRS: dict[str, tuple[str, str]] = {  # name -> (lowbit method, llama.cpp file type)
     "f16": ("f16", "F16"),
@@ -91,227 +93,6 @@ def default_workdir() -> Path:
     from lowbit.demo_model import lowbit_home
 
     return lowbit_home() / "bench"
-
-
-# --------------------------------------------------------------------------------------------
-# worker side: one engine + one file per process, JSON lines on stdin/stdout
-# --------------------------------------------------------------------------------------------
-class LowbitEngine:
-    name = "lowbit"
-
-    def __init__(self, path: str, threads: int, ctx: int) -> None:
-        from lowbit.runtime import load
-        from lowbit.runtime.warmup import warm_up_kernels
-
-        t0 = time.perf_counter()
-        self.llm = load(path, threads=threads, context_length=ctx)
-        self.load_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        warm_up_kernels(self.llm)
-        self.warmup_s = time.perf_counter() - t0
-        self.threads = threads
-
-    def info(self) -> dict[str, Any]:
-        import numba
-
-        try:
-            layer = numba.threading_layer()
-        except ValueError:
-            layer = None
-        return {"numba_threading_layer": layer, "numba_num_threads": numba.config.NUMBA_NUM_THREADS}
-
-    def set_threads(self, n: int) -> None:
-        self.llm.threads = n
-        self.threads = n
-
-    def reset(self) -> None:
-        self.llm.reset()
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        return self.llm.prefill(ids)
-
-    def decode(self, tok: int) -> np.ndarray:
-        return self.llm.decode(tok)
-
-
-class LlamaCppEngine:
-    name = "llamacpp"
-
-    def __init__(self, path: str, threads: int, ctx: int) -> None:
-        self.path, self.ctx = path, ctx
-        self.llm = None
-        t0 = time.perf_counter()
-        self._open(threads)
-        self.load_s = time.perf_counter() - t0
-        self.warmup_s = 0.0
-
-    def _open(self, threads: int) -> None:
-        import llama_cpp
-
-        if self.llm is not None:
-            self.llm.close()
-            self.llm = None
-        kw = dict(n_ctx=self.ctx, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False,
-                  logits_all=False)
-        if os.environ.get("LOWBIT_BENCH_NO_REPACK"):  # --no-repack: AMX Xeons segfault with repacking
-            from gguf_variants import open_llama
-
-            self.llm = open_llama(self.path, repack=False, **kw)
-        else:
-            self.llm = llama_cpp.Llama(self.path, **kw)
-        self.n_vocab = self.llm.n_vocab()
-        self.threads = threads
-
-    def info(self) -> dict[str, Any]:
-        import llama_cpp
-
-        return {"llama_cpp_python": llama_cpp.__version__,
-                "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
-
-    def set_threads(self, n: int) -> None:
-        if n != self.threads:  # a fresh context with n_threads=n_threads_batch=n (weights stay mmapped)
-            self._open(n)
-
-    def reset(self) -> None:
-        self.llm.reset()
-
-    def _logits(self) -> np.ndarray:
-        import llama_cpp
-
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(self.n_vocab,))
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        self.llm.eval(ids)
-        return self._logits()
-
-    def decode(self, tok: int) -> np.ndarray:
-        self.llm.eval([tok])
-        return self._logits()
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS in MB. VmHWM belongs to the process's own address space; ru_maxrss
-    (lowbit.bench.peak_rss_mb) would also carry the parent's peak, which Linux keeps across
-    fork + exec, so every worker would report the (large) parent's peak."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    from lowbit.bench import peak_rss_mb
-
-    return peak_rss_mb()
-
-
-def _run(engine, prompt: list[int], gen: int) -> dict[str, Any]:
-    engine.reset()
-    t0 = time.perf_counter()
-    logits = engine.prefill(prompt)
-    tp = time.perf_counter()
-    tok = int(np.argmax(logits))
-    t1 = time.perf_counter()
-    tokens = [tok]
-    for _ in range(gen):
-        tok = int(np.argmax(engine.decode(tok)))
-        tokens.append(tok)
-    t2 = time.perf_counter()
-    return {
-        "prefill_s": tp - t0,
-        "time_to_first_token_s": t1 - t0,
-        "decode_s": t2 - t1,
-        "prefill_tps": len(prompt) / (tp - t0),
-        "decode_tps": gen / (t2 - t1) if gen else float("nan"),
-        "tokens": tokens,
-    }
-
-
-def worker_main(engine_name: str, path: str, threads: int, ctx: int) -> int:
-    proto = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol channel
-    os.dup2(2, 1)  # anything a library prints (C or Python) goes to stderr
-    sys.stdout = sys.stderr
-
-    def send(obj: dict[str, Any]) -> None:
-        proto.write(json.dumps(obj) + "\n")
-        proto.flush()
-
-    try:
-        engine = (LowbitEngine if engine_name == "lowbit" else LlamaCppEngine)(path, threads, ctx)
-    except Exception as e:  # noqa: BLE001 - reported to the parent
-        send({"ok": False, "error": f"{type(e).__name__}: {e}"})
-        return 1
-    send({"ok": True, "load_s": engine.load_s, "warmup_s": engine.warmup_s, "peak_rss_mb": _peak_rss_mb(),
-          "info": engine.info()})
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        cmd = req.get("cmd")
-        try:
-            if cmd == "quit":
-                send({"ok": True})
-                break
-            engine.set_threads(int(req["threads"]))
-            out = _run(engine, req["prompt"], int(req["gen"]))
-            if cmd == "warm":
-                out = {}
-            send({"ok": True, **out, "peak_rss_mb": _peak_rss_mb()})
-        except Exception as e:  # noqa: BLE001
-            send({"ok": False, "error": f"{type(e).__name__}: {e}"})
-    return 0
-
-
-class Worker:
-    """Parent-side handle of one worker process."""
-
-    def __init__(self, engine: str, path: Path, threads: int, ctx: int, log_path: Path) -> None:
-        self.engine, self.path = engine, path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--worker-model", str(path),
-               "--worker-threads", str(threads), "--worker-ctx", str(ctx)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, bufsize=1)
-        self.ready = self._read()
-
-    def _read(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            raise RuntimeError(f"{self.engine} worker for {self.path.name} exited (rc {self.proc.returncode}): "
-                               f"{self.log_tail()}")
-        msg = json.loads(line)
-        if not msg.get("ok"):
-            raise RuntimeError(f"{self.engine} worker for {self.path.name}: {msg.get('error')} {self.log_tail()}")
-        return msg
-
-    def log_tail(self, n: int = 6) -> str:
-        self._log.flush()
-        try:
-            lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x.strip()]
-        except OSError:
-            return ""
-        return " | ".join(lines[-n:])
-
-    def request(self, **req: Any) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.request(cmd="quit")
-            except (RuntimeError, BrokenPipeError, OSError, ValueError):
-                pass
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,16 +229,6 @@ def quantize_fallbacks(m: ModelFiles, qtype: str) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 # the benchmark
 # --------------------------------------------------------------------------------------------
-def make_prompt(vocab: int, n: int, avoid: set[int], seed: int = 0) -> list[int]:
-    """n ordinary token ids from the range lowbit.bench.bench_prompt draws from."""
-    rng = np.random.default_rng(seed)
-    lo, hi = min(1000, vocab // 4), vocab // 2
-    ids: list[int] = []
-    while len(ids) < n:
-        ids += [int(i) for i in rng.integers(lo, hi, size=n) if int(i) not in avoid]
-    return ids[:n]
-
-
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
@@ -551,7 +322,7 @@ def run_benchmark(args) -> dict[str, Any]:
         avoid = {int(x) for x in (eos if isinstance(eos, list) else [eos]) if x is not None}
         if cfg.get("bos_token_id") is not None:
             avoid.add(int(cfg["bos_token_id"]))
-        prompt = make_prompt(int(cfg["vocab_size"]), args.prompt_tokens, avoid)
+        prompt = ordinary_ids(int(cfg["vocab_size"]), args.prompt_tokens, avoid)
         entry: dict[str, Any] = {"description": MODELS[name], "hf_dir": str(m.hf_dir), "f16_gguf": str(m.f16_gguf),
                                  "files": {}, "pairs": [], "steps": m.steps, "refused": []}
         report["models"][name] = entry
@@ -594,79 +365,6 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _types(files: dict[str, Any]) -> str:
-    return "+".join(f"{k}×{v}" if len(files["linear_types"]) > 1 else k for k, v in files["linear_types"].items())
-
-
-def decode_scaling(pair: dict[str, Any]) -> tuple[float | None, float | None]:
-    """Decode tok/s at the most threads over the fewest, for lowbit and llama.cpp: the median of
-    run r's ratio (the runs of both thread counts alternate, so run r's pair is minutes apart)."""
-    rows = pair["threads"]
-    if len(rows) < 2:
-        return None, None
-    lo, hi = rows[0], rows[-1]
-    return tuple(
-        statistics.median(b["decode_tps"] / a["decode_tps"] for a, b in zip(lo[e]["runs"], hi[e]["runs"]))
-        for e in ("lowbit", "llamacpp")
-    )
-
-
-def format_report(report: dict[str, Any]) -> str:
-    s = report["settings"]
-    lines = [f"lowbit vs llama.cpp on {report['machine']['cpu']} ({report['machine']['cpus']} CPUs), "
-             f"llama-cpp-python {report['machine']['llama_cpp_python']}, lowbit {report['machine']['lowbit']}",
-             f"prompt {s['prompt_tokens']} tokens, decode {s['gen_tokens']} tokens, median of {s['repeats']} "
-             f"alternating runs; ratio = lowbit / llama.cpp",
-             f"load average (1/5/15 min) at start {report['machine'].get('loadavg_at_start')}, "
-             f"at end {report['machine'].get('loadavg_at_end')} (other processes share these CPUs)"]
-    for name, e in report["models"].items():
-        lines += ["", f"== {name}: {e['description']}", "",
-                  f"{'file':<22} {'linear types':<28} {'lin bpw':>7} {'all bpw':>7} {'embd/out':<17} {'MB':>8}"]
-        for key, f in e["files"].items():
-            eo = f"{f['token_embd_type']}/{f['output_type'] if not str(f['output_type']).startswith('(') else 'tied'}"
-            lines.append(f"{key:<22} {_types(f)[:28]:<28} {f['linear_bits_per_weight']:>7.3f} {f['bits_per_weight']:>7.3f} "
-                         f"{eo:<17} {f['file_size_bytes'] / 1e6:>8.1f}")
-        hdr = (f"{'pair':<12} {'thr':>3} | {'decode tok/s':^22} | {'prefill tok/s':^22} | {'TTFT s':^22} | "
-               f"{'peak RSS MB':^22} | {'size':>5} {'agree':>5}")
-        sub = f"{'':<12} {'':>3} | " + " | ".join(f"{'lowbit':>7}{'llama':>8}{'ratio':>7}" for _ in range(4)) + f" | {'ratio':>5} {'tok':>5}"
-        lines += ["", hdr, sub, "-" * len(sub)]
-        for p in e["pairs"]:
-            size_ratio = e["files"][p["lowbit_file"]]["file_size_bytes"] / e["files"][p["llamacpp_file"]]["file_size_bytes"]
-            label = f"{p['pair']}"
-            if not p["threads"]:
-                err = p.get("lowbit_error") or p.get("llamacpp_error")
-                lines.append(f"{label:<12}      failed: {err[:120]}")
-            for row in p["threads"]:
-                cells = []
-                for k, fmt in (("decode_tps", ".1f"), ("prefill_tps", ".1f"), ("time_to_first_token_s", ".3f"),
-                               ("peak_rss_mb", ".0f")):
-                    cells.append(f"{row['lowbit'][k]:>7{fmt}}{row['llamacpp'][k]:>8{fmt}}{row['ratio'][k]:>7.2f}")
-                lines.append(f"{label:<12} {row['threads']:>3} | " + " | ".join(cells)
-                             + f" | {size_ratio:>5.2f} {row['greedy_tokens_agree']:>5}")
-                label = ""
-        lines += ["", "pairs: " + ", ".join(f"{p['pair']} = lowbit {p['lowbit_method']} vs {p['llamacpp_type']}"
-                                            for p in e["pairs"])]
-        scaling = [f"{p['pair']} lowbit {sl:.2f}, llama.cpp {sc:.2f}" for p in e["pairs"]
-                   for sl, sc in [decode_scaling(p)] if sl is not None]
-        if scaling:
-            t = e["pairs"][0]["threads"]
-            lines.append(f"decode scaling, {t[-1]['threads']} threads / {t[0]['threads']} (median of the per-repetition "
-                         "ratios): " + "; ".join(scaling))
-        for f in e["files"].values():
-            fb = f.get("quantizer_fallbacks")
-            if fb:
-                lines.append(f"llama.cpp fell back in {Path(f['path']).name}: "
-                             + ", ".join(f"{k} ({v} tensors)" for k, v in fb.items()))
-        for r in e["refused"]:
-            lines.append(f"refused: {r['pair']} at {r['stage']}: {r['error'][:300]}")
-        made = [st for st in e["steps"] if not st["cached"]]
-        if made:
-            lines.append("generated this run: " + "; ".join(f"{st['step']} {st['seconds']:.1f} s" for st in made))
-        lines.append("'agree': leading greedy tokens equal between the engines (run 1); "
-                     "ratios above 1 = lowbit faster (tok/s) or slower/larger (TTFT, RSS, size)")
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
@@ -685,12 +383,8 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--json", action="store_true", help="print the results as JSON (instead of the table)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--show", type=Path, metavar="JSON", help="print the table of a saved --out file and exit")
-    ap.add_argument("--worker", choices=("lowbit", "llamacpp"), help=argparse.SUPPRESS)
-    ap.add_argument("--worker-model", help=argparse.SUPPRESS)
-    ap.add_argument("--worker-threads", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-ctx", type=int, default=512, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker or args.show:
+    if args.show:
         return args
     args.models = [x.strip() for x in args.models.split(",") if x.strip()]
     bad = [x for x in args.models if x not in MODELS]
@@ -715,8 +409,6 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        return worker_main(args.worker, args.worker_model, args.worker_threads, args.worker_ctx)
     if args.show:
         print(format_report(json.loads(args.show.read_text())))
         return 0

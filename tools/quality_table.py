@@ -27,8 +27,8 @@ from gguf_variants import dequantized_f16_gguf, gguf_summary, open_llama, quanti
 from lowbit.convert.converter import convert  # noqa: E402
 from lowbit.demo_model import ensure_smollm2_checkpoint, smollm2_gguf_path  # noqa: E402
 from lowbit.eval.perplexity import make_windows, model_bos, scored_logprobs  # noqa: E402
-from lowbit.inspect import summarize  # noqa: E402
-from lowbit.models import lowbit_home  # noqa: E402
+from lowbit.file_info import summarize  # noqa: E402
+from lowbit.model_cache import lowbit_home  # noqa: E402
 from lowbit.quant.calibrate import (  # noqa: E402
     CalibrationConfig,
     default_calibration_text,

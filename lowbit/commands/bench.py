@@ -22,7 +22,7 @@ def bench(model, prompt_tokens, gen_tokens, thread_list, repeats, method, as_jso
     """Measure load time, time to first token, prefill and decode tokens/s and peak RSS."""
     from lowbit.bench import bench_model, bench_report
     from lowbit.commands.options import model_limit, resolve, warm_up
-    from lowbit.inspect import summarize
+    from lowbit.file_info import summarize
     from lowbit.runtime import load
 
     path = resolve(model, method, quiet=as_json)

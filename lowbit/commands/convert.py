@@ -1,4 +1,5 @@
-"""`lowbit convert SOURCE -o OUT.lowbit`."""
+"""`lowbit convert SOURCE -o OUT.lowbit`: validates the options, then hands the work to
+`lowbit.convert.converter.convert`."""
 
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def _source_type_lines(reports) -> list[str]:
 
 def _quality_card(source: str, path, eval_text: str | None, ctx: int, revision: str | None) -> None:
     from lowbit.eval.quality import measure_quality, store_quality
-    from lowbit.models import resolve_model
+    from lowbit.model_cache import resolve_model
     from lowbit.quant.calibrate import default_evaluation_text
 
     name, text = (eval_text, open(eval_text, encoding="utf-8").read()) if eval_text else default_evaluation_text()

@@ -1,4 +1,4 @@
-"""`lowbit info FILE` and `lowbit verify FILE`. The summary itself is lowbit.inspect.summarize();
+"""`lowbit info FILE` and `lowbit verify FILE`. The summary itself is lowbit.file_info.summarize();
 these commands only format it."""
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _format_tensors(rows: list[dict[str, Any]]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(file: str, show_tensors: bool, as_json: bool) -> None:
     """Show what a .lowbit FILE holds: model, size, bits/weight, tokenizer and provenance."""
-    from lowbit.inspect import summarize
+    from lowbit.file_info import summarize
 
     summary = summarize(file, tensors=show_tensors)
     if as_json:

@@ -180,7 +180,7 @@ def check_context(path: Path, needed: int | None, what: str = "--ctx") -> None:
 
 def resolve(model: str, method: str, quiet: bool = False) -> Path:
     """MODEL as a .lowbit path, converting it once (with a progress bar) when it is not one."""
-    from lowbit.models import resolve_model
+    from lowbit.model_cache import resolve_model
 
     check_source(model)
     bar = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -13,16 +13,6 @@ from lowbit.errors import ConversionError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "chat_template.jinja"]
-
-
-class Checkpoint(Protocol):
-    config: dict[str, Any]
-    generation_config: dict[str, Any]
-    tokenizer_files: dict[str, bytes]
-
-    def tensor_names(self) -> list[str]: ...
-
-    def iter_tensors(self): ...
 
 
 def open_checkpoint(source: str, revision: str | None = None) -> Any:

@@ -1,1 +1,2 @@
-"""eval."""
+"""Measuring a converted model: perplexity and KL divergence against the f32 conversion
+(`perplexity`), and the quality card stored in the file (`quality`)."""

@@ -62,7 +62,7 @@ def load_model(model_or_path: Any, threads: int | None = None, context_length: i
     accepts), loaded with its kernels warm."""
     if hasattr(model_or_path, "tokenizer") and hasattr(model_or_path, "model"):
         return model_or_path
-    from lowbit.models import load
+    from lowbit.model_cache import load
     from lowbit.runtime.warmup import warm_up_kernels
 
     llm = load(model_or_path, threads=threads, context_length=context_length, method=method)

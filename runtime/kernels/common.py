@@ -1,8 +1,8 @@
 """Building blocks the kernels share: activation padding and the float prefill micro-kernel.
 
 Prefill kernels unpack a block of `ROW_BLOCK` weight rows once into per-thread scratch and then
-multiply it with every token; the micro-kernel does that second step four rows and two tokens at a
-time.
+multiply it with every token; the micro-kernel (`rows_times_tokens`) does that second step four
+rows and four tokens at a time.
 """
 
 from __future__ import annotations

@@ -31,10 +31,6 @@ f32 = np.float32
 i32 = np.int32
 
 
-def blocks_of(n: int) -> int:
-    return -(-n // BLOCK)
-
-
 @exact
 def quantize_runs_into(x, xq, d, run):
     """x float32 [n] -> xq int8 [>= run·nb] (zero-filled by the caller), d float32 [nb]: one scale

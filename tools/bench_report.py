@@ -1,0 +1,80 @@
+"""The text table of a tools/bench_vs_llamacpp.py report (a run just made, or a saved --out JSON)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def _types(files: dict[str, Any]) -> str:
+    return "+".join(f"{k}×{v}" if len(files["linear_types"]) > 1 else k for k, v in files["linear_types"].items())
+
+
+def decode_scaling(pair: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Decode tok/s at the most threads over the fewest, for lowbit and llama.cpp: the median of
+    run r's ratio (the runs of both thread counts alternate, so run r's pair is minutes apart)."""
+    rows = pair["threads"]
+    if len(rows) < 2:
+        return None, None
+    lo, hi = rows[0], rows[-1]
+    return tuple(
+        statistics.median(b["decode_tps"] / a["decode_tps"] for a, b in zip(lo[e]["runs"], hi[e]["runs"]))
+        for e in ("lowbit", "llamacpp")
+    )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [f"lowbit vs llama.cpp on {report['machine']['cpu']} ({report['machine']['cpus']} CPUs), "
+             f"llama-cpp-python {report['machine']['llama_cpp_python']}, lowbit {report['machine']['lowbit']}",
+             f"prompt {s['prompt_tokens']} tokens, decode {s['gen_tokens']} tokens, median of {s['repeats']} "
+             f"alternating runs; ratio = lowbit / llama.cpp",
+             f"load average (1/5/15 min) at start {report['machine'].get('loadavg_at_start')}, "
+             f"at end {report['machine'].get('loadavg_at_end')} (other processes share these CPUs)"]
+    for name, e in report["models"].items():
+        lines += ["", f"== {name}: {e['description']}", "",
+                  f"{'file':<22} {'linear types':<28} {'lin bpw':>7} {'all bpw':>7} {'embd/out':<17} {'MB':>8}"]
+        for key, f in e["files"].items():
+            eo = f"{f['token_embd_type']}/{f['output_type'] if not str(f['output_type']).startswith('(') else 'tied'}"
+            lines.append(f"{key:<22} {_types(f)[:28]:<28} {f['linear_bits_per_weight']:>7.3f} {f['bits_per_weight']:>7.3f} "
+                         f"{eo:<17} {f['file_size_bytes'] / 1e6:>8.1f}")
+        hdr = (f"{'pair':<12} {'thr':>3} | {'decode tok/s':^22} | {'prefill tok/s':^22} | {'TTFT s':^22} | "
+               f"{'peak RSS MB':^22} | {'size':>5} {'agree':>5}")
+        sub = f"{'':<12} {'':>3} | " + " | ".join(f"{'lowbit':>7}{'llama':>8}{'ratio':>7}" for _ in range(4)) + f" | {'ratio':>5} {'tok':>5}"
+        lines += ["", hdr, sub, "-" * len(sub)]
+        for p in e["pairs"]:
+            size_ratio = e["files"][p["lowbit_file"]]["file_size_bytes"] / e["files"][p["llamacpp_file"]]["file_size_bytes"]
+            label = f"{p['pair']}"
+            if not p["threads"]:
+                err = p.get("lowbit_error") or p.get("llamacpp_error")
+                lines.append(f"{label:<12}      failed: {err[:120]}")
+            for row in p["threads"]:
+                cells = []
+                for k, fmt in (("decode_tps", ".1f"), ("prefill_tps", ".1f"), ("time_to_first_token_s", ".3f"),
+                               ("peak_rss_mb", ".0f")):
+                    cells.append(f"{row['lowbit'][k]:>7{fmt}}{row['llamacpp'][k]:>8{fmt}}{row['ratio'][k]:>7.2f}")
+                lines.append(f"{label:<12} {row['threads']:>3} | " + " | ".join(cells)
+                             + f" | {size_ratio:>5.2f} {row['greedy_tokens_agree']:>5}")
+                label = ""
+        lines += ["", "pairs: " + ", ".join(f"{p['pair']} = lowbit {p['lowbit_method']} vs {p['llamacpp_type']}"
+                                            for p in e["pairs"])]
+        scaling = [f"{p['pair']} lowbit {sl:.2f}, llama.cpp {sc:.2f}" for p in e["pairs"]
+                   for sl, sc in [decode_scaling(p)] if sl is not None]
+        if scaling:
+            t = e["pairs"][0]["threads"]
+            lines.append(f"decode scaling, {t[-1]['threads']} threads / {t[0]['threads']} (median of the per-repetition "
+                         "ratios): " + "; ".join(scaling))
+        for f in e["files"].values():
+            fb = f.get("quantizer_fallbacks")
+            if fb:
+                lines.append(f"llama.cpp fell back in {Path(f['path']).name}: "
+                             + ", ".join(f"{k} ({v} tensors)" for k, v in fb.items()))
+        for r in e["refused"]:
+            lines.append(f"refused: {r['pair']} at {r['stage']}: {r['error'][:300]}")
+        made = [st for st in e["steps"] if not st["cached"]]
+        if made:
+            lines.append("generated this run: " + "; ".join(f"{st['step']} {st['seconds']:.1f} s" for st in made))
+        lines.append("'agree': leading greedy tokens equal between the engines (run 1); "
+                     "ratios above 1 = lowbit faster (tok/s) or slower/larger (TTFT, RSS, size)")
+    return "\n".join(lines)
