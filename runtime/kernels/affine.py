@@ -99,19 +99,23 @@ def permute_pairs(xq):
 
 
 @helper
-def affine_row_i8(codes, xq, d, zsum, scales, mins, has_min, zero):
+def affine_row_i8(codes, xq, d, zsum, scales, mins, has_min, zero, sd):
     """One q4f G = 32 row on int8 activations: xq pair-permuted, d [ng] the block scales, zsum
-    [ng] = d_g Σ_{k in g} x_q[k]."""
-    acc = dot_q4f32_i8(codes, xq, d, scales)
+    [ng] = d_g Σ_{k in g} x_q[k]; sd [ng] scratch for the products s_g · d_g. One vector loop
+    over the groups makes sd and the zero-point / minimum term Σ_g (m_g − z s_g) zsum_g."""
     z = f32(zero)
     corr = f32(0.0)
-    if has_min:  # two branch-free loops: each vectorises (vcvtph2ps + FMA)
+    if has_min:
         for g in range(scales.shape[0]):
-            corr += (f16_to_f32(mins[g]) - z * f16_to_f32(scales[g])) * zsum[g]
+            s = f16_to_f32(scales[g])
+            sd[g] = s * d[g]
+            corr += (f16_to_f32(mins[g]) - z * s) * zsum[g]
     else:
         for g in range(scales.shape[0]):
-            corr -= z * f16_to_f32(scales[g]) * zsum[g]
-    return acc + corr
+            s = f16_to_f32(scales[g])
+            sd[g] = s * d[g]
+            corr -= z * s * zsum[g]
+    return dot_q4f32_i8(codes, xq, sd) + corr
 
 
 @helper

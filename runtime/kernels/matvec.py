@@ -172,11 +172,12 @@ def rows_into(desc, act, y, r0, r1):
         has_min = mn.shape[1] > 0
         no_zeros = np.zeros(sc.shape[1], dtype=np.uint8)
         i8 = xq.shape[0] > 0
+        sd = np.empty(sc.shape[1], dtype=np.float32)
         for r in range(r0, r1):
             prefetch_row(a, r + ahead)
             m = mn[r] if has_min else mn[0]
             if i8:
-                y[r] = affine_row_i8(a[r], xq, xs, zs, sc[r], m, has_min, flags >> 8)
+                y[r] = affine_row_i8(a[r], xq, xs, zs, sc[r], m, has_min, flags >> 8, sd)
             else:
                 y[r] = affine_row(a[r], xf, xs, sc[r], m, has_min, flags & 255, flags >> 8, group, no_zeros)
     elif kind == Q8:

@@ -34,7 +34,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from lowbit.runtime.kernels.jit import f16_to_f32, helper
+from lowbit.runtime.kernels.jit import helper
 
 
 def _has_avx2() -> bool:
@@ -606,27 +606,26 @@ else:  # pragma: no cover - exercised on machines without AVX2
 
 def _q4f_i8_dot(vnni: bool):
     @intrinsic
-    def dot(typingctx, codes, x, d, scales):
-        """Σ_g f16(scales[g]) · d[g] · Σ_{k in g} q_k · x_k for one q4f row with G = 32 and an even
+    def dot(typingctx, codes, x, sd):
+        """Σ_g sd[g] · Σ_{k in g} q_k · x_k for one q4f row with G = 32 and an even
         number of groups. Two groups' 32 code bytes are one load; x is int8 quantised per block of
         32 and *pair-permuted* (`affine.permute_pairs`: per 64 values [0:16, 32:48, 16:32, 48:64])
         so that the low nibbles of both groups meet one contiguous 32-byte x vector and the high
         nibbles the next. `vpmaddubsw` + `vpmaddwd` (VNNI: `vpdpbusd`) leave lanes 0-3 with the
         first group's sums and 4-7 with the second's: one convert and one FMA by the two groups'
-        scale products per 64 weights."""
+        scale products per 64 weights (sd[g] = s_g · d_g, computed by the caller in one vector loop)."""
         ok = (
-            all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d, scales))
+            all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, sd))
             and codes.dtype == types.uint8
             and x.dtype == types.int8
-            and d.dtype == types.float32
-            and scales.dtype == types.uint16
+            and sd.dtype == types.float32
         )
         if not ok:
             return None
 
         def codegen(context, builder, sig, args):
             b = builder
-            ca, xa, da, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args, args))
+            ca, xa, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args, args))
             chunks = b.sdiv(b.extract_value(sa.shape, 0), ir.Constant(_i64, 2))
             mod = b.module
             fn = cgutils.get_or_insert_function
@@ -639,10 +638,6 @@ def _q4f_i8_dot(vnni: bool):
 
             def load32(ptr, off):
                 return b.load(b.bitcast(b.gep(ptr, [off]), _v32i8.as_pointer()), align=1)
-
-            def scale(g):
-                h = b.bitcast(b.load(b.gep(sa.data, [g])), ir.HalfType())
-                return b.fmul(b.fpext(h, f32t), b.load(b.gep(da.data, [g])))
 
             zero_f = ir.Constant(_v8f32_, None)
             pre, loop, done = _open_loop(b, chunks, "q4fdot")
@@ -663,12 +658,10 @@ def _q4f_i8_dot(vnni: bool):
             else:
                 pairs = b.add(b.call(maddubs, [lo, x_lo]), b.call(maddubs, [hi, x_hi]))
                 ints = b.call(maddwd, [pairs, _splat(_i16, 16, 1)])
-            g0 = b.mul(i, ir.Constant(_i64, 2))
-            s0 = scale(g0)
-            s1 = scale(b.add(g0, ir.Constant(_i64, 1)))
-            sv = ir.Constant(_v8f32_, ir.Undefined)
-            for lane in range(8):
-                sv = b.insert_element(sv, s0 if lane < 4 else s1, ir.Constant(_i32, lane))
+            v2 = ir.VectorType(f32t, 2)
+            pair = b.load(b.bitcast(b.gep(sa.data, [b.mul(i, ir.Constant(_i64, 2))]), v2.as_pointer()), align=4)
+            sv = b.shuffle_vector(pair, ir.Constant(v2, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_i32, 8), [0, 0, 0, 0, 1, 1, 1, 1]))
             acc1 = b.call(fma, [b.sitofp(ints, _v8f32_), sv, acc])
             i_next = b.add(i, ir.Constant(_i64, 1))
             i.add_incoming(i_next, b.block)
@@ -678,17 +671,17 @@ def _q4f_i8_dot(vnni: bool):
             (total,) = _exit_phis(b, [acc1], pre, loop, zero_f)
             return b.call(reduce, [ir.Constant(f32t, 0.0), total])
 
-        return types.float32(codes, x, d, scales), codegen
+        return types.float32(codes, x, sd), codegen
 
     return dot
 
 
 @helper
-def dot_q4f32_i8_generic(codes, x, d, scales):
+def dot_q4f32_i8_generic(codes, x, sd):
     """As _q4f_i8_dot in plain loops (x pair-permuted the same way; any number of groups: an odd
     last group's x is not permuted, as `affine.permute_pairs` leaves it)."""
     acc = np.float32(0.0)
-    ng = scales.shape[0]
+    ng = sd.shape[0]
     for g in range(ng):
         cg = codes[g * 16 : (g + 1) * 16]
         c, second = g // 2, g % 2
@@ -702,7 +695,7 @@ def dot_q4f32_i8_generic(codes, x, d, scales):
                 lo_x = x[c * 64 + second * 16 + j]
                 hi_x = x[c * 64 + 32 + second * 16 + j]
             s += (q & 15) * _i32n(lo_x) + (q >> 4) * _i32n(hi_x)
-        acc += np.float32(s) * (f16_to_f32(scales[g]) * d[g])
+        acc += np.float32(s) * sd[g]
     return acc
 
 
@@ -710,11 +703,11 @@ if HAVE_AVX2:
     _dot_q4f_fast = _q4f_i8_dot(vnni=True) if HAVE_VNNI else _q4f_i8_dot(vnni=False)
 
     @helper
-    def dot_q4f32_i8(codes, x, d, scales):
-        """Σ_g s_g d_g Σ q·x_q for one q4f G = 32 row (vector path for an even group count)."""
-        if scales.shape[0] % 2 == 0:
-            return _dot_q4f_fast(codes, x, d, scales)
-        return dot_q4f32_i8_generic(codes, x, d, scales)
+    def dot_q4f32_i8(codes, x, sd):
+        """Σ_g sd_g Σ q·x_q for one q4f G = 32 row (vector path for an even group count)."""
+        if sd.shape[0] % 2 == 0:
+            return _dot_q4f_fast(codes, x, sd)
+        return dot_q4f32_i8_generic(codes, x, sd)
 
 else:  # pragma: no cover - exercised on machines without AVX2
     dot_q4f32_i8 = dot_q4f32_i8_generic
