@@ -44,3 +44,7 @@ class UnknownEncoding(FormatError):
 
 class InvalidTensor(FormatError):
     """A tensor's params, parts, dtypes or shapes do not match its encoding."""
+
+
+class WriteError(FormatError):
+    """The file cannot be written (disk full, permissions, another writer holds the target)."""

@@ -1,10 +1,18 @@
 """Streaming writer: tensors are appended one at a time (memory bounded by one tensor), and the
-file appears at its path only when complete (temp file, fsync, atomic rename)."""
+file appears at its path only when complete (temp file, fsync, atomic rename).
+
+One writer per target at a time: a lock file `.NAME.lock` beside the target (fcntl.flock, held
+until finish or abort) makes a second writer of the same path fail at once, and the holder of the
+lock removes temp files an interrupted writer of that target left behind (a SIGKILL'd convert).
+Write errors (a full disk) surface as one-line WriteErrors, with every temp file removed.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -26,7 +34,51 @@ from lowbit.formats.constants import (
     align,
 )
 from lowbit.formats.encodings import EncodedTensor, get_encoding
-from lowbit.formats.errors import FormatError, HeaderTooLarge, InvalidHeader
+from lowbit.formats.errors import FormatError, HeaderTooLarge, InvalidHeader, WriteError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the exists-check and atomic rename remain
+    fcntl = None
+
+
+def _temp_pattern(name: str) -> re.Pattern[str]:
+    """Temp files of this target: `.NAME.` + mkstemp's 8 random characters + `.tmp`/`.data.tmp`."""
+    return re.compile(rf"^\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}(\.data)?\.tmp$")
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    reason = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return WriteError(f"{path}: cannot write: {reason}")
+
+
+class TargetLock:
+    """An exclusive lock on writing one target path (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.parent / f".{path.name}.lock"
+        self._fd: int | None = None
+        while fcntl is not None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise WriteError(f"{path}: another lowbit process is writing this file") from None
+            try:  # the lock file may have been removed by its previous holder: lock the live one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                break
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
 
 
 class LowbitWriter:
@@ -43,18 +95,50 @@ class LowbitWriter:
     temp file beside the target, appends the data and renames it into place.
     """
 
-    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, metadata: dict[str, Any] | None = None, overwrite: bool = True
+    ) -> None:
         self.path = Path(path)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.overwrite = overwrite
         self._tensors: list[dict[str, Any]] = []
         self._blobs: list[dict[str, Any]] = []
         self._names: set[tuple[str, str]] = set()
         self._pos = 0
         self._state = "open"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".data.tmp", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = TargetLock(self.path)
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+        try:
+            self._check_target()
+            self._remove_stale_temps()
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".data.tmp", dir=self.path.parent)
+        except OSError as e:
+            self._lock.release()
+            raise _write_error(self.path, e) from None
+        except BaseException:
+            self._lock.release()
+            raise
         self._data_path = Path(tmp)
         self._data = os.fdopen(fd, "w+b")
+
+    def _check_target(self) -> None:
+        if not self.overwrite and self.path.exists():
+            raise WriteError(f"{self.path} already exists")
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of this target that no live writer owns (we hold the target's lock)."""
+        pattern = _temp_pattern(self.path.name)
+        for entry in os.scandir(self.path.parent):
+            if pattern.match(entry.name):
+                Path(entry.path).unlink(missing_ok=True)
+
+    @property
+    def tensor_records(self) -> list[dict[str, Any]]:
+        """The header records of the tensors added so far (name, encoding, shape, params, ...)."""
+        return list(self._tensors)
 
     # -- records ---------------------------------------------------------------------------
     def _start_record(self, kind: str, name: str) -> int:
@@ -64,12 +148,15 @@ class LowbitWriter:
             raise InvalidHeader(f"duplicate {kind} name {name!r}")
         self._names.add((kind, name))
         start = align(self._pos)
-        self._data.write(b"\0" * (start - self._pos))
-        self._pos = start
+        self._write(b"\0" * (start - self._pos), 0)
         return start
 
     def _write(self, data: bytes | memoryview, crc: int) -> int:
-        self._data.write(data)
+        try:
+            self._data.write(data)
+        except OSError as e:
+            self.abort()
+            raise _write_error(self.path, e) from None
         self._pos += len(data)
         return zlib.crc32(data, crc)
 
@@ -128,7 +215,14 @@ class LowbitWriter:
         prefix = struct.pack(
             PREFIX_FORMAT, MAGIC, VERSION_MAJOR, VERSION_MINOR, zlib.crc32(header), len(header), data_offset
         )
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            self._check_target()
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, OSError):
+                raise _write_error(self.path, e) from None
+            raise
         tmp_path = Path(tmp)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -144,18 +238,24 @@ class LowbitWriter:
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make the model private
             os.replace(tmp_path, self.path)
-        except BaseException:
+        except BaseException as e:
             tmp_path.unlink(missing_ok=True)
             self.abort()
+            if isinstance(e, OSError):
+                raise _write_error(self.path, e) from None
             raise
         self._close_data()
         self._state = "finished"
         return self.path
 
     def _close_data(self) -> None:
-        if not self._data.closed:
-            self._data.close()
+        try:
+            if not self._data.closed:
+                self._data.close()
+        except OSError:
+            pass  # a full disk may fail the final flush; the file is deleted anyway
         self._data_path.unlink(missing_ok=True)
+        self._lock.release()
 
     def abort(self) -> None:
         """Drop everything written so far; the target path is left untouched."""

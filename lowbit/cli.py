@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "bench:bench",
     "eval": "evaluate:evaluate",
     "demo": "demo:demo",
+    "serve": "serve:serve",
 }
 
 HELP = {
@@ -31,6 +32,7 @@ HELP = {
     "bench": "Measure load time, prefill and decode speed.",
     "eval": "Measure perplexity or KL divergence on a text.",
     "demo": "Build the default model (SmolLM2-135M-Instruct), convert it and answer a question.",
+    "serve": "Serve a model over an OpenAI-compatible HTTP API, with a chat page.",
 }
 
 
@@ -56,8 +58,19 @@ def cli() -> None:
     """Run extremely low-bit LLMs on ordinary CPUs."""
 
 
+def _one_line(e: click.ClickException) -> str:
+    """A click error as one `error:` line (click prints usage, a hint and the error on three)."""
+    msg = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError):  # click's own wording: "Invalid value ...", "No such ..."
+        msg = msg[:1].lower() + msg[1:].removesuffix(".")
+        if ctx is not None:
+            msg += f" (see '{ctx.command_path} --help')"
+    return f"error: {msg}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: lowbit's own errors become one line on stderr and exit code 1."""
+    """Entry point: lowbit's own errors and bad options become one line on stderr and exit code 1."""
     from lowbit.errors import LowbitError
     from lowbit.formats.errors import FormatError
 
@@ -72,9 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
+    except click.exceptions.NoArgsIsHelpError as e:  # plain `lowbit`: the help, as click shows it
         e.show()
-        sys.exit(e.exit_code)
+        sys.exit(0)
+    except click.ClickException as e:
+        click.echo(_one_line(e), err=True)
+        sys.exit(1)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:

@@ -47,6 +47,7 @@ def resolve_model(
     method: str = "q4",
     revision: str | None = None,
     on_convert: Callable[[str, Path], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Return a .lowbit path for MODEL, converting (once) if it is not one already."""
     path = Path(model).expanduser()
@@ -66,7 +67,7 @@ def resolve_model(
     model_spec(open_checkpoint(str(model), revision).config)  # refuse bad input before announcing work
     if on_convert is not None:
         on_convert(str(model), target)
-    convert(str(model), target, method=method, revision=revision)
+    convert(str(model), target, method=method, revision=revision, progress=progress)
     return target
 
 

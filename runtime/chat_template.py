@@ -14,8 +14,13 @@ the caller logs that it is guessing.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
-from collections.abc import Mapping, Sequence
+import math
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -23,9 +28,10 @@ from typing import Any
 import jinja2
 import jinja2.ext
 import jinja2.nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from lowbit.errors import LowbitError
+from lowbit.runtime.errors import LowbitError
 
 # ChatML: what transformers rendered for a model without a template up to 4.42.
 DEFAULT_CHAT_TEMPLATE = (
@@ -34,6 +40,15 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+# Bounds on what a template may build (it is a stranger's code): the size of any string or list it
+# makes, of any integer, and the time one render may take. A real chat template renders in
+# milliseconds into a prompt of a few thousand characters; the limits leave room for long
+# conversations (MAX_CHARS grows with the input) and stop `{{ 'a' * 2**33 }}` or a nested loop.
+MAX_CHARS = 1 << 22
+MAX_INT_BITS = 1 << 14
+TIME_LIMIT_S = 5.0
+_BIG_WIDTH = re.compile(r"\d{7,}")  # a format width/precision of a million or more
 
 # Names a message's reasoning may come under; templates read the first (transformers aliases them).
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
@@ -114,6 +129,157 @@ class _TemplateNamespace(jinja2.utils.Namespace):
             )
 
 
+class _TemplateTimeout(BaseException):
+    """Raised inside a render that ran past TIME_LIMIT_S (BaseException: no template code or jinja
+    internal `except Exception` may swallow it)."""
+
+
+class _Limits(threading.local):
+    chars = MAX_CHARS
+
+
+_limits = _Limits()
+
+
+def _too_big(value: Any) -> bool:
+    if isinstance(value, (str, bytes, list, tuple, dict)):
+        return len(value) > _limits.chars
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() > MAX_INT_BITS
+    return False
+
+
+def _refuse(what: str) -> None:
+    raise jinja2.exceptions.SecurityError(f"the template builds {what}, more than lowbit allows")
+
+
+def _check_args(args: Sequence[Any], kwargs: Mapping[str, Any], fmt: bool = False) -> None:
+    """Sizes that methods and filters allocate from (widths, counts) stay within MAX_CHARS."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > _limits.chars:
+            _refuse(f"from a size of {a}")
+        if fmt and isinstance(a, str) and _BIG_WIDTH.search(a):
+            _refuse("a format with a huge width")
+
+
+def _checked(value: Any) -> Any:
+    if _too_big(value):
+        _refuse("a value of " + (f"{len(value)} items" if hasattr(value, "__len__") else "huge size"))
+    return value
+
+
+def _result_size(op: str, a: Any, b: Any) -> None:
+    """Refuse before computing a * b, a ** b, a + b or a % b whose result would be too big."""
+    seq = (str, list, tuple)
+    if op == "*":
+        if isinstance(a, int) and isinstance(b, seq):
+            a, b = b, a
+        if isinstance(a, seq) and isinstance(b, int) and len(a) * max(b, 0) > _limits.chars:
+            _refuse(f"a sequence of {len(a)} × {b} items")
+        if isinstance(a, int) and isinstance(b, int) and a.bit_length() + b.bit_length() > MAX_INT_BITS:
+            _refuse("an integer too large")
+    elif op == "**":
+        if isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0:
+            if b * math.log2(abs(a)) > MAX_INT_BITS:
+                _refuse(f"{a} ** {b}")
+    elif op == "+":
+        if isinstance(a, seq) and isinstance(b, seq) and len(a) + len(b) > _limits.chars:
+            _refuse(f"a sequence of {len(a) + len(b)} items")
+    elif op == "%":
+        if isinstance(a, str) and _BIG_WIDTH.search(a):
+            _refuse("a format with a huge width")
+        _check_args(b if isinstance(b, tuple) else (b,), {})
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """`a ~ b` through the environment's checked join (jinja otherwise joins without a hook)."""
+
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: Any) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, plus size checks on every operator, call and filter that can allocate."""
+
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _result_size(operator, left, right)
+        return _checked(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        receiver = getattr(__obj, "__self__", None)
+        fmt = isinstance(receiver, str) and getattr(__obj, "__name__", "") in ("format", "format_map")
+        _check_args(args, kwargs)
+        if fmt and _BIG_WIDTH.search(receiver):
+            _refuse("a format with a huge width")
+        return _checked(ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        receiver = getattr(value, "__self__", None)
+        name = getattr(value, "__name__", "")
+        if isinstance(receiver, str) and name in ("format", "format_map") and _BIG_WIDTH.search(receiver):
+            def refuse(*args: Any, **kwargs: Any) -> str:
+                _refuse("a format with a huge width")
+                return ""
+
+            return refuse
+        return super().wrap_str_format(value)
+
+    @staticmethod
+    def bounded_concat(values: Sequence[Any]) -> str:
+        parts = [str(v) for v in values]
+        if sum(len(p) for p in parts) > _limits.chars:
+            _refuse(f"a string of {sum(len(p) for p in parts)} characters")
+        return "".join(parts)
+
+
+def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _check_args(args, kwargs, fmt=name == "format")
+        return _checked(fn(*args, **kwargs))
+
+    return wrapper
+
+
+def _run_bounded(fn: Callable[[], Any], limit_s: float) -> Any:
+    """fn() in this thread, interrupted by _TemplateTimeout if it runs past limit_s (a timer thread
+    raises it asynchronously; it is cleared if fn finishes first)."""
+    if not hasattr(ctypes, "pythonapi"):  # not CPython: the size bounds still hold
+        return fn()
+    tid = threading.get_ident()
+    lock = threading.Lock()
+    state = {"done": False, "fired": False}
+    set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
+
+    def fire() -> None:
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                set_async(ctypes.c_ulong(tid), ctypes.py_object(_TemplateTimeout))
+
+    timer = threading.Timer(limit_s, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        try:
+            return fn()
+        finally:
+            with lock:
+                state["done"] = True
+                if state["fired"]:
+                    set_async(ctypes.c_ulong(tid), None)  # clear it if not delivered yet
+            timer.cancel()
+    except _TemplateTimeout:
+        raise ChatTemplateError(f"chat template took longer than {limit_s:g} s to render") from None
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -122,20 +288,25 @@ def _one_line(exc: BaseException) -> str:
 @lru_cache(maxsize=16)
 def compile_template(source: str) -> jinja2.Template:
     """Compile once per template string (a chat session renders the same template every turn)."""
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
+    env.filters = {k: _bounded_filter(k, f) for k, f in env.filters.items()}
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.globals["dict"] = _TemplateDict()
     env.globals["namespace"] = _TemplateNamespace
     try:
-        return env.from_string(source)
+        return _run_bounded(lambda: env.from_string(source), TIME_LIMIT_S)
     except jinja2.TemplateSyntaxError as e:
         raise ChatTemplateError(
             f"chat template syntax error at line {e.lineno}: {_one_line(e)}"
         ) from None
+    except jinja2.TemplateError as e:  # a sandbox bound hit while folding constants
+        raise ChatTemplateError(f"chat template error: {_one_line(e)}") from None
+    except (RecursionError, MemoryError, OverflowError, ValueError, TypeError) as e:
+        raise ChatTemplateError(f"chat template cannot be compiled: {type(e).__name__}") from None
 
 
 def _plain(value: Any) -> Any:
@@ -231,21 +402,42 @@ def render_chat_template(
             )
         chat[-1][field] = final_message + _CONTINUE_TAG
 
+    if not isinstance(source, str):
+        raise ChatTemplateError(f"the chat template must be a string, got {type(source).__name__}")
     compiled = compile_template(source)
-    try:
-        text = compiled.render(
+    input_chars = len(json.dumps([chat, tools, documents, kwargs], default=str))
+    _limits.chars = max(MAX_CHARS, 8 * input_chars)
+
+    def render() -> str:
+        pieces, total = [], 0
+        for piece in compiled.generate(
             messages=chat,
             tools=_plain(list(tools)) if tools is not None else None,
             documents=_plain(list(documents)) if documents is not None else None,
             add_generation_prompt=add_generation_prompt,
             **_plain(kwargs),
-        )
+        ):
+            total += len(piece)
+            if total > _limits.chars:
+                raise jinja2.exceptions.SecurityError(
+                    f"the rendered prompt exceeds {_limits.chars} characters"
+                )
+            pieces.append(piece)
+        return "".join(pieces)
+
+    try:
+        text = _run_bounded(render, TIME_LIMIT_S)
+    except ChatTemplateError:
+        raise
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f"chat template error: {_one_line(e)}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:
+    except (
+        TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError,
+        OverflowError, RecursionError, MemoryError, UnicodeError, LookupError,
+    ) as e:
         # Only template code runs inside render(), so these are the template's mistakes.
         raise ChatTemplateError(
-            f"chat template failed: {type(e).__name__}: {_one_line(e)}"
+            f"chat template failed: {type(e).__name__}: {_one_line(e)[:200]}"
         ) from None
 
     if final_message is not None:

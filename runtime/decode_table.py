@@ -9,9 +9,10 @@ integers (buffer, byte offset, rows, bytes per row) into one of two uint8 buffer
 - buffer 1: a small side arena for arrays that are not views into the file (norms and biases
   converted to float32, parts of in-memory tensors).
 
-Table row per layer: 11 entries (input norm, post norm, attention sub-norm, MLP sub-norm, then
-q, k, v, o, gate, up, down), each `ENTRY` ints: kind, group, flags, then the specs of the
-descriptor's a, b, c, d and bias (norms use only the first spec). See `kernels.matvec` for what
+Table row per layer: 15 entries (input norm, post norm, attention sub-norm, MLP sub-norm, then
+q, k, v, o, gate, up, down, then q norm, k norm, attention-output norm, MLP-output norm), each `ENTRY` ints: kind, group, flags, then the specs of the
+descriptor's a, b, c, d and bias, then of the linear's input norm (Falcon-E; empty when none);
+norms use only the first spec. See `kernels.matvec` for what
 a..d hold per encoding.
 """
 
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 
 SPEC = 4  # (buffer, byte offset, rows, bytes per row)
-ENTRY = 3 + 5 * SPEC
+ENTRY = 3 + 6 * SPEC  # kind, group, flags; a, b, c, d, bias; the linear's own input norm
+ROW = 15  # entries per layer
 ALIGN = 64
 
 
@@ -60,13 +62,16 @@ class _Buffers:
 
 
 def build_decode_table(blocks: list[Any], file_buffer: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(file buffer, side arena, table int64 [layers, 11, ENTRY]) for `decode_layers`, or None
+    """(file buffer, side arena, table int64 [layers, ROW, ENTRY]) for `decode_layers`, or None
     when some linear layer has no descriptor (a custom class): decode then runs block by block."""
     buffers = _Buffers(file_buffer)
-    table = np.zeros((len(blocks), 11, ENTRY), dtype=np.int64)
+    table = np.zeros((len(blocks), ROW, ENTRY), dtype=np.int64)
     for i, b in enumerate(blocks):
         a, m = b.attn, b.mlp
-        for j, norm in enumerate((b.input_norm, b.post_norm, a.sub_norm, m.sub_norm)):
+        norms = {0: b.input_norm, 1: b.post_norm, 2: a.sub_norm, 3: m.sub_norm, 11: getattr(a, "q_norm", None),
+                 12: getattr(a, "k_norm", None), 13: getattr(b, "attn_output_norm", None),
+                 14: getattr(b, "mlp_output_norm", None)}
+        for j, norm in norms.items():
             if norm is not None:
                 table[i, j, 3 : 3 + SPEC] = buffers.spec(np.ascontiguousarray(norm, dtype=np.float32))
             else:
@@ -78,6 +83,8 @@ def build_decode_table(blocks: list[Any], file_buffer: np.ndarray | None) -> tup
                 return None
             kind, *arrays, group, flags = desc
             table[i, j, :3] = (kind, group, flags)
+            norm = getattr(lin, "input_norm", None)
+            arrays = [*arrays, np.ascontiguousarray(norm, dtype=np.float32) if norm is not None else np.zeros(0, np.float32)]
             for k, arr in enumerate(arrays):
                 table[i, j, 3 + k * SPEC : 3 + (k + 1) * SPEC] = buffers.spec(arr)
     if not len(blocks):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,61 @@ class GenerationResponse:
     finish_reason: str | None = None  # "stop" (EOS or stop string), "length", or None while running
 
 
+class TokenStream:
+    """One sequence's choices after its prompt: sample a token from each step's logits, turn the
+    tokens into settled text, stop at EOS, a stop string or max_tokens. The model is driven by
+    the caller (`stream_generate` one sequence at a time, the server many in one batch)."""
+
+    def __init__(self, tokenizer: Any, params: SamplingParams, prompt_ids: Sequence[int], room: int) -> None:
+        self.sampler = make_sampler(params)
+        self.tokenizer = tokenizer
+        self.stop = StopChecker(params.stop or [], tokenizer.eos_token_ids)
+        self.detok = StreamingDetokenizer(tokenizer)
+        max_tokens = params.max_tokens if params.max_tokens is not None else 256
+        self.max_tokens = min(max_tokens, room)
+        self.history = list(prompt_ids)
+        self.generated: list[int] = []
+        self.text_out = ""  # text already handed out
+        self.finish: str | None = None
+
+    def choose(self, logits: np.ndarray) -> int:
+        return int(self.sampler(logits, self.history))
+
+    def push(self, token: int) -> str:
+        """Take the next token; returns the newly settled text (sets self.finish at the end)."""
+        self.generated.append(token)
+        self.history.append(token)
+        if token in self.tokenizer.eos_token_ids:
+            self.finish = "stop"
+        else:
+            self.detok.add_token(token)
+        full = self.detok.text
+        cut, hold = self.stop.check(full)
+        if cut is not None:
+            full, self.finish = full[:cut], "stop"
+        elif self.finish is None and len(self.generated) >= self.max_tokens:
+            self.finish = "length"
+        if self.finish is not None:
+            self.detok.finalize()
+            full = self.detok.text if cut is None else full
+            piece = full[len(self.text_out):]
+        else:
+            safe = len(full) - hold
+            piece = full[len(self.text_out):safe] if safe > len(self.text_out) else ""
+        self.text_out += piece
+        return piece
+
+
+def check_prompt(prompt_ids: Sequence[int], context_length: int) -> int:
+    """The room left for generated tokens; raises ValueError for an empty or too long prompt."""
+    if not prompt_ids:
+        raise ValueError("empty prompt")
+    room = context_length - len(prompt_ids)
+    if room <= 0:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {context_length}")
+    return room
+
+
 def stream_generate(
     model: LanguageModel,
     prompt_ids: Sequence[int],
@@ -39,64 +94,33 @@ def stream_generate(
 ) -> Iterator[GenerationResponse]:
     """Yield GenerationResponse items; the last one carries finish_reason."""
     params = params or SamplingParams()
-    sampler = make_sampler(params)
-    tokenizer = model.tokenizer
-    stop = StopChecker(params.stop or [], tokenizer.eos_token_ids)
-    detok = StreamingDetokenizer(tokenizer)
-    max_tokens = params.max_tokens if params.max_tokens is not None else 256
     prompt_ids = list(prompt_ids)
-    if not prompt_ids:
-        raise ValueError("empty prompt")
-    room = model.context_length - len(prompt_ids)
-    if room <= 0:
-        raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {model.context_length}")
-    max_tokens = min(max_tokens, room)
+    room = check_prompt(prompt_ids, model.context_length)
+    seq = TokenStream(model.tokenizer, params, prompt_ids, room)
 
     t0 = time.perf_counter()
     logits = model.prefill(prompt_ids, chunk=prefill_chunk)
     t_first = time.perf_counter()
     prompt_tps = len(prompt_ids) / max(t_first - t0, 1e-9)
-    history = list(prompt_ids)
-    generated: list[int] = []
-    text_out = ""  # text already yielded
-    finish = None
     t_decode = t_first
     while True:
-        token = int(sampler(logits, history))
-        generated.append(token)
-        history.append(token)
-        if token in tokenizer.eos_token_ids:
-            finish = "stop"
-        else:
-            detok.add_token(token)
-        full = detok.text
-        cut, hold = stop.check(full)
-        if cut is not None:
-            full, finish = full[:cut], "stop"
-        elif finish is None and len(generated) >= max_tokens:
-            finish = "length"
-        if finish is not None:
-            detok.finalize()
-            full = detok.text if cut is None else full
-            piece = full[len(text_out):]
-        else:
-            safe = len(full) - hold
-            piece = full[len(text_out):safe] if safe > len(text_out) else ""
-        text_out += piece
+        token = seq.choose(logits)
+        piece = seq.push(token)
+        n = len(seq.generated)
         elapsed = time.perf_counter() - t_decode
         yield GenerationResponse(
             text=piece,
             token=token,
             prompt_tokens=len(prompt_ids),
-            generation_tokens=len(generated),
+            generation_tokens=n,
             prompt_tps=prompt_tps,
-            generation_tps=(len(generated) - 1) / elapsed if len(generated) > 1 and elapsed > 0 else 0.0,
+            generation_tps=(n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0,
             time_to_first_token=t_first - t0,
-            finish_reason=finish,
+            finish_reason=seq.finish,
         )
-        if finish is not None:
+        if seq.finish is not None:
             return
-        if len(generated) == 1:
+        if n == 1:
             t_decode = time.perf_counter()
         logits = model.decode(token)
 

@@ -25,7 +25,7 @@ import numpy as np
 from lowbit.formats.encodings.q8 import group_size_of
 from lowbit.runtime.kernels import affine, dense, grouped, onebit, q8, ternary
 from lowbit.runtime.kernels.matvec import layer_norm as layer_norm_row
-from lowbit.runtime.kernels.matvec import make_descriptor, matvec
+from lowbit.runtime.kernels.matvec import make_descriptor, matvec, matvec_rows
 from lowbit.runtime.kernels.ternary import QuantizedActivation, quantize_activation
 
 
@@ -102,6 +102,19 @@ class Linear:
             self._prefill(x2, y)
             self._finish(y)
         return y[0] if one and out is None else y
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """x [B, in] -> [B, out] with the decode kernel for every row: row b is bit for bit
+        self(x[b]), whatever the other rows are (the server batches sequences on this)."""
+        x2 = _as_input(x)
+        if x2.ndim != 2 or x2.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self._what()}: input shape {list(x.shape)}, expected [B, {self.in_features}]"
+            )
+        y = np.empty((x2.shape[0], self.out_features), dtype=np.float32)
+        if x2.shape[0]:
+            matvec_rows(self.descriptor, x2, y)
+        return y
 
     # -- helpers for subclasses ----------------------------------------------------------------
 

@@ -2,12 +2,15 @@
 
 Each instance owns its cache and thread count, so two models in one process share no state.
 The cache keeps the token ids it holds: a new prompt that extends them (the next chat turn) only
-runs the new tokens.
+runs the new tokens. The model's own methods run on its default `Session`, which generates for
+one caller at a time (others wait; blocking=False raises SessionBusy); `model.session()` gives a
+conversation its own KV cache over the same weights.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -16,12 +19,20 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats import LowbitReader
-from lowbit.runtime.config import ModelArgs
-from lowbit.runtime.generate import GenerationResponse, stream_generate
-from lowbit.runtime.model import KVCache, Transformer
+from lowbit.runtime.generate import GenerationResponse
+from lowbit.runtime.kv_cache import KVCache
+from lowbit.runtime.model import Transformer
 from lowbit.runtime.sampling import SamplingParams
-from lowbit.runtime.threads import resolve_threads, set_threads
+from lowbit.runtime.session import Session
+from lowbit.runtime.threads import resolve_threads
 from lowbit.runtime.tokenizer import Tokenizer
+from lowbit.runtime.validate import (
+    check_config,
+    check_context,
+    check_generation,
+    check_tokenizer,
+    check_tokenizer_metadata,
+)
 
 DEFAULT_CONTEXT = 4096
 
@@ -32,60 +43,59 @@ class LanguageModel:
     ) -> None:
         self.path = Path(path)
         self.reader = LowbitReader(self.path)
+        try:
+            self._build(threads, context_length)
+        except BaseException:
+            self.reader.close()
+            raise
+
+    def _build(self, threads: int | None, context_length: int | None) -> None:
         meta = self.reader.metadata
         self.metadata = meta
-        self.args = ModelArgs.from_dict(meta.get("config", {}))
+        # validation before anything is built from the file (runtime.validate)
+        self.args = check_config(meta.get("config", {}))
+        tok_meta = check_tokenizer_metadata(meta.get("tokenizer", {}), self.reader.blob_names())
+        limit = self.args.max_position_embeddings
+        if context_length is not None:
+            check_context(self.args, context_length)
+        self.context_length = min(context_length or min(DEFAULT_CONTEXT, limit), limit)
         self.threads = resolve_threads(threads)
-        self.model = Transformer(self.reader, self.args)
-        tok_meta = meta.get("tokenizer", {})
+        self.model = Transformer(self.reader, self.args, self.context_length)
         self.tokenizer = Tokenizer.from_bytes(
             tok_meta.get("kind", "tokenizers"),
             self.reader.blob(tok_meta.get("blob", "tokenizer.json")),
             tok_meta,
             eos_token_ids=self.args.eos_token_id,
         )
-        limit = self.args.max_position_embeddings
-        self.context_length = min(context_length or min(DEFAULT_CONTEXT, limit), limit)
-        self.cache = KVCache(self.args, self.context_length)
-        self._cached_ids: list[int] = []
-        self.generation_defaults: dict[str, Any] = meta.get("generation", {})
+        check_tokenizer(self.args, self.tokenizer)
+        self._compute = threading.Lock()  # one forward pass at a time over the shared weights
+        self._session = Session(self, self.context_length)
+        self.generation_defaults: dict[str, Any] = check_generation(meta.get("generation", {}))
 
-    # -- low level -------------------------------------------------------------------------
+    # -- sessions ----------------------------------------------------------------------------
+    def session(self, context_length: int | None = None) -> Session:
+        """A new conversation with its own KV cache over these weights (no weight is copied)."""
+        return Session(self, context_length)
+
+    @property
+    def cache(self) -> KVCache:
+        return self._session.cache
+
+    # -- low level (the model's own session) ------------------------------------------------
     def reset(self) -> None:
-        self.cache.reset()
-        self._cached_ids = []
-
-    def _run(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
-        set_threads(self.threads)
-        logits = self.model.forward(np.asarray(ids, dtype=np.int64), self.cache, all_logits=all_logits)
-        self._cached_ids.extend(int(i) for i in ids)
-        return logits
+        self._session.reset()
 
     def prefill(self, ids: Sequence[int], chunk: int = 512) -> np.ndarray:
         """Run a prompt, reusing the cached prefix it shares with the last one; last logits."""
-        ids = [int(i) for i in ids]
-        common = 0
-        for a, b in zip(self._cached_ids, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # always run at least one token
-        self.cache.length = common
-        del self._cached_ids[common:]
-        logits = None
-        for s in range(common, len(ids), chunk):
-            logits = self._run(ids[s : s + chunk])
-        return logits[-1]
+        return self._session.prefill(ids, chunk)
 
     def decode(self, token: int) -> np.ndarray:
         """One token through the KV cache; returns its logits [vocab]."""
-        return self._run([token])[-1]
+        return self._session.decode(token)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [T, vocab] for every position of ids, from an empty cache."""
-        self.reset()
-        out = self._run(list(ids), all_logits=True)
-        return out
+        return self._session.logits(ids)
 
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -101,26 +111,31 @@ class LanguageModel:
             raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
         return SamplingParams(**{k: v for k, v in kwargs.items() if v is not None})
 
-    def stream_generate(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[GenerationResponse]:
-        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        return stream_generate(self, ids, self.sampling_params(**kwargs))
+    def stream_generate(
+        self, prompt: str | Sequence[int], blocking: bool = True, **kwargs: Any
+    ) -> Iterator[GenerationResponse]:
+        """GenerationResponse items. The model generates for one caller at a time: another
+        thread waits (blocking=False: SessionBusy), and a second unfinished generator in the same
+        thread is refused; `session()` gives each conversation its own cache instead."""
+        return self._session.stream_generate(prompt, blocking=blocking, **kwargs)
 
-    def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
+    def stream(self, prompt: str | Sequence[int], blocking: bool = True, **kwargs: Any) -> Iterator[str]:
         """Yield the completion's text piece by piece."""
-        for r in self.stream_generate(prompt, **kwargs):
-            if r.text:
-                yield r.text
+        return self._session.stream(prompt, blocking=blocking, **kwargs)
 
-    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **kwargs: Any) -> str:
-        return "".join(self.stream(prompt, max_tokens=max_tokens, **kwargs))
+    def generate(
+        self, prompt: str | Sequence[int], max_tokens: int = 256, stream: bool = False,
+        blocking: bool = True, **kwargs: Any,
+    ) -> str | Iterator[str]:
+        """The completion (stream=True: an iterator of its text pieces)."""
+        return self._session.generate(prompt, max_tokens=max_tokens, stream=stream, blocking=blocking, **kwargs)
 
     def chat(
-        self, messages: list[dict[str, str]], stream: bool = False, max_tokens: int = 512, **kwargs: Any
+        self, messages: list[dict[str, str]], stream: bool = False, max_tokens: int = 512,
+        blocking: bool = True, **kwargs: Any,
     ) -> str | Iterator[str]:
         """Answer the conversation: the chat template with add_generation_prompt, then generate."""
-        ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
-        pieces = self.stream(ids, max_tokens=max_tokens, **kwargs)
-        return pieces if stream else "".join(pieces)
+        return self._session.chat(messages, stream=stream, max_tokens=max_tokens, blocking=blocking, **kwargs)
 
     def close(self) -> None:
         self.model = None

@@ -1,14 +1,18 @@
-"""The decoder: Llama family (Llama, Mistral, Qwen2, SmolLM2) and BitNet b1.58 in one class.
+"""The decoder: every family lowbit converts (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, BitNet
+b1.58, Falcon-E) in one class.
 
-Differences between them are data, not branches: q/k/v biases and BitNet's sub-norms are used
-when their tensors exist, the MLP activation comes from the config, and ternary layers quantise
-their own activations to int8 inside their kernels. Activations and accumulation are float32.
+Differences between them are data, not branches: q/k/v biases, BitNet's sub-norms, q/k norms,
+Gemma's output norms and per-linear input norms are used when their tensors exist; the MLP
+activation, attention scale and soft-capping, per-layer sliding window and RoPE table, partial
+RoPE and the embedding multiplier come from the config (ModelArgs); ternary layers quantise their
+own activations to int8 inside their kernels. Activations and accumulation are float32.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,11 +20,14 @@ import numpy as np
 from lowbit.formats import LowbitReader, TensorEntry
 from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
-from lowbit.runtime.kernels.attention import attention
+from lowbit.runtime.errors import LowbitError
+from lowbit.runtime.features import check_features
 from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
-from lowbit.runtime.linear import make_linear
+from lowbit.runtime.kv_cache import KVCache, Segment, Segments
+from lowbit.runtime.linear import Linear, make_linear
 from lowbit.runtime.rope import RotaryEmbedding
+from lowbit.runtime.validate import check_tensors
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -37,21 +44,19 @@ def relu2(x: np.ndarray) -> np.ndarray:
     return r * r
 
 
-ACTIVATIONS = {"silu": silu, "relu2": relu2}
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU with the tanh approximation (PyTorch's approximate="tanh"; Gemma's GeGLU)."""
+    return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
 
 
-class KVCache:
-    """Pre-allocated keys and values for every layer: [layers, kv_heads, context, head_dim]."""
+def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    """c·tanh(x / c) (Gemma 2's soft-capping), or x unchanged."""
+    if not cap:
+        return x
+    return (np.tanh(x / np.float32(cap)) * np.float32(cap)).astype(np.float32)
 
-    def __init__(self, args: ModelArgs, context_length: int) -> None:
-        shape = (args.num_hidden_layers, args.num_key_value_heads, context_length, args.head_dim)
-        self.keys = np.zeros(shape, dtype=np.float32)  # calloc: pages become resident as used
-        self.values = np.zeros(shape, dtype=np.float32)
-        self.context_length = context_length
-        self.length = 0
 
-    def reset(self) -> None:
-        self.length = 0
+ACTIVATIONS = {"silu": silu, "relu2": relu2, "gelu_tanh": gelu_tanh}
 
 
 @dataclass
@@ -61,6 +66,8 @@ class Attention:
     v_proj: Any
     o_proj: Any
     sub_norm: np.ndarray | None
+    q_norm: np.ndarray | None = None  # [head_dim], per head before RoPE (Qwen3, Gemma 3)
+    k_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -77,23 +84,27 @@ class Block:
     attn: Attention
     post_norm: np.ndarray
     mlp: MLP
+    attn_output_norm: np.ndarray | None = None  # on the attention output (Gemma)
+    mlp_output_norm: np.ndarray | None = None  # on the MLP output (Gemma)
 
 
 def attention_forward(
-    args: ModelArgs, rope: RotaryEmbedding, attn: Attention, x: np.ndarray, cache: KVCache, layer: int, start: int
+    args: ModelArgs, rope: RotaryEmbedding, attn: Attention, x: np.ndarray, cache: KVCache | Segments, layer: int,
+    start: int,
 ) -> np.ndarray:
-    """Grouped-query attention of x [T, hidden] at positions start.., writing K/V into the cache."""
+    """Grouped-query attention of x [T, hidden] at positions start.., writing K/V into the cache
+    (or, for Segments, each sequence's tokens at its own positions into its own cache)."""
     t = x.shape[0]
     h, kvh, d = args.num_attention_heads, args.num_key_value_heads, args.head_dim
-    q = rope.apply(attn.q_proj(x).reshape(t, h, d), start)
-    k = rope.apply(attn.k_proj(x).reshape(t, kvh, d), start)
+    q = attn.q_proj(x).reshape(t, h, d)
+    k = attn.k_proj(x).reshape(t, kvh, d)
+    if attn.q_norm is not None:
+        q = rms_norm(q, attn.q_norm, args.rms_norm_eps)
+        k = rms_norm(k, attn.k_norm, args.rms_norm_eps)
     v = attn.v_proj(x).reshape(t, kvh, d)
-    end = start + t
-    cache.keys[layer, :, start:end] = k.transpose(1, 0, 2)
-    cache.values[layer, :, start:end] = v.transpose(1, 0, 2)
-    out = np.empty((t, h * d), dtype=np.float32)
-    attention(np.ascontiguousarray(q, dtype=np.float32), cache.keys[layer], cache.values[layer], start,
-              args.sliding_window or 0, out)
+    # RoPE, the cache write and attention, per sequence when `cache` holds several (Segments)
+    out = cache.attend(layer, rope, q, k, v, start, args.layer_window(layer), args.attention_scale,
+                       args.attn_logit_softcapping or 0.0)
     if attn.sub_norm is not None:
         out = rms_norm(out, attn.sub_norm, args.rms_norm_eps)
     return attn.o_proj(np.ascontiguousarray(out, dtype=np.float32))
@@ -107,12 +118,19 @@ def mlp_forward(args: ModelArgs, mlp: MLP, x: np.ndarray) -> np.ndarray:
 
 
 def block_forward(
-    args: ModelArgs, rope: RotaryEmbedding, block: Block, x: np.ndarray, cache: KVCache, layer: int, start: int
+    args: ModelArgs, rope: RotaryEmbedding, block: Block, x: np.ndarray, cache: KVCache | Segments, layer: int,
+    start: int,
 ) -> np.ndarray:
     """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
     eps = args.rms_norm_eps
-    x = x + attention_forward(args, rope, block.attn, _norm(x, block.input_norm, eps), cache, layer, start)
-    return x + mlp_forward(args, block.mlp, _norm(x, block.post_norm, eps))
+    h = attention_forward(args, rope, block.attn, _norm(x, block.input_norm, eps), cache, layer, start)
+    if block.attn_output_norm is not None:
+        h = rms_norm(h, block.attn_output_norm, eps)
+    x = x + h
+    h = mlp_forward(args, block.mlp, _norm(x, block.post_norm, eps))
+    if block.mlp_output_norm is not None:
+        h = rms_norm(h, block.mlp_output_norm, eps)
+    return x + h
 
 
 def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -122,75 +140,175 @@ def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 Lookup = Callable[[str], Any]  # tensor name -> TensorEntry / EncodedTensor, or None if absent
 
 
+class NormedLinear:
+    """A linear layer whose input is RMS-normalised by its own weight first (Falcon-E's BitLinear
+    with use_rms_norm: the norm precedes the int8 activation quantisation)."""
+
+    def __init__(self, linear: Any, input_norm: np.ndarray, eps: float) -> None:
+        self.linear, self.input_norm, self.eps = linear, input_norm, eps
+        self.descriptor = getattr(linear, "descriptor", None)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.linear(_norm(x, self.input_norm, self.eps))
+
+
 def _dense(lookup: Lookup, name: str) -> np.ndarray | None:
     entry = lookup(name)
     return None if entry is None else np.ascontiguousarray(entry.dequantize(), dtype=np.float32)
 
 
-def _linear(lookup: Lookup, prefix: str) -> Any:
+def _linear(lookup: Lookup, prefix: str, norm_eps: float | None = None) -> Any:
     entry = lookup(prefix + ".weight")
     if entry is None:
         raise KeyError(f"missing tensor {prefix}.weight")
-    return make_linear(entry, _dense(lookup, prefix + ".bias"))
+    linear = make_linear(entry, _dense(lookup, prefix + ".bias"))
+    norm = _dense(lookup, prefix + ".input_norm.weight") if norm_eps is not None else None
+    return linear if norm is None else NormedLinear(linear, norm, norm_eps)
 
 
-def load_attention(lookup: Lookup, i: int) -> Attention:
+def load_attention(lookup: Lookup, i: int, norm_eps: float | None = None) -> Attention:
     p = f"model.layers.{i}.self_attn."
-    return Attention(*(_linear(lookup, p + f"{x}_proj") for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"))
+    return Attention(*(_linear(lookup, p + f"{x}_proj", norm_eps) for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"),
+                     q_norm=_dense(lookup, p + "q_norm.weight"), k_norm=_dense(lookup, p + "k_norm.weight"))
 
 
-def load_mlp(lookup: Lookup, i: int) -> MLP:
+def load_mlp(lookup: Lookup, i: int, norm_eps: float | None = None) -> MLP:
     p = f"model.layers.{i}.mlp."
-    return MLP(*(_linear(lookup, p + f"{x}_proj") for x in ("gate", "up", "down")), sub_norm=_dense(lookup, p + "ffn_sub_norm.weight"))
+    return MLP(*(_linear(lookup, p + f"{x}_proj", norm_eps) for x in ("gate", "up", "down")), sub_norm=_dense(lookup, p + "ffn_sub_norm.weight"))
 
 
-def load_block(lookup: Lookup, i: int) -> Block:
+def load_block(lookup: Lookup, i: int, norm_eps: float | None = None) -> Block:
     p = f"model.layers.{i}."
     return Block(
         _dense(lookup, p + "input_layernorm.weight"),
-        load_attention(lookup, i),
+        load_attention(lookup, i, norm_eps),
         _dense(lookup, p + "post_attention_layernorm.weight"),
-        load_mlp(lookup, i),
+        load_mlp(lookup, i, norm_eps),
+        _dense(lookup, p + "attn_output_norm.weight"),
+        _dense(lookup, p + "mlp_output_norm.weight"),
     )
 
 
 class Transformer:
     """Weights of one model, read from an open LowbitReader; stateless between calls."""
 
-    def __init__(self, reader: LowbitReader, args: ModelArgs) -> None:
+    def __init__(self, reader: LowbitReader, args: ModelArgs, context_length: int | None = None) -> None:
+        check_features(reader.metadata)
+        check_tensors(args, reader.tensors)  # before any kernel: they trust these shapes
         self.args = args
         self.reader = reader
         lookup = reader.tensors.get
         self.embed: TensorEntry = reader["model.embed_tokens.weight"]
-        self.blocks: list[Block] = [load_block(lookup, i) for i in range(args.num_hidden_layers)]
+        self.blocks: list[Block] = [load_block(lookup, i, args.linear_norm_eps) for i in range(args.num_hidden_layers)]
         self.norm = _dense(lookup, "model.norm.weight")
         self.lm_head = make_linear(lookup("lm_head.weight") or self.embed)
-        self.rope = RotaryEmbedding(args.head_dim, args.max_position_embeddings, args.rope_theta, args.rope_scaling)
+        p, rot = args.max_position_embeddings, args.rotary_dim
+        self.rope = RotaryEmbedding(args.head_dim, p, args.rope_theta, args.rope_scaling, rot, context_length)
+        self.ropes = [self.rope]
+        if args.rope_local_base_freq is not None:  # sliding layers' own, unscaled RoPE (Gemma 3)
+            self.ropes.append(RotaryEmbedding(args.head_dim, p, args.rope_local_base_freq, None, rot, context_length))
+        self.layer_ropes = [self.ropes[int(args.uses_local_rope(i))] for i in range(args.num_hidden_layers)]
+        self._stack_ropes()
+        self.layer_info = np.array(
+            [(args.layer_window(i), int(args.uses_local_rope(i))) for i in range(args.num_hidden_layers)], dtype=np.int64
+        ).reshape(-1, 2)
         self.decode_table = build_decode_table(self.blocks, reader.buffer)
         self.fused_decode = self.decode_table is not None  # False: decode runs block_forward
 
     def decode_step(self, x: np.ndarray, cache: KVCache, pos: int) -> None:
         """x [hidden] at position pos through every layer, in place (kernels.decode_step)."""
         a = self.args
-        decode_layers(x, *self.decode_table, cache.keys, cache.values, self.rope.cos, self.rope.sin, pos,
-                      a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.sliding_window or 0)
+        decode_layers(x, *self.decode_table, cache.keys, cache.values, self.rope_cos, self.rope_sin, self.layer_info,
+                      pos, a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.attention_scale,
+                      a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+        x = np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+        if self.args.embedding_multiplier != 1.0:
+            x *= np.float32(self.args.embedding_multiplier)
+        return x
 
     def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run ids [T] at positions cache.length.. and return logits [T or 1, vocab]."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         start, t = cache.length, len(ids)
-        if start + t > cache.context_length:
-            raise ValueError(f"context length {cache.context_length} exceeded ({start} + {t} tokens)")
+        cache.check_room(t)
+        self._check_ids(ids, start + t)
         x = self.embed_tokens(ids)
         if t == 1 and self.fused_decode:
             self.decode_step(x[0], cache, start)
         else:
             for i, block in enumerate(self.blocks):
-                x = block_forward(self.args, self.rope, block, x, cache, i, start)
-        cache.length = start + t
+                x = block_forward(self.args, self.layer_ropes[i], block, x, cache, i, start)
+        cache.advance(ids)
         if not all_logits:
             x = x[-1:]
-        return self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps))
+        return softcap(self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
+
+    def _check_ids(self, ids: np.ndarray, end: int) -> None:
+        """Token ids index the embedding unchecked: refuse any outside the vocabulary; RoPE
+        tables grow to cover positions up to `end`."""
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.args.vocab_size):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise LowbitError(f"token id {bad} is outside the model's vocabulary of {self.args.vocab_size}")
+        if end > self.rope.positions:
+            for rope in self.ropes:
+                rope.ensure(end)
+            self._stack_ropes()
+
+    def _stack_ropes(self) -> None:
+        """The decode step's cos/sin [tables, P, rot/2]: the global table, then the local one."""
+        self.rope_cos = np.ascontiguousarray(np.stack([r.cos for r in self.ropes]))
+        self.rope_sin = np.ascontiguousarray(np.stack([r.sin for r in self.ropes]))
+
+    def forward_batch(self, segments: list[Segment]) -> np.ndarray:
+        """Several sequences in one pass: logits [S, vocab] of each segment's last token.
+
+        The linear layers run once over all the stacked tokens with the decode kernel applied to
+        each token (`Linear.rows`), so every weight row read serves every sequence, and each
+        token's result is exactly what it would be alone: outputs never depend on the company
+        a sequence keeps (the server's batching relies on this, bit for bit)."""
+        for seg in segments:
+            if seg.start != seg.cache.length or not seg.ids:
+                raise ValueError("a segment must continue its cache with at least one token")
+            seg.cache.check_room(len(seg.ids))
+        batch = Segments(segments)
+        ids = np.concatenate([np.asarray(s.ids, dtype=np.int64) for s in segments])
+        self._check_ids(ids, max(s.start + len(s.ids) for s in segments))
+        x = self.embed_tokens(ids)
+        blocks, head = self._per_token()
+        for i, block in enumerate(blocks):
+            x = block_forward(self.args, self.layer_ropes[i], block, x, batch, i, 0)
+        for seg in segments:
+            seg.cache.advance(seg.ids)
+        last = np.ascontiguousarray(x[batch.bounds[1:] - 1])
+        return softcap(head(_norm(last, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
+
+    def _per_token(self) -> tuple[list[Block], PerToken]:
+        """The blocks with every Linear wrapped in PerToken (built once; weights shared)."""
+        if getattr(self, "_per_token_blocks", None) is None:
+            self._per_token_blocks = [_wrap_linears(b) for b in self.blocks]
+            self._per_token_head = PerToken(self.lm_head)
+        return self._per_token_blocks, self._per_token_head
+
+
+class PerToken:
+    """A Linear that runs the decode kernel for each row of its input (`Linear.rows`)."""
+
+    def __init__(self, linear: Linear) -> None:
+        self.linear = linear
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.linear.rows(x)
+
+
+def _wrap_linears(obj: Any) -> Any:
+    """A copy of a Block / Attention / MLP dataclass with its Linear fields wrapped in PerToken."""
+    changes = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Linear):
+            changes[f.name] = PerToken(value)
+        elif is_dataclass(value):
+            changes[f.name] = _wrap_linears(value)
+    return replace(obj, **changes)

@@ -1,5 +1,6 @@
 """Rotary position embeddings (rotate-half convention, as Hugging Face Llama), with the
-`linear` and Llama 3 frequency scalings."""
+`linear`, Llama 3 and LongRoPE frequency scalings and partial rotation (the first `rotary_dim`
+dims of each head; the rest pass through, as Phi's)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,32 @@ from typing import Any
 
 import numpy as np
 
+ROPE_TYPES = ("default", "linear", "llama3", "longrope")  # rope_scaling types inverse_frequencies implements
+DEFAULT_POSITIONS = 4096  # tables built up front when the caller does not say how many it needs
 
-def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray:
-    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+
+def inverse_frequencies(
+    head_dim: int, theta: float, scaling: dict[str, Any] | None, context_length: int | None = None
+) -> np.ndarray:
+    """Frequencies of a `head_dim`-wide rotation (pass the rotary dims for partial RoPE).
+
+    LongRoPE divides them by its short factors, or by its long ones when the context the
+    runtime allocates exceeds the original training context (transformers switches the same
+    way by sequence length; llama.cpp by context size, as here, so cached keys stay valid)."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+    inv = 1.0 / (theta**exponent)
     if not scaling:
         return inv
     kind = scaling.get("rope_type", scaling.get("type"))
     factor = float(scaling.get("factor", 1.0))
     if kind == "linear":
         return inv / factor
+    if kind == "longrope":
+        orig = int(scaling["original_max_position_embeddings"])
+        long = context_length is not None and context_length > orig
+        ext = np.asarray(scaling["long_factor" if long else "short_factor"], dtype=np.float32)
+        # in float32, as transformers computes them
+        return (1.0 / (ext * np.float32(theta) ** exponent.astype(np.float32))).astype(np.float64)
     if kind == "llama3":
         low = float(scaling.get("low_freq_factor", 1.0))
         high = float(scaling.get("high_freq_factor", 4.0))
@@ -31,20 +49,58 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | N
     return inv
 
 
-class RotaryEmbedding:
-    """Precomputed cos/sin tables for every position up to the context length."""
+def attention_factor(scaling: dict[str, Any] | None) -> float:
+    """The factor LongRoPE multiplies cos and sin by (1 for the other scalings)."""
+    if scaling and scaling.get("rope_type") == "longrope":
+        return float(scaling.get("attention_factor", 1.0))
+    return 1.0
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict[str, Any] | None) -> None:
-        inv = inverse_frequencies(head_dim, theta, scaling)
-        angles = np.outer(np.arange(max_positions, dtype=np.float64), inv)  # [P, D/2]
-        self.cos = np.cos(angles).astype(np.float32)
-        self.sin = np.sin(angles).astype(np.float32)
+
+class RotaryEmbedding:
+    """Precomputed cos/sin tables [positions, rotary_dim / 2] for the context actually used.
+
+    `max_positions` is the model's limit (max_position_embeddings, which a file may set to 2^24);
+    the tables cover `context_length` (default min(limit, DEFAULT_POSITIONS)) and `ensure()` grows
+    them when a longer context is run, so their size follows the context, never the file's claim."""
+
+    def __init__(
+        self,
+        head_dim: int,
+        max_positions: int,
+        theta: float,
+        scaling: dict[str, Any] | None,
+        rotary_dim: int | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        self.rotary_dim = rotary_dim or head_dim
+        self.inv = inverse_frequencies(self.rotary_dim, theta, scaling, context_length or max_positions)
+        self.mult = attention_factor(scaling)
+        self.max_positions = max_positions
+        self._build(min(max_positions, DEFAULT_POSITIONS) if context_length is None else context_length)
+
+    def _build(self, n: int) -> None:
+        angles = np.outer(np.arange(n, dtype=np.float64), self.inv)  # [P, R/2]
+        self.cos = (np.cos(angles) * self.mult).astype(np.float32)
+        self.sin = (np.sin(angles) * self.mult).astype(np.float32)
+
+    @property
+    def positions(self) -> int:
+        return self.cos.shape[0]
+
+    def ensure(self, n: int) -> None:
+        """Tables for at least n positions (the kernels index them without bounds checks)."""
+        if n > self.positions:
+            self._build(max(n, min(2 * self.positions, self.max_positions)))
 
     def apply(self, x: np.ndarray, start: int) -> np.ndarray:
         """x [T, heads, D] at positions start..start+T-1 -> rotated copy."""
         t, _, d = x.shape
-        half = d // 2
+        self.ensure(start + t)
+        half = self.rotary_dim // 2
         cos = self.cos[start : start + t, None, :]
         sin = self.sin[start : start + t, None, :]
-        x1, x2 = x[..., :half], x[..., half:]
-        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+        x1, x2 = x[..., :half], x[..., half : 2 * half]
+        parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+        if 2 * half < d:
+            parts.append(x[..., 2 * half :])
+        return np.concatenate(parts, axis=-1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lowbit.errors import LowbitError
+from lowbit.runtime.errors import LowbitError
 
 # Top-p first looks for the nucleus among this many best tokens; a full sort only if it is wider.
 _NUCLEUS_PROBE = 256
@@ -34,7 +34,9 @@ class SamplingParams:
     top_p: float = 1.0  # 1.0 = off
     min_p: float = 0.0  # 0.0 = off; keep tokens with p >= min_p * p_max
     repetition_penalty: float = 1.0  # 1.0 = off; > 1 discourages recent tokens
-    repetition_context: int = 64  # how many recent ids (prompt included) the penalty looks at
+    repetition_context: int = 64  # how many recent ids (prompt included) the penalties look at
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from the logit of every recent id
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence of a recent id
     seed: int | None = None  # None = fresh entropy
     max_tokens: int | None = None  # None = the caller's default
     stop: list[str] = field(default_factory=list)  # stop strings; not part of the output
@@ -50,6 +52,8 @@ class SamplingParams:
             (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
             (self.repetition_context >= 0, "repetition_context must be >= 0"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
             (self.max_tokens is None or self.max_tokens >= 0, "max_tokens must be >= 0"),
         ]
         for ok, message in checks:
@@ -88,11 +92,7 @@ class Sampler:
     def __call__(self, logits: np.ndarray, previous_ids: Sequence[int] = ()) -> int:
         p = self.params
         if p.greedy:
-            x = np.asarray(logits).reshape(-1)
-            if p.repetition_penalty != 1.0:
-                x = apply_repetition_penalty(
-                    x, previous_ids, p.repetition_penalty, p.repetition_context
-                )
+            x = self._penalised(np.asarray(logits).reshape(-1), previous_ids)
             best = int(np.argmax(x))
             if np.isnan(x[best]):
                 raise ValueError("logits contain NaN")
@@ -103,6 +103,19 @@ class Sampler:
             int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), cdf.shape[0] - 1
         )
         return int(ids[i]) if ids is not None else i
+
+    def _penalised(self, x: np.ndarray, previous_ids: Sequence[int]) -> np.ndarray:
+        """Repetition penalty (CTRL), then presence and frequency penalties (OpenAI), over the
+        last repetition_context ids; x itself is never modified."""
+        p = self.params
+        if p.repetition_penalty != 1.0:
+            x = apply_repetition_penalty(x, previous_ids, p.repetition_penalty, p.repetition_context)
+        if (p.presence_penalty or p.frequency_penalty) and p.repetition_context > 0 and len(previous_ids):
+            recent = np.asarray(previous_ids[-p.repetition_context :], dtype=np.int64)
+            ids, counts = np.unique(recent[(recent >= 0) & (recent < x.shape[0])], return_counts=True)
+            x = np.array(x, dtype=np.float32, copy=True)
+            x[ids] -= np.float32(p.presence_penalty) + np.float32(p.frequency_penalty) * counts.astype(np.float32)
+        return x
 
     def distribution(
         self, logits: np.ndarray, previous_ids: Sequence[int] = ()
@@ -123,11 +136,7 @@ class Sampler:
     ) -> tuple[np.ndarray | None, np.ndarray]:
         """(candidate ids or None for all, unnormalised float64 weights) after every filter."""
         p = self.params
-        x = np.asarray(logits, dtype=np.float32).reshape(-1)
-        if p.repetition_penalty != 1.0:
-            x = apply_repetition_penalty(
-                x, previous_ids, p.repetition_penalty, p.repetition_context
-            )
+        x = self._penalised(np.asarray(logits, dtype=np.float32).reshape(-1), previous_ids)
         ids: np.ndarray | None = None  # None: every id, in order
         if 0 < p.top_k < x.shape[0]:
             # Temperature keeps the order, so select on the raw logits and scale only k of them.

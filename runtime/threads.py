@@ -1,9 +1,18 @@
-"""How many threads the kernels use, and a check that numba runs them on a real thread pool.
+"""How many threads the kernels use, which thread pool runs them, and a check that it is a real one.
 
 Numba's fallback `workqueue` layer costs ~100-130 µs per parallel call (measured: ~2 µs with TBB
 or OpenMP), i.e. tens of milliseconds per token; `check_threading_layer()` warns about it.
-Numba's default order (tbb, omp, workqueue) already prefers TBB, which lowbit depends on, so the
-layer is left to numba (NUMBA_THREADING_LAYER still overrides it).
+
+Sharing the CPU: a decode step is ~5 parallel regions per layer (150 per SmolLM2 token), each
+ending when its slowest thread does. With another process busy on one of two cores, a worker that
+spins between regions (TBB, or OpenMP's default spin-then-sleep) burns its share of that core and
+then waits for its next time slice inside the region, so `--threads 2` decoded slower than
+`--threads 1` (issue 20: 9.8 against 86.5 tok/s). A worker that sleeps at once (OpenMP's
+`OMP_WAIT_POLICY=PASSIVE`) keeps its scheduler credit and preempts the busy process when woken:
+`tools/bench_contention.py` measured 112 tok/s at 2 threads against 34 at 1 with a busy loop on a
+shared 2-core VM, where TBB gave 34 against 40 and spinning OpenMP 2.4 against 23. So, unless the
+user chose (NUMBA_THREADING_LAYER, NUMBA_THREADING_LAYER_PRIORITY, OMP_WAIT_POLICY), lowbit asks
+numba for OpenMP with passive waits first, then TBB, then workqueue.
 """
 
 from __future__ import annotations
@@ -14,9 +23,27 @@ import os
 import numba
 import numpy as np
 
+import lowbit.runtime.kernels.cache  # noqa: F401  (numba's cache outside the installation)
+
 log = logging.getLogger(__name__)
 
 ENV = "LOWBIT_THREADS"
+LAYER_ORDER = "omp tbb workqueue"
+
+
+def prefer_passive_openmp() -> None:
+    """Ask numba for OpenMP with passive waits first (see the module's docstring), unless the user
+    chose a layer or a wait policy; must run before the first parallel call starts the pool."""
+    if os.environ.get("NUMBA_THREADING_LAYER", "default").lower() != "default":
+        return
+    if "NUMBA_THREADING_LAYER_PRIORITY" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by libgomp when numba's omp pool loads it
+    os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = LAYER_ORDER  # numba re-reads its env at compiles
+    numba.config.THREADING_LAYER_PRIORITY = LAYER_ORDER.split()
+
+
+prefer_passive_openmp()
 
 
 def _available_cpus() -> set[int]:

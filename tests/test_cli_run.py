@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_lowbit
 from tiny_models import save_tiny
 
 from lowbit.convert.converter import convert
@@ -18,10 +18,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def run_cli(*args: str, input: str | None = None, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lowbit.cli", *args],
-        capture_output=True, text=True, input=input, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600,
-    )
+    return run_lowbit(*args, input=input, cwd=cwd, env=env)  # in-process: formatting and exit codes only
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run_lowbit
 from tiny_models import save_tiny
 
 from lowbit.convert.converter import convert
@@ -24,9 +24,7 @@ PRESETS = ["f32", "f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lowbit.cli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
+    return run_lowbit(*args, env=env)  # in-process (tests/cli_runner.py)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

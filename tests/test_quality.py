@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_lowbit
 
 from lowbit.convert.converter import convert
 from lowbit.eval.perplexity import kl_divergence, make_windows
@@ -36,10 +35,7 @@ def f32(smollm2_file):
 def test_ppl_matches_transformers(smollm2_hf_dir, f32, tmp_path):
     text = tmp_path / "short.txt"
     text.write_text(SHORT_TEXT)
-    proc = subprocess.run(
-        [sys.executable, "-m", "lowbit.cli", "eval", "ppl", str(f32), "--text", str(text), "--ctx", str(CTX), "--json"],
-        capture_output=True, text=True, timeout=600,
-    )
+    proc = run_lowbit("eval", "ppl", str(f32), "--text", str(text), "--ctx", str(CTX), "--json")  # in-process
     assert proc.returncode == 0, proc.stderr
     ours = json.loads(proc.stdout)
     # transformers on the same windows, scored the llama.cpp way (second half of each window)

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_lowbit
 
 from lowbit.formats import LowbitReader
 from lowbit.runtime import load
@@ -23,7 +24,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lowbit.cli", *args], capture_output=True, text=True, timeout=600)
+    return run_lowbit(*args)  # in-process (tests/cli_runner.py)
 
 
 def spec_bits(encoding: str, out: int, n: int, params: dict) -> float:

@@ -7,30 +7,33 @@ import time
 
 import click
 
+from lowbit.commands.options import THREADS_ENV, ThreadList, method_choice
+
 
 @click.command()
 @click.argument("model")
-@click.option("--prompt-tokens", "-n", type=int, default=128, show_default=True, help="Prompt length for prefill.")
-@click.option("--gen-tokens", "-g", type=int, default=128, show_default=True, help="Tokens to decode.")
-@click.option("--threads", "-t", default=None, help="Thread counts, comma-separated (default: physical cores).")
-@click.option("--repeats", "-r", type=int, default=3, show_default=True, help="Runs per setting (median reported).")
-@click.option("--method", default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
+@click.option("--prompt-tokens", "-n", type=click.IntRange(min=1), default=128, show_default=True, help="Prompt length for prefill.")
+@click.option("--gen-tokens", "-g", type=click.IntRange(min=1), default=128, show_default=True, help="Tokens to decode.")
+@click.option("--threads", "-t", "thread_list", type=ThreadList(), envvar=THREADS_ENV, default=None, help="Thread counts, comma-separated (default: LOWBIT_THREADS or physical cores).")
+@click.option("--repeats", "-r", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per setting (median reported).")
+@click.option("--method", type=method_choice(), default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(model, prompt_tokens, gen_tokens, threads, repeats, method, as_json) -> None:
+def bench(model, prompt_tokens, gen_tokens, thread_list, repeats, method, as_json) -> None:
     """Measure load time, time to first token, prefill and decode tokens/s and peak RSS."""
     from lowbit.bench import bench_model, bench_report
-    from lowbit.commands.options import warm_up
+    from lowbit.commands.options import model_limit, resolve, warm_up
     from lowbit.inspect import summarize
-    from lowbit.models import resolve_model
     from lowbit.runtime import load
 
-    try:
-        thread_list = [int(t) for t in threads.split(",")] if threads else None
-    except ValueError:
-        raise click.BadParameter(f"{threads!r} is not a comma-separated list of integers", param_hint="--threads") from None
-    path = resolve_model(model, method=method)
+    path = resolve(model, method, quiet=as_json)
+    limit = model_limit(path)
+    if prompt_tokens + gen_tokens > limit:  # refused now, not after minutes of prefill
+        raise click.ClickException(
+            f"-n {prompt_tokens} plus -g {gen_tokens} tokens need a context of {prompt_tokens + gen_tokens}; "
+            f"the model's maximum is {limit}"
+        )
     t0 = time.perf_counter()
-    llm = load(path, context_length=prompt_tokens + gen_tokens + 16)
+    llm = load(path, context_length=min(prompt_tokens + gen_tokens + 16, limit))
     load_s = time.perf_counter() - t0
     warm_up(llm, quiet=as_json)
     rows = bench_model(llm, prompt_tokens, gen_tokens, thread_list, repeats)

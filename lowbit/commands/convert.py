@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from lowbit.commands.options import Finite, check_source, method_choice
+
 
 def _list_methods() -> None:
     from lowbit.convert.recipe import METHODS
@@ -17,7 +19,7 @@ def _list_methods() -> None:
 @click.command()
 @click.argument("source", required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .lowbit file.")
-@click.option("-m", "--method", default="q4", show_default=True, help="Encoding of the linear layers.")
+@click.option("-m", "--method", type=method_choice(), default="q4", show_default=True, help="Encoding of the linear layers.")
 @click.option("--recipe", type=click.Path(exists=True, dir_okay=False), help="TOML recipe: tensor-name glob -> encoding.")
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -26,12 +28,12 @@ def _list_methods() -> None:
 @click.option("--calib", "calib_file", type=click.Path(exists=True, dir_okay=False), help="Calibration text (default: the one shipped with lowbit).")
 @click.option("--quantizer", type=click.Choice(["gptq", "imatrix"]), default="gptq", show_default=True, help="Calibrated quantiser for q2-q4.")
 @click.option("--act-order/--no-act-order", default=True, show_default=True, help="GPTQ: quantise columns by decreasing Hessian diagonal.")
-@click.option("--calib-sequences", type=int, default=32, show_default=True, help="Calibration sequences.")
-@click.option("--calib-len", type=int, default=256, show_default=True, help="Tokens per calibration sequence.")
-@click.option("--target-bpw", type=float, help="Pick q2/q3/q4/q8 per linear layer by measured sensitivity to hit this bits/weight.")
+@click.option("--calib-sequences", type=click.IntRange(min=1), default=32, show_default=True, help="Calibration sequences.")
+@click.option("--calib-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per calibration sequence.")
+@click.option("--target-bpw", type=Finite(min=0, min_open=True), help="Pick q2/q3/q4/q8 per linear layer by measured sensitivity to hit this bits/weight.")
 @click.option("--eval", "evaluate", is_flag=True, help="Measure PPL/KL against the f32 conversion and store them in the file.")
 @click.option("--eval-text", type=click.Path(exists=True, dir_okay=False), help="Held-out text for --eval (default: shipped).")
-@click.option("--eval-ctx", type=int, default=256, show_default=True, help="Window length for --eval.")
+@click.option("--eval-ctx", type=click.IntRange(min=4), default=256, show_default=True, help="Window length for --eval.")
 def convert(source, output, method, recipe, revision, force, list_methods, calibrate, calib_file, quantizer,
             act_order, calib_sequences, calib_len, target_bpw, evaluate, eval_text, eval_ctx) -> None:
     """Convert SOURCE (a Hugging Face folder, hub id or .gguf file) into a .lowbit file."""
@@ -40,6 +42,7 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
         return
     if not source:
         raise click.UsageError("missing SOURCE (a Hugging Face folder, hub id or .gguf file)")
+    check_source(source)  # a mistyped local path is a missing path, not a hub miss
     if not output:
         from pathlib import Path
 
@@ -48,7 +51,12 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
 
     from lowbit.convert.converter import convert as run_convert
 
+    bar = None
+
     def progress(name: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # opened at the first tensor: no empty bar before a refusal
+            bar = tqdm(desc="calibrating" if calibration else "converting", unit="tensor", dynamic_ncols=True, leave=False)
         bar.total = total
         bar.set_postfix_str(name.removeprefix("model."), refresh=False)
         bar.update(done - bar.n)
@@ -59,12 +67,12 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
 
         name, text = (calib_file, open(calib_file, encoding="utf-8").read()) if calib_file else default_calibration_text()
         calibration = CalibrationConfig(text, name, calib_sequences, calib_len, quantizer, act_order)
-    bar = tqdm(desc="calibrating" if calibration else "converting", unit="tensor", dynamic_ncols=True, leave=False)
     try:
         result = run_convert(source, output, method=method, recipe=recipe, revision=revision, force=force,
                              progress=progress, calibration=calibration, target_bpw=target_bpw)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     size_mb = result.file_size / 1e6
     click.echo(
         f"wrote {result.path} ({size_mb:.1f} MB, {len(result.tensors)} tensors) in {result.seconds:.1f} s: "
@@ -111,3 +119,8 @@ def _quality_card(source: str, path, eval_text: str | None, ctx: int, revision: 
         f"quality on {name}: PPL {q['ppl']:.3f} (f32 {q['ppl_reference']:.3f}), KL mean {q['kl_mean']:.4f}, "
         f"p99 {q['kl_p99']:.4f}, top-1 agreement {100 * q['top1_agreement']:.1f}% ({q['tokens_scored']} tokens)"
     )
+    from lowbit.convert.converter import perplexity_warning
+
+    warning = perplexity_warning(q["ppl"], q["ppl_reference"])
+    if warning:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)

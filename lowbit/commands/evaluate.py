@@ -7,6 +7,11 @@ from pathlib import Path
 
 import click
 
+from lowbit.commands.options import THREADS_ENV, THREADS_HELP, Threads, method_choice
+
+# each window scores its second half (llama.cpp's method): 4 tokens is the least that scores one
+CTX = click.IntRange(min=4)
+
 
 def _read_text(path: str) -> str:
     try:
@@ -27,6 +32,16 @@ def _bar(desc: str):
     return bar, update
 
 
+def _open(model: str, method: str, ctx: int, threads: int | None, quiet: bool):
+    """MODEL resolved (converted once if needed), its context checked, then loaded."""
+    from lowbit.commands.options import check_context, resolve
+    from lowbit.runtime import load
+
+    path = resolve(model, method, quiet)
+    check_context(path, ctx)
+    return load(path, threads=threads, context_length=ctx)
+
+
 @click.group()
 def evaluate() -> None:
     """Perplexity and KL divergence on a text file."""
@@ -35,19 +50,19 @@ def evaluate() -> None:
 @evaluate.command()
 @click.argument("model")
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Plain-text file.")
-@click.option("--ctx", type=int, default=512, show_default=True, help="Window length in tokens.")
-@click.option("-t", "--threads", type=int)
-@click.option("--method", default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
+@click.option("--ctx", type=CTX, default=512, show_default=True, help="Window length in tokens.")
+@click.option("-t", "--threads", type=Threads(), envvar=THREADS_ENV, help=THREADS_HELP)
+@click.option("--method", type=method_choice(), default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
 @click.option("--json", "as_json", is_flag=True)
 def ppl(model, text_file, ctx, threads, method, as_json) -> None:
     """Perplexity of MODEL on a text (llama.cpp's method: score the second half of each window)."""
     from lowbit.eval.perplexity import perplexity
-    from lowbit.models import load
 
-    llm = load(model, threads=threads, context_length=ctx, method=method)
+    text = _read_text(text_file)
+    llm = _open(model, method, ctx, threads, as_json)
     bar, update = _bar("perplexity")
     try:
-        r = perplexity(llm, _read_text(text_file), ctx, update)
+        r = perplexity(llm, text, ctx, update)
     finally:
         bar.close()
     if as_json:
@@ -60,20 +75,20 @@ def ppl(model, text_file, ctx, threads, method, as_json) -> None:
 @click.argument("model")
 @click.option("--ref", required=True, help="Reference: a .lowbit file, or an HF folder / GGUF run through lowbit's f32 path.")
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--ctx", type=int, default=512, show_default=True)
-@click.option("-t", "--threads", type=int)
-@click.option("--method", default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
+@click.option("--ctx", type=CTX, default=512, show_default=True)
+@click.option("-t", "--threads", type=Threads(), envvar=THREADS_ENV, help=THREADS_HELP)
+@click.option("--method", type=method_choice(), default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
 @click.option("--json", "as_json", is_flag=True)
 def kl(model, ref, text_file, ctx, threads, method, as_json) -> None:
     """KL divergence of MODEL's token distributions from a reference's (like llama.cpp --kl-divergence)."""
     from lowbit.eval.perplexity import kl_divergence
-    from lowbit.models import load
 
-    llm = load(model, threads=threads, context_length=ctx, method=method)
-    ref_llm = load(ref, threads=threads, context_length=ctx, method="f32")
+    text = _read_text(text_file)
+    llm = _open(model, method, ctx, threads, as_json)
+    ref_llm = _open(ref, "f32", ctx, threads, as_json)
     bar, update = _bar("kl-divergence")
     try:
-        r = kl_divergence(llm, ref_llm, _read_text(text_file), ctx, update)
+        r = kl_divergence(llm, ref_llm, text, ctx, update)
     finally:
         bar.close()
     if as_json:

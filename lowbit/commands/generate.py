@@ -7,7 +7,15 @@ import sys
 
 import click
 
-from lowbit.commands.options import model_options, open_model, sampling_kwargs, sampling_options
+from lowbit.commands.options import (
+    check_fits,
+    check_prompt,
+    model_options,
+    open_model,
+    sampling_kwargs,
+    sampling_options,
+    warm_up,
+)
 
 
 @click.command()
@@ -21,19 +29,23 @@ from lowbit.commands.options import model_options, open_model, sampling_kwargs, 
 @sampling_options(max_tokens=256)
 def generate(model, prompt, prompt_file, chat, system, as_json, threads, context_length, method, **sampling) -> None:
     """Complete a prompt given with -p, -f or on stdin."""
+    source = "-p"
     if prompt is None and prompt_file is not None:
-        prompt = prompt_file.read()
+        prompt, source = prompt_file.read(), "-f"
     if prompt is None:
         if sys.stdin.isatty():
             raise click.UsageError("give a prompt with -p TEXT, -f FILE or on stdin")
-        prompt = sys.stdin.read()
-    llm, load_s = open_model(model, threads, context_length, method, quiet=as_json)
+        prompt, source = sys.stdin.read(), "-p, -f or stdin"
+    check_prompt(prompt, source)
+    llm, load_s = open_model(model, threads, context_length, method, quiet=as_json, warm=False)
     kwargs = sampling_kwargs(sampling, llm.generation_defaults)
     if chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         ids = llm.tokenizer.encode_chat(messages, add_generation_prompt=True)
     else:
         ids = llm.tokenize(prompt)
+    check_fits(llm, len(ids))
+    warm_up(llm, quiet=as_json)
     text, last = [], None
     for r in llm.stream_generate(ids, **kwargs):
         last = r

@@ -10,7 +10,8 @@ import datetime as _dt
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,13 +27,15 @@ from lowbit.convert.architectures import (
     model_spec,
 )
 from lowbit.convert.bitnet import ternary_scale, unpack_hf_ternary
+from lowbit.convert.models import FEATURE_VERSIONS, CheckpointView, required_features
 from lowbit.convert.recipe import METHODS, Recipe, load_recipe
 from lowbit.convert.sources import check_weight, open_checkpoint
-from lowbit.errors import ConversionError
+from lowbit.errors import ConversionError, LowbitError
 from lowbit.formats import LowbitWriter
 from lowbit.formats.encodings import EncodedTensor
 from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
 from lowbit.quant import quantize, relative_error
+from lowbit.runtime.validate import check_config, check_generation, check_tensors
 
 if TYPE_CHECKING:
     from lowbit.quant.calibrate import CalibrationConfig
@@ -75,6 +78,8 @@ class ConvertResult:
 
 
 def expected_tensors(spec: ModelSpec) -> set[str]:
+    if spec.tensors is not None:
+        return set(spec.tensors.required)
     cfg = spec.config
     names = {"model.embed_tokens.weight", "model.norm.weight"}
     if not cfg["tie_word_embeddings"]:
@@ -225,17 +230,23 @@ def convert(
     rec = load_recipe(recipe, method)
     if rec.method == "keep" and (calibration is not None or target_bpw is not None):
         raise ConversionError("--method keep re-packs the GGUF's own grid: it takes no --calibrate or --target-bpw")
-    ckpt = open_checkpoint(str(source), revision)
-    if rec.method == "keep" and not hasattr(ckpt, "gguf_tensor"):
-        raise ConversionError("--method keep applies to GGUF input only (re-packs its quantised blocks)")
-    spec = model_spec(ckpt.config)
+    with _malformed_input(source):
+        ckpt = open_checkpoint(str(source), revision)
+        if rec.method == "keep" and not hasattr(ckpt, "gguf_tensor"):
+            raise ConversionError("--method keep applies to GGUF input only (re-packs its quantised blocks)")
+        _check_source_types(ckpt.config)
+        spec = model_spec(ckpt.config)
+    if spec.tensors is not None:  # the checkpoint in lowbit's tensor names (splits, renames: models/*)
+        ckpt = CheckpointView(ckpt, spec.tensors)
+    native = spec.ternary_weights is not None
     names = [n for n in ckpt.tensor_names() if not n.endswith(SKIPPED_SUFFIXES)]
     canon = {canonical_name(n): n for n in names}
     required = expected_tensors(spec)
     missing = sorted(required - set(canon))
     if missing:
         raise ConversionError(f"checkpoint lacks tensor {missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1 else f"checkpoint lacks tensor {missing[0]}")
-    unexpected = sorted(n for n in canon if n not in required and not optional_tensor(n))
+    optional = spec.tensors.optional if spec.tensors is not None else optional_tensor
+    unexpected = sorted(n for n in canon if n not in required and not optional(n))
     if unexpected:
         raise ConversionError(f"unexpected tensor {unexpected[0]} for {spec.source_architecture} (an unsupported variant?)")
     if target_bpw is not None:
@@ -245,20 +256,26 @@ def convert(
 
         rec.rules = plan(_tensor_getter(ckpt), sorted(canon), target_bpw) + rec.rules
         rec.target_bpw = target_bpw
-    blob_name, blob, tok_meta = tokenizer_section(ckpt.tokenizer_files)
-    gen = {k: ckpt.generation_config[k] for k in GENERATION_KEYS if k in ckpt.generation_config}
+    with _malformed_input(source):
+        blob_name, blob, tok_meta = tokenizer_section(ckpt.tokenizer_files)
+        gen = {k: ckpt.generation_config[k] for k in GENERATION_KEYS if k in ckpt.generation_config}
     config = dict(spec.config)
     if "lm_head.weight" not in canon:
         config["tie_word_embeddings"] = True
+    args = check_config(config)  # the runtime's checks, before anything is written
+    check_generation(gen)
+    if not native and hasattr(ckpt, "shape"):  # (BitNet's packed weights have other shapes)
+        with _malformed_input(source):
+            check_tensors(args, {canonical_name(n): {"shape": ckpt.shape(n), "encoding": None} for n in names})
     metadata = {
         "architecture": spec.architecture,
         "config": config,
+        "features": {f: FEATURE_VERSIONS[f] for f in required_features(config)},
         "tokenizer": tok_meta,
         "generation": gen,
         "provenance": _provenance(ckpt, str(source), rec),
     }
     warnings: list[str] = []
-    native = spec.ternary_weights is not None
     if native and METHODS[rec.method].encoding not in ("ternary", "ternary-1.6"):
         warnings.append(
             f"{spec.source_architecture} is a ternary (BitNet) model: its linear layers are stored "
@@ -266,7 +283,12 @@ def convert(
         )
     reports: list[TensorReport] = []
     calibrate = calibration is not None and not native
-    with LowbitWriter(output, metadata) as writer:
+    if calibrate and metadata["features"]:
+        raise ConversionError(
+            f"calibrated conversion does not support {spec.source_architecture} yet "
+            f"(model feature {next(iter(metadata['features']))!r}); convert without --calibrate"
+        )
+    with LowbitWriter(output, metadata, overwrite=force) as writer:
         writer.add_blob(blob_name, blob)
         total = len(names)
 
@@ -312,16 +334,85 @@ def convert(
                 if hasattr(ckpt, "release"):
                     ckpt.release(src_name)
                 del w, encoded
+        # what the runtime will check at load, on what is about to be written (an exception
+        # here aborts the writer: no file)
+        check_tensors(args, {r["name"]: r for r in writer.tensor_records})
         if any(r.source_type for r in reports):
             metadata["provenance"]["source_types"] = _source_types(reports)
     lin_err = [t.rel_error for t in reports if is_linear_weight(t.name)]
-    if not native and METHODS[rec.method].needs_training and lin_err and not calibrate:
-        warnings.append(
-            f"{rec.method} on an ordinary (non-ternary-trained) model destroys its quality without "
-            f"training: mean relative weight error {np.mean(lin_err):.2f}. Expect broken output; "
-            "measure it with `lowbit eval`."
-        )
+    warning = weight_error_warning(lin_err)
+    if warning:
+        warnings.append(warning)
     return ConvertResult(output, time.perf_counter() - start, output.stat().st_size, reports, warnings)
+
+
+# Mean relative weight error ‖W − Ŵ‖/‖W‖ of the linear layers against what it did to SmolLM2-135M
+# (PPL on lowbit/data/eval.txt, f32 24.5; docs/quality.md): q8 0.009 (1.00×), q4 RTN 0.089 (1.27×),
+# q3 RTN 0.184 (3.3×), q2 RTN 0.380 (666×), ternary 0.556, onebit 0.610 (10⁵×-10⁶×).
+BROKEN_ERROR = 0.30
+DEGRADED_ERROR = 0.15
+
+
+def weight_error_warning(errors: list[float]) -> str | None:
+    """What the measured weight error predicts, whatever the method's name (None: nothing to say)."""
+    if not errors:
+        return None
+    mean = float(np.mean(errors))
+    bad = sum(e >= BROKEN_ERROR for e in errors)
+    if mean >= BROKEN_ERROR or bad >= max(1, len(errors) // 10):  # a few broken layers break it too
+        where = f"mean {mean:.2f}" + (f", {bad} of {len(errors)} layers ≥ {BROKEN_ERROR}" if bad < len(errors) else "")
+        return (
+            f"this conversion destroys its quality: relative weight error of the linear layers {where} "
+            f"(≥ {BROKEN_ERROR} predicts a broken model; q2 at 0.38 multiplied SmolLM2's "
+            "perplexity by hundreds). Expect broken output unless the model was trained for this "
+            "encoding; try more bits or --calibrate, and measure it with --eval or `lowbit eval`."
+        )
+    if mean >= DEGRADED_ERROR:
+        return (
+            f"large quantisation error: mean relative weight error {mean:.2f} of the linear layers "
+            f"(≥ {DEGRADED_ERROR}: expect clearly worse output, q3 at 0.18 tripled SmolLM2's perplexity); "
+            "--calibrate or more bits reduce it, --eval measures it."
+        )
+    return None
+
+
+def perplexity_warning(ppl: float, reference: float) -> str | None:
+    """What a measured PPL ratio to the f32 conversion says about the model (None: fine)."""
+    ratio = ppl / reference if reference > 0 else float("inf")
+    if not ratio < 3.0:
+        return (f"perplexity {ppl:.1f} is {ratio:.1f}× the f32 conversion's {reference:.1f}: this model "
+                "is broken for ordinary use (try more bits or --calibrate)")
+    if ratio >= 1.5:
+        return (f"perplexity {ppl:.1f} is {ratio:.2f}× the f32 conversion's {reference:.1f}: expect clearly "
+                "worse output than the original")
+    return None
+
+
+INTEGER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "sliding_window")
+
+
+def _check_source_types(config: dict[str, Any]) -> None:
+    """The checkpoint's integer hyper-parameters are integers: int() would turn "4" into 4 and
+    64.5 into 64 without a word (null is left to the architecture's defaults)."""
+    for key in INTEGER_FIELDS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConversionError(f"config.json: field {key!r} must be an integer, got {value!r:.40}")
+
+
+@contextmanager
+def _malformed_input(source: str | Path) -> Iterator[None]:
+    """Reading a checkpoint's metadata: a malformed file (a field of the wrong type, a head count
+    of 0, a missing key) becomes one ConversionError line instead of a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, OverflowError,
+            AttributeError, RecursionError) as e:
+        if isinstance(e, LowbitError):
+            raise
+        text = " ".join(str(e).split())[:200]
+        raise ConversionError(f"{source}: malformed checkpoint ({type(e).__name__}: {text})") from None
 
 
 ROW_SEPARABLE = ("f32", "f16", "bf16", "q8", "q2", "q3", "q4")

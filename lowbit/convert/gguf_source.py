@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.convert.models.base import GGUFArch
 from lowbit.errors import ConversionError, UnsupportedModel
 
 log = logging.getLogger(__name__)
@@ -30,19 +31,14 @@ log = logging.getLogger(__name__)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
-@dataclass(frozen=True)
-class _Arch:
-    hf_class: str
-    model_type: str
-    permuted_qk: bool  # llama.cpp's converter permutes Q/K rows for its non-NeoX RoPE kernels
+def _architectures() -> dict[str, GGUFArch]:
+    """llama.cpp architecture name -> how to read it, from each model module's `GGUF`."""
+    from lowbit.convert.models import MODULES
+
+    return {name: arch for m in MODULES for name, arch in getattr(m, "GGUF", {}).items()}
 
 
-# Qwen2 uses NeoX-style RoPE in llama.cpp (the HF rotate-half order), so its converter
-# (Qwen2Model in convert_hf_to_gguf.py, not a LlamaModel subclass) leaves Q/K untouched.
-ARCHITECTURES = {
-    "llama": _Arch("LlamaForCausalLM", "llama", permuted_qk=True),
-    "qwen2": _Arch("Qwen2ForCausalLM", "qwen2", permuted_qk=False),
-}
+ARCHITECTURES = _architectures()
 
 _GLOBAL_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -64,13 +60,15 @@ _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's form of Llama-3 rope scaling; folded into config
 
 
-def hf_tensor_name(gguf_name: str) -> str | None:
-    """The Hugging Face name of a GGUF tensor, or None when llama.cpp's name is not one we know."""
+def hf_tensor_name(gguf_name: str, extra: Mapping[str, str] | None = None) -> str | None:
+    """The Hugging Face name of a GGUF tensor, or None when llama.cpp's name is not one we know;
+    `extra`: the architecture's block tensors beyond (or instead of) Llama's."""
     if gguf_name in _GLOBAL_TENSORS:
         return _GLOBAL_TENSORS[gguf_name]
     m = _BLOCK_RE.match(gguf_name)
-    if m and m.group(2) in _BLOCK_TENSORS:
-        return f"model.layers.{m.group(1)}.{_BLOCK_TENSORS[m.group(2)]}.{m.group(3)}"
+    block = {**_BLOCK_TENSORS, **(extra or {})}
+    if m and m.group(2) in block:
+        return f"model.layers.{m.group(1)}.{block[m.group(2)]}.{m.group(3)}"
     return None
 
 
@@ -117,16 +115,27 @@ class GGUFCheckpoint:
                 f"(supported: {', '.join(ARCHITECTURES)})"
             )
         self.arch = ARCHITECTURES[self.gguf_architecture]
-        self._tensors = self._map_tensors()
-        self.config = self._build_config()
-        self.generation_config = self._build_generation_config()
+        try:
+            self._tensors = self._map_tensors()
+            self.config = self._build_config()
+            self.generation_config = self._build_generation_config()
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError, IndexError, KeyError) as e:
+            # hostile metadata (a head count of 0, a string where a number goes, ...)
+            raise ConversionError(
+                f"{self.path.name}: malformed GGUF metadata ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            ) from None
 
     # -- metadata ---------------------------------------------------------------------------
     def meta(self, key: str, default: Any = None) -> Any:
         """A metadata value as a Python value (str, int, float, bool or list), cached."""
         if key not in self._cache:
             field = self._reader.fields.get(key)
-            self._cache[key] = default if field is None else field.contents()
+            try:
+                self._cache[key] = default if field is None else field.contents()
+            except (UnicodeDecodeError, ValueError, IndexError, TypeError) as e:
+                raise ConversionError(
+                    f"{self.path.name}: GGUF metadata {key} cannot be read ({type(e).__name__})"
+                ) from None
         value = self._cache[key]
         return default if value is None else value
 
@@ -147,7 +156,7 @@ class GGUFCheckpoint:
         for t in self._reader.tensors:
             if t.name == _ROPE_FREQS:
                 continue
-            name = hf_tensor_name(t.name)
+            name = hf_tensor_name(t.name, self.arch.block_tensors)
             if name is None:
                 raise UnsupportedModel(
                     f"{self.path.name}: GGUF tensor {t.name!r} has no Llama-style counterpart "
@@ -176,6 +185,8 @@ class GGUFCheckpoint:
         w = dequantize(t, f"{self.path.name}: ")
         # a copy: never hand out (read-only) views of the memory map
         w = np.array(w, dtype=np.float32).reshape(self.shape(name))
+        if self.arch.norm_shift and name.endswith("norm.weight"):  # Gemma: llama.cpp stores 1 + w
+            w -= np.float32(self.arch.norm_shift)
         return np.ascontiguousarray(self.hf_rows(name, w))
 
     def gguf_tensor(self, name: str) -> Any:
@@ -243,10 +254,8 @@ class GGUFCheckpoint:
             "pad_token_id": pad,
             "torch_dtype": "float32",
         }
-        if self.arch.model_type == "llama":
-            cfg["mlp_bias"] = False
-        else:
-            cfg["use_sliding_window"] = False
+        if self.arch.config is not None:
+            self.arch.config(self._arch_meta, cfg)
         return cfg
 
     def _special_ids(self) -> tuple[int | None, list[int], int | None]:

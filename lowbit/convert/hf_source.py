@@ -36,9 +36,12 @@ def refuse_pickle(path: Path) -> None:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: cannot read JSON ({type(e).__name__}: {e})") from None
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise ConversionError(f"{path}: cannot read JSON ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path}: must hold a JSON object, not {type(value).__name__}")
+    return value
 
 
 def sha256_file(path: Path) -> str:

@@ -31,6 +31,10 @@ _DTYPES = {
 MAX_HEADER = 100 * 1024 * 1024
 
 
+def _is_uint(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 class SafetensorsFile:
     """One .safetensors file: names, dtypes, shapes, and raw or float32 arrays on demand."""
 
@@ -45,20 +49,34 @@ class SafetensorsFile:
                 raise ConversionError(f"{self.path}: invalid safetensors header length {n}")
             try:
                 header = json.loads(f.read(n))
-            except ValueError:
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                 raise ConversionError(f"{self.path}: safetensors header is not valid JSON") from None
+            if not isinstance(header, dict):
+                raise ConversionError(f"{self.path}: safetensors header must be a JSON object")
             self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.metadata = header.pop("__metadata__", None) or {}
         self._base = 8 + n
         self._entries: dict[str, tuple[str, list[int], int, int]] = {}
         for name, e in header.items():
-            dtype, shape, (start, end) = e.get("dtype"), e.get("shape"), e.get("data_offsets", (0, -1))
-            if dtype not in _DTYPES:
-                raise ConversionError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype}")
-            nbytes = _DTYPES[dtype].itemsize * int(np.prod(shape, dtype=object))
-            if end - start != nbytes or self._base + end > size or start < 0:
-                raise ConversionError(f"{self.path}: tensor {name!r} has invalid data offsets")
-            self._entries[name] = (dtype, list(shape), start, end)
+            self._entries[name] = self._check_entry(name, e, size)
+
+    def _check_entry(self, name: str, e: object, size: int) -> tuple[str, list[int], int, int]:
+        """dtype, shape, offsets of one header entry, every field checked before use."""
+        where = f"{self.path}: tensor {name!r}"
+        if not isinstance(e, dict):
+            raise ConversionError(f"{where}: header entry must be an object")
+        dtype, shape, offsets = e.get("dtype"), e.get("shape"), e.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise ConversionError(f"{where} has unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+            raise ConversionError(f"{where}: shape {shape!r} must be a list of non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
+            raise ConversionError(f"{where}: data_offsets {offsets!r} must be two non-negative integers")
+        start, end = offsets
+        nbytes = _DTYPES[dtype].itemsize * int(np.prod(shape, dtype=object))
+        if end - start != nbytes or self._base + end > size:
+            raise ConversionError(f"{where} has invalid data offsets")
+        return dtype, list(shape), start, end
 
     def keys(self) -> list[str]:
         return list(self._entries)

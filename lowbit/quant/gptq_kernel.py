@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+import lowbit.runtime.kernels.cache  # noqa: F401  (numba's cache outside the installation)
+
 
 @njit(parallel=True, cache=True, nogil=True)
 def sweep_block(w1, u1, step, zero, groups, qmax, q_out, err_out):

@@ -11,33 +11,10 @@ through one descriptor type) uses, and a numpy `*_ref` built on the encoding's o
 `common` the prefill micro-kernel, `bench` a timer. `lowbit.runtime.linear` and `.model` pick
 the kernels; model code never calls them directly.
 
-Numba's on-disk cache keys a kernel by its own source file only, while kernels here inline
-helpers from the other modules; the stamp below clears this package's cache when any module of
-it changes (an upgrade, an edit).
+Numba's on-disk cache lives outside the installation, keyed and stamped by the kernels' content
+digest (`cache`, imported first so that its locator is registered before any kernel is decorated).
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
-
-def _clear_stale_cache() -> None:
-    here = Path(__file__).parent
-    try:
-        sources = sorted(here.glob("*.py"))
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
-        cache = here / "__pycache__"
-        stamp = cache / "lowbit-kernels.stamp"
-        if stamp.is_file() and stamp.read_text() == digest:
-            return
-        if cache.is_dir():
-            for p in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
-                p.unlink(missing_ok=True)
-        cache.mkdir(exist_ok=True)
-        stamp.write_text(digest)
-    except OSError:  # read-only install: numba falls back to its own cache directory
-        pass
-
-
-_clear_stale_cache()
+from lowbit.runtime.kernels import cache as _cache  # noqa: F401  (registers the cache locator)

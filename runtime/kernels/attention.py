@@ -17,9 +17,10 @@ from lowbit.runtime.kernels.jit import helper, kernel
 
 
 @helper
-def attend(qh, keys, values, lo, n, scale, out):
+def attend(qh, keys, values, lo, n, scale, out, softcap=0.0):
     """out [D] = softmax(keys[lo:lo+n] · qh × scale) · values[lo:lo+n] for one query head
-    (keys/values [L, D] of its KV head); the scores live in a private buffer."""
+    (keys/values [L, D] of its KV head); the scores live in a private buffer. softcap > 0 caps
+    each score to softcap·tanh(score / softcap) first (Gemma 2)."""
     d = qh.shape[0]
     scores = np.empty(n, np.float32)
     best = np.float32(-np.inf)
@@ -29,6 +30,8 @@ def attend(qh, keys, values, lo, n, scale, out):
         for i in range(d):
             acc += qh[i] * kj[i]
         acc *= scale
+        if softcap > 0:
+            acc = np.float32(np.tanh(acc / softcap) * softcap)
         scores[j] = acc
         if acc > best:
             best = acc
@@ -57,22 +60,23 @@ def visible(pos, window):
 
 
 @kernel
-def attention(q, keys, values, start, window, out):
-    """out [T, H*D] = softmax(q kᵀ / sqrt(D) + causal mask) v, per query head.
+def attention(q, keys, values, start, window, out, scale=0.0, softcap=0.0):
+    """out [T, H*D] = softmax(q kᵀ · scale + causal mask) v, per query head.
 
-    q [T, H, D] f32; keys/values [KVH, ≥ start+T, D] f32; window 0 means no sliding window.
+    q [T, H, D] f32; keys/values [KVH, ≥ start+T, D] f32; window 0 means no sliding window;
+    scale 0 means 1/sqrt(D); softcap > 0 soft-caps the scores (see `attend`).
     """
     t_len, n_heads, d = q.shape
     rep = n_heads // keys.shape[0]
-    scale = np.float32(1.0 / math.sqrt(d))
+    scale = np.float32(1.0 / math.sqrt(d)) if scale == 0 else np.float32(scale)
     for task in prange(t_len * n_heads):
         t = task // n_heads
         h = task % n_heads
         lo, n = visible(start + t, window)
-        attend(q[t, h], keys[h // rep], values[h // rep], lo, n, scale, out[t, h * d : (h + 1) * d])
+        attend(q[t, h], keys[h // rep], values[h // rep], lo, n, scale, out[t, h * d : (h + 1) * d], softcap)
 
 
-def attention_ref(q, keys, values, start, window):
+def attention_ref(q, keys, values, start, window, scale=0.0, softcap=0.0):
     """numpy reference: the same result by dense masked softmax."""
     t_len, n_heads, d = q.shape
     rep = n_heads // keys.shape[0]
@@ -83,7 +87,9 @@ def attention_ref(q, keys, values, start, window):
         for t in range(t_len):
             pos = start + t
             lo = max(0, pos - window + 1) if window > 0 else 0
-            s = k[lo : pos + 1] @ q[t, h].astype(np.float64) / math.sqrt(d)
+            s = k[lo : pos + 1] @ q[t, h].astype(np.float64) * (scale or 1.0 / math.sqrt(d))
+            if softcap:
+                s = np.tanh(s / softcap) * softcap
             p = np.exp(s - s.max())
             out[t, h * d : (h + 1) * d] = (p / p.sum()) @ v[lo : pos + 1]
     return out

@@ -10,7 +10,9 @@ layer input is quantised once for q/k/v and once for gate/up when their encoding
 Layers arrive as an int64 table of array specs into two byte buffers (the mapped file and a small
 side arena; `runtime.decode_table` builds them), from which `_descriptor` rebuilds each linear's
 `matvec` descriptor as views, so every mix of encodings shares one compiled function with plain
-argument types (cached by numba, no compilation at start-up). The layer-by-layer Python forward
+argument types (cached by numba, no compilation at start-up). Gemma's output norms, q/k norms, soft-capping, per-layer windows and RoPE tables, partial RoPE and
+GeGLU are data here too (empty norms, zero caps), so every family shares the one kernel. The
+layer-by-layer Python forward
 (`model.block_forward`) stays the reference the tests hold this to.
 """
 
@@ -32,8 +34,9 @@ from lowbit.runtime.kernels.matvec import (
     task_count,
 )
 
-SILU, RELU2 = 0, 1
-ACTIVATIONS = {"silu": SILU, "relu2": RELU2}
+SILU, RELU2, GELU_TANH = 0, 1, 2
+ACTIVATIONS = {"silu": SILU, "relu2": RELU2, "gelu_tanh": GELU_TANH}
+GELU_C = math.sqrt(2.0 / math.pi)
 
 f32 = np.float32
 
@@ -52,9 +55,23 @@ def rms_norm(x, weight, eps):
 
 
 @helper
-def rope(v, heads, d, cos, sin):
-    """Rotate-half RoPE in place on v [heads·d] with this position's cos/sin [d/2]."""
-    half = d // 2
+def head_norm(v, heads, d, weight, eps):
+    """RMSNorm of each head of v [heads·d] in place (q/k norms)."""
+    for h in range(heads):
+        base = h * d
+        ss = f32(0.0)
+        for i in range(d):
+            ss += v[base + i] * v[base + i]
+        inv = f32(1.0) / np.sqrt(ss / f32(d) + f32(eps))
+        for i in range(d):
+            v[base + i] = v[base + i] * inv * weight[i]
+
+
+@helper
+def rope(v, heads, d, rot, cos, sin):
+    """Rotate-half RoPE in place on the first `rot` dims of each head of v [heads·d], with this
+    position's cos/sin [rot/2]."""
+    half = rot // 2
     for h in range(heads):
         base = h * d
         for i in range(half):
@@ -73,6 +90,8 @@ def activate(gate, up, act):
         if act == RELU2:
             g = max(g, f32(0.0))
             g = g * g
+        elif act == GELU_TANH:
+            g = f32(0.5) * g * (f32(1.0) + np.tanh(f32(GELU_C) * (g + f32(0.044715) * g * g * g)))
         else:
             g = g / (f32(1.0) + np.exp(-g))
         out[i] = g * up[i]
@@ -105,35 +124,56 @@ def _descriptor(file, side, entry):
 
 
 @helper
+def _input_norm(file, side, entry):
+    """The linear's own input-norm weight (empty when it has none)."""
+    return _view(file, side, entry, 23)[0].view(np.float32)
+
+
+@helper
+def _inp(x, norm, eps):
+    """x, or x RMS-normed by a linear's own input norm."""
+    if norm.shape[0]:
+        return rms_norm(x, norm, eps)
+    return x
+
+
+@helper
 def _rows(desc, act, y, task):
     r0 = task * ROWS_PER_TASK
     rows_into(desc, act, y, r0, min(y.shape[0], r0 + ROWS_PER_TASK))
 
 
 @helper
-def _project_add(desc, inp, x):
-    """x += W inp (o_proj, down_proj: the residual adds); inlined, so its prange is one of the
-    caller's parallel regions."""
-    act = prepare(desc, inp)
+def _project_add(desc, inp, x, out_norm, eps, in_norm, lin_eps):
+    """x += W inp, RMS-normed by out_norm first when it is not empty (o_proj, down_proj: the
+    residual adds); inlined, so its prange is one of the caller's parallel regions."""
+    act = prepare(desc, _inp(inp, in_norm, lin_eps))
     out = np.empty(desc[1].shape[0], dtype=np.float32)
     for t in prange(task_count(out.shape[0])):
         _rows(desc, act, out, t)
     finish(desc, out)
+    if out_norm.shape[0]:
+        out = rms_norm(out, out_norm, eps)
     for i in range(x.shape[0]):
         x[i] += out[i]
 
 
 @kernel
-def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, eps, act, window):
+def decode_layers(x, file, side, table, keys, values, cos, sin, layer_info, pos, n_heads, eps, act, scale,
+                  softcap, rot, lin_eps):
     """Run x (float32 [hidden], the token's embedding) at position pos through every layer, in
-    place; keys/values [layers, KVH, context, D] receive this position's K and V."""
+    place; keys/values [layers, KVH, context, D] receive this position's K and V. cos/sin
+    [tables, P, rot/2]; layer_info [layers, 2]: the layer's sliding window (0: none) and RoPE
+    table; scale: the attention scale; softcap > 0 soft-caps attention scores; rot: the rotary
+    dims of each head; lin_eps: eps of the linears' own input norms (where the table has them)."""
     kvh = keys.shape[1]
     d = keys.shape[3]
     rep = n_heads // kvh
-    scale = f32(1.0 / math.sqrt(d))
-    first, n_ctx = visible(pos, window)
+    scale = f32(scale)
     for li in range(table.shape[0]):
         row = table[li]
+        first, n_ctx = visible(pos, layer_info[li, 0])
+        ri = layer_info[li, 1]
         lq = _descriptor(file, side, row[4])
         lk = _descriptor(file, side, row[5])
         lv = _descriptor(file, side, row[6])
@@ -143,11 +183,19 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
         ld = _descriptor(file, side, row[10])
         attn_sub = _norm(file, side, row[2])
         ffn_sub = _norm(file, side, row[3])
+        q_norm = _norm(file, side, row[11])
+        k_norm = _norm(file, side, row[12])
+        attn_out = _norm(file, side, row[13])
+        mlp_out = _norm(file, side, row[14])
 
+        nq = _input_norm(file, side, row[4])
+        nk = _input_norm(file, side, row[5])
+        nv = _input_norm(file, side, row[6])
+        own = nq.shape[0] + nk.shape[0] + nv.shape[0] > 0  # each linear normalises its own input
         xn = rms_norm(x, _norm(file, side, row[0]), eps)
-        aq = prepare(lq, xn)
-        ak = aq if shares_input(lq, lk) else prepare(lk, xn)
-        av = ak if shares_input(lk, lv) else prepare(lv, xn)
+        aq = prepare(lq, _inp(xn, nq, lin_eps))
+        ak = aq if shares_input(lq, lk) and not own else prepare(lk, _inp(xn, nk, lin_eps))
+        av = ak if shares_input(lk, lv) and not own else prepare(lv, _inp(xn, nv, lin_eps))
         q = np.empty(lq[1].shape[0], dtype=np.float32)
         k = np.empty(lk[1].shape[0], dtype=np.float32)
         v = np.empty(lv[1].shape[0], dtype=np.float32)
@@ -163,8 +211,11 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
         finish(lq, q)
         finish(lk, k)
         finish(lv, v)
-        rope(q, n_heads, d, cos[pos], sin[pos])
-        rope(k, kvh, d, cos[pos], sin[pos])
+        if q_norm.shape[0]:
+            head_norm(q, n_heads, d, q_norm, eps)
+            head_norm(k, kvh, d, k_norm, eps)
+        rope(q, n_heads, d, rot, cos[ri, pos], sin[ri, pos])
+        rope(k, kvh, d, rot, cos[ri, pos], sin[ri, pos])
         for h in range(kvh):
             keys[li, h, pos] = k[h * d : (h + 1) * d]
             values[li, h, pos] = v[h * d : (h + 1) * d]
@@ -173,14 +224,17 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
         for h in prange(n_heads):
             kv = h // rep
             attend(q[h * d : (h + 1) * d], keys[li, kv], values[li, kv], first, n_ctx, scale,
-                   att[h * d : (h + 1) * d])
+                   att[h * d : (h + 1) * d], softcap)
         if attn_sub.shape[0]:
             att = rms_norm(att, attn_sub, eps)
-        _project_add(lo, att, x)
+        _project_add(lo, att, x, attn_out, eps, _input_norm(file, side, row[7]), lin_eps)
 
+        ng = _input_norm(file, side, row[8])
+        nu = _input_norm(file, side, row[9])
+        own = ng.shape[0] + nu.shape[0] > 0
         xn = rms_norm(x, _norm(file, side, row[1]), eps)
-        ag = prepare(lg, xn)
-        au = ag if shares_input(lg, lu) else prepare(lu, xn)
+        ag = prepare(lg, _inp(xn, ng, lin_eps))
+        au = ag if shares_input(lg, lu) and not own else prepare(lu, _inp(xn, nu, lin_eps))
         gate = np.empty(lg[1].shape[0], dtype=np.float32)
         up = np.empty(lu[1].shape[0], dtype=np.float32)
         tg = task_count(gate.shape[0])
@@ -194,5 +248,5 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, pos, n_heads, ep
         hidden = activate(gate, up, act)
         if ffn_sub.shape[0]:
             hidden = rms_norm(hidden, ffn_sub, eps)
-        _project_add(ld, hidden, x)
+        _project_add(ld, hidden, x, mlp_out, eps, _input_norm(file, side, row[10]), lin_eps)
 

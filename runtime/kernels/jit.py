@@ -6,8 +6,8 @@
 - `EXACT`: serial, no fastmath. Used where results must match numpy bit for bit (the int8
   activation quantiser: `127 / max|x|` must not become `127 * (1 / max|x|)`).
 
-Numba caches a function keyed on its own source file only: after editing this module, clear
-`runtime/kernels/__pycache__` (the kernels inline these helpers).
+The on-disk cache is stamped by the digest of every kernel module (`cache.py`), so an edit here
+(inlined into every kernel) recompiles them all.
 """
 
 from __future__ import annotations

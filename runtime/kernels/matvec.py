@@ -254,6 +254,27 @@ def matvec(desc, x, y):
     finish(desc, y)
 
 
+@kernel
+def matvec_rows(desc, x, y):
+    """y [B, out]: W x[b] for B tokens (x float32 [B, in]), each row bit for bit what `matvec`
+    gives that token alone (the same prepare / rows_into / finish), while every block of
+    ROWS_PER_TASK weight rows is fetched from memory once and used by all B tokens."""
+    n_tok = x.shape[0]
+    acts = [prepare(desc, x[0])]
+    for b in range(1, n_tok):
+        acts.append(prepare(desc, x[b]))
+    out = y.shape[1]
+    step = max(ROWS_PER_TASK, (out + MAX_TASKS - 1) // MAX_TASKS)
+    for t in prange((out + step - 1) // step):
+        end = min(out, t * step + step)
+        for r0 in range(t * step, end, ROWS_PER_TASK):
+            r1 = min(end, r0 + ROWS_PER_TASK)
+            for b in range(n_tok):
+                rows_into(desc, acts[b], y[b], r0, r1)
+    for b in range(n_tok):
+        finish(desc, y[b])
+
+
 # -- building descriptors ----------------------------------------------------------------------
 
 

@@ -1,0 +1,124 @@
+"""KVCache: one sequence's keys and values, and the token ids they were computed from.
+
+The cache owns every write into it (`attend`: rotate, store, attend), its prefix reuse (`reuse`:
+keep the longest prefix a new prompt shares with the ids already held, drop the rest) and its
+reset. A generation runs on one cache; the server gives every request its own, and
+`LanguageModel.session()` hands one to each caller, all over the same read-only weights.
+
+`Segments` runs several sequences through one forward pass: the linear layers see all their
+tokens stacked, while RoPE, the cache writes and attention run per sequence on its own cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lowbit.runtime.errors import InvalidModel
+from lowbit.runtime.kernels.attention import attention
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer: [layers, kv_heads, context, head_dim].
+
+    np.zeros is calloc: pages become resident only as positions are used, and return to the
+    system when the cache is dropped."""
+
+    def __init__(self, args: Any, context_length: int) -> None:
+        shape = (args.num_hidden_layers, args.num_key_value_heads, context_length, args.head_dim)
+        try:
+            self.keys = np.zeros(shape, dtype=np.float32)
+            self.values = np.zeros(shape, dtype=np.float32)
+        except MemoryError:
+            raise InvalidModel(f"the KV cache for a context of {context_length} tokens does not fit in memory "
+                               "(pass a smaller context_length)") from None
+        self.context_length = context_length
+        self.length = 0
+        self.ids: list[int] = []  # the tokens at positions 0..length-1, when known
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.keys.nbytes + self.values.nbytes)
+
+    @staticmethod
+    def bytes_per_token(args: Any) -> int:
+        return 2 * 4 * args.num_hidden_layers * args.num_key_value_heads * args.head_dim
+
+    def reset(self) -> None:
+        self.length = 0
+        self.ids = []
+
+    def truncate(self, n: int) -> None:
+        """Forget every position from n on."""
+        n = max(0, min(n, self.length))
+        self.length = n
+        del self.ids[n:]
+
+    def common_prefix(self, ids: Sequence[int]) -> int:
+        """How many leading ids of `ids` this cache already holds."""
+        n = 0
+        for a, b in zip(self.ids, ids):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def reuse(self, ids: Sequence[int]) -> int:
+        """Keep the prefix shared with `ids`, at most len(ids) − 1 positions (the last token must
+        run to give logits); returns where the new tokens start."""
+        keep = min(self.common_prefix(ids), len(ids) - 1)
+        self.truncate(keep)
+        return keep
+
+    def check_room(self, t: int) -> None:
+        if self.length + t > self.context_length:
+            raise ValueError(f"context length {self.context_length} exceeded ({self.length} + {t} tokens)")
+
+    def advance(self, ids: Sequence[int]) -> None:
+        """Record that `ids` now fill the next positions."""
+        self.ids.extend(int(i) for i in ids)
+        self.length += len(ids)
+
+    def attend(self, layer: int, rope: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+               start: int, window: int, scale: float = 0.0, softcap: float = 0.0) -> np.ndarray:
+        """Rotate q [T, H, D] and k [T, KVH, D] for positions start.., write k and v at them,
+        and return causal attention of q over positions ≤ its own (and within `window`, if set):
+        [T, H·D]. scale 0 means 1/sqrt(D); softcap > 0 soft-caps the scores (Gemma 2)."""
+        t, h, d = q.shape
+        q = rope.apply(q, start)
+        k = rope.apply(k, start)
+        end = start + t
+        self.keys[layer, :, start:end] = k.transpose(1, 0, 2)
+        self.values[layer, :, start:end] = v.transpose(1, 0, 2)
+        out = np.empty((t, h * d), dtype=np.float32)
+        attention(np.ascontiguousarray(q, dtype=np.float32), self.keys[layer], self.values[layer],
+                  start, window, out, scale, softcap)
+        return out
+
+
+@dataclass
+class Segment:
+    """Tokens of one sequence in a batched forward: they go to `cache` at positions start.."""
+
+    cache: KVCache
+    ids: list[int]
+    start: int
+
+
+class Segments:
+    """Several sequences in one forward pass; stands where a KVCache does in `attention_forward`."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.items = segments
+        self.bounds = np.cumsum([0] + [len(s.ids) for s in segments])
+
+    def attend(self, layer: int, rope: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+               start: Any, window: int, scale: float = 0.0, softcap: float = 0.0) -> np.ndarray:
+        t, h, d = q.shape
+        out = np.empty((t, h * d), dtype=np.float32)
+        for seg, a, b in zip(self.items, self.bounds[:-1], self.bounds[1:]):
+            out[a:b] = seg.cache.attend(layer, rope, q[a:b], k[a:b], v[a:b], seg.start, window, scale, softcap)
+        return out
