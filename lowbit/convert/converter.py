@@ -461,7 +461,8 @@ def _source_type(ckpt: Any, name: str) -> str | None:
     from lowbit.convert.gguf_quants import type_name
 
     src = {canonical_name(n): n for n in ckpt.tensor_names()}.get(name)
-    return None if src is None else type_name(ckpt.gguf_tensor(src).tensor_type)
+    t = None if src is None else ckpt.gguf_tensor(src)
+    return None if t is None else type_name(t.tensor_type)
 
 
 def _source_types(reports: list[TensorReport]) -> dict[str, dict[str, int]]:

@@ -75,6 +75,8 @@ def _ternary(trits: np.ndarray, d: np.ndarray) -> EncodedTensor:
 def keep_tensor(ckpt: Any, name: str) -> tuple[EncodedTensor | None, str]:
     """(the exact lowbit form of one GGUF matrix or None, its GGML type name)."""
     t = ckpt.gguf_tensor(name)
+    if t is None:  # not a GGUF tensor as stored (e.g. a norm with a constant added)
+        return None, "derived"
     kind = gq.type_name(t.tensor_type)
     shape = ckpt.shape(name)
     if kind in ("F32", "F16", "BF16"):
