@@ -141,14 +141,14 @@ def test_kquants_requantised_and_reported(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["convert", str(gguf_path), "-m", "keep", "-o", str(tmp_path / "k.lowbit")])
     assert res.exit_code == 0, res.output
     assert "kept losslessly: 13 tensors, 12 x Q4_1 -> q4f, 1 x F32 -> f32" in res.output
-    assert "re-quantised: 2 tensors, 1 x Q6_K -> q4, 1 x Q4_K -> q4" in res.output
+    assert "re-quantised: 2 tensors, 1 x Q6_K -> q8, 1 x Q4_K -> q4" in res.output
     assert "model.layers.0.mlp.down_proj.weight" in res.output
     with LowbitReader(tmp_path / "k.lowbit") as r:
         e = r.tensors["model.layers.0.mlp.down_proj.weight"]
-        assert e.encoding == "q4" and e.info["source_type"] == "Q6_K" and e.info["kept"] is False
+        assert e.encoding == "q8" and e.info["source_type"] == "Q6_K" and e.info["kept"] is False  # > 5 bits: q8
     s = summarize(tmp_path / "k.lowbit")
     assert s["encodings"]["q4f"]["source_types"] == {"Q4_1 kept": 12}
-    assert s["encodings"]["q4"]["source_types"] == {"Q6_K re-quantised": 1, "Q4_K re-quantised": 1}
+    assert s["encodings"]["q4"]["source_types"] == {"Q4_K re-quantised": 1}
     info = CliRunner().invoke(main, ["info", str(tmp_path / "k.lowbit")])
     assert "from GGUF Q4_1 kept ×12" in info.output, info.output
 

@@ -327,6 +327,10 @@ def convert(
                     err = 0.0 if spec.ternary_weights == "packed" else relative_error(w, encoded.dequantize())
                 else:
                     encoding, params = rec.choose(name, tuple(w.shape))
+                    if rec.method == "keep" and is_linear_weight(name) and not rec.has_rule(name):
+                        from lowbit.convert.keep import fallback
+
+                        encoding, params = fallback(_source_type(ckpt, name) or "") or (encoding, params)
                     w = np.asarray(w, dtype=np.float32)
                     encoded = quantize(w, encoding, params)
                     err = relative_error(w, encoded.dequantize())

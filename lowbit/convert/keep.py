@@ -14,7 +14,9 @@ so that lowbit's dequantised weights equal gguf's bit for bit:
     I2_S               -> ternary, tensor scale
 
 Everything else (K-quants with 6-bit sub-scales, IQ codebooks, Q5_*) returns None and is
-re-quantised by the recipe's default.
+re-quantised: linear layers of types with more than 5 bits per weight (Q5_*, Q6_K) as q8 g32 (a
+second rounding to 4 bits would cost them more than the bytes saved), the rest by the recipe's
+default.
 """
 
 from __future__ import annotations
@@ -127,3 +129,15 @@ def _repack(ckpt: Any, name: str, t: Any, kind: str) -> EncodedTensor | None:
     if (q == 3).any():
         return None
     return TERNARY.pack(q.astype(np.int8) - 1, np.array([gq.i2s_scale(t)], np.float32))
+
+
+def fallback(kind: str) -> tuple[str, dict[str, Any]] | None:
+    """The encoding a re-quantised linear layer of GGML type `kind` gets under keep: q8 g32 above
+    5 bits per weight, else None (the recipe's default)."""
+    import gguf
+
+    try:
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
+    except KeyError:
+        return None
+    return ("q8", {"group_size": 32}) if 8 * size / block > 5.0 else None
