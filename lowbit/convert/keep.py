@@ -15,8 +15,8 @@ so that lowbit's dequantised weights equal gguf's bit for bit:
 
 Everything else (K-quants with 6-bit sub-scales, IQ codebooks, Q5_*) returns None and is
 re-quantised: linear layers of types with more than 5 bits per weight (Q5_*, Q6_K) as q8 g32 (a
-second rounding to 4 bits would cost them more than the bytes saved), the rest by the recipe's
-default.
+second rounding to 4 bits would cost them more than the bytes saved), of 4-5 bit types (Q4_K,
+IQ4_*) as q4 g32 (their sub-blocks of 32), the rest by the recipe's default.
 """
 
 from __future__ import annotations
@@ -140,4 +140,8 @@ def fallback(kind: str) -> tuple[str, dict[str, Any]] | None:
         block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
     except KeyError:
         return None
-    return ("q8", {"group_size": 32}) if 8 * size / block > 5.0 else None
+    if 8 * size / block > 5.0:
+        return "q8", {"group_size": 32}
+    # K-quants' 4-bit grids have a scale and a minimum per 32 weights: q4 at G = 32 follows them
+    # far closer than the default G = 128 (Gemma 3 270M Q4_K_M: see the report in docs)
+    return ("q4", {"group_size": 32}) if 8 * size / block > 4.0 else None
