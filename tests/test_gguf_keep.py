@@ -146,6 +146,7 @@ def test_kquants_requantised_and_reported(tmp_path: Path) -> None:
     with LowbitReader(tmp_path / "k.lowbit") as r:
         e = r.tensors["model.layers.0.mlp.down_proj.weight"]
         assert e.encoding == "q8" and e.info["source_type"] == "Q6_K" and e.info["kept"] is False  # > 5 bits: q8
+        assert r.tensors["model.layers.1.self_attn.q_proj.weight"].params["group_size"] == 32  # Q4_K's sub-blocks
     s = summarize(tmp_path / "k.lowbit")
     assert s["encodings"]["q4f"]["source_types"] == {"Q4_1 kept": 12}
     assert s["encodings"]["q4"]["source_types"] == {"Q4_K re-quantised": 1}
