@@ -21,12 +21,28 @@ from lowbit.file_info import summarize
 from lowbit.formats import LowbitReader
 from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime.kernels.affine import affine_ref
+from lowbit.runtime.kernels.q8 import decode_activation_ref
 from lowbit.runtime.linear import make_linear
 
 EXPECTED = {  # GGML type -> the lowbit encoding keep gives a linear layer (random block scales)
     "Q8_0": "q8", "Q4_0": "q4f", "Q4_1": "q4f", "Q1_0": "q1f", "Q2_0": "q2f",
     "TQ1_0": "q2f", "TQ2_0": "q2f", "I2_S": "ternary", "F16": "f16",
 }  # fmt: skip
+
+
+class KeepReference(ReferenceLinear):
+    """ReferenceLinear, with q4f G = 32's decode on int8 activations per group of 32 (as the
+    kernel runs GGUF's Q4_0 / Q4_1 grids)."""
+
+    def __init__(self, entry, bias=None) -> None:
+        super().__init__(entry, bias)
+        self.int8 = entry.encoding == "q4f" and entry.params["group_size"] == 32
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.int8 and x.shape[0] == 1:
+            y = decode_activation_ref(np.asarray(x, np.float32), 32) @ self.w.T
+            return (y if self.bias is None else y + self.bias).astype(np.float32)
+        return super().__call__(x)
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -85,11 +101,11 @@ def test_logits_equal_numpy_forward(kept, name: str, monkeypatch: pytest.MonkeyP
     _, path = kept[name]
     ids = np.random.default_rng(7).integers(0, 64, 14)
     ours = _logits(path, ids, 10)
-    monkeypatch.setattr(model_module, "make_linear", ReferenceLinear)
+    monkeypatch.setattr(model_module, "make_linear", KeepReference)
     ref = _logits(path, ids, 10)
     err = np.abs(ours - ref).max(axis=1) / np.abs(ref).max()
     assert err[:11].max() <= 1e-4, err  # the prompt and the first decode step
-    assert err.max() <= (3e-2 if name in ("TQ2_0", "I2_S", "Q8_0") else 1e-4), err
+    assert err.max() <= (3e-2 if name in ("TQ2_0", "I2_S", "Q8_0", "Q4_1") else 1e-4), err
 
 
 @pytest.mark.parametrize(
@@ -125,14 +141,15 @@ def test_kquants_requantised_and_reported(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["convert", str(gguf_path), "-m", "keep", "-o", str(tmp_path / "k.lowbit")])
     assert res.exit_code == 0, res.output
     assert "kept losslessly: 13 tensors, 12 x Q4_1 -> q4f, 1 x F32 -> f32" in res.output
-    assert "re-quantised: 2 tensors, 1 x Q6_K -> q4, 1 x Q4_K -> q4" in res.output
+    assert "re-quantised: 2 tensors, 1 x Q6_K -> q8, 1 x Q4_K -> q4" in res.output
     assert "model.layers.0.mlp.down_proj.weight" in res.output
     with LowbitReader(tmp_path / "k.lowbit") as r:
         e = r.tensors["model.layers.0.mlp.down_proj.weight"]
-        assert e.encoding == "q4" and e.info["source_type"] == "Q6_K" and e.info["kept"] is False
+        assert e.encoding == "q8" and e.info["source_type"] == "Q6_K" and e.info["kept"] is False  # > 5 bits: q8
+        assert r.tensors["model.layers.1.self_attn.q_proj.weight"].params["group_size"] == 32  # Q4_K's sub-blocks
     s = summarize(tmp_path / "k.lowbit")
     assert s["encodings"]["q4f"]["source_types"] == {"Q4_1 kept": 12}
-    assert s["encodings"]["q4"]["source_types"] == {"Q6_K re-quantised": 1, "Q4_K re-quantised": 1}
+    assert s["encodings"]["q4"]["source_types"] == {"Q4_K re-quantised": 1}
     info = CliRunner().invoke(main, ["info", str(tmp_path / "k.lowbit")])
     assert "from GGUF Q4_1 kept ×12" in info.output, info.output
 

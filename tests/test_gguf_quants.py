@@ -111,6 +111,6 @@ def test_truncated_file_names_the_tensor(tmp_path: Path, name: str) -> None:
 def test_unsupported_tokenizer_model_named(tmp_path: Path) -> None:
     path = tmp_path / "tok.gguf"
     write_tiny_llama(path, None, layers=1, tokenizer_model="rwkv")
-    with pytest.raises(LowbitError, match=r"tokenizer model 'rwkv' is not supported") as e:
+    with pytest.raises(LowbitError, match=r"tokenizer.ggml.model 'rwkv' is not supported") as e:
         GGUFCheckpoint(path).tokenizer_files  # noqa: B018
     assert "\n" not in str(e.value)

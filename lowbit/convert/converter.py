@@ -317,6 +317,10 @@ def convert(
                     err = 0.0 if spec.ternary_weights == "packed" else relative_error(w, encoded.dequantize())
                 else:
                     encoding, params = rec.choose(name, tuple(w.shape))
+                    if rec.method == "keep" and is_linear_weight(name) and not rec.has_rule(name):
+                        from lowbit.convert.keep import fallback
+
+                        encoding, params = fallback(_source_type(ckpt, name) or "") or (encoding, params)
                     w = np.asarray(w, dtype=np.float32)
                     encoded = quantize(w, encoding, params)
                     err = relative_error(w, encoded.dequantize())
@@ -457,7 +461,8 @@ def _source_type(ckpt: Any, name: str) -> str | None:
     from lowbit.convert.gguf_quants import type_name
 
     src = {canonical_name(n): n for n in ckpt.tensor_names()}.get(name)
-    return None if src is None else type_name(ckpt.gguf_tensor(src).tensor_type)
+    t = None if src is None else ckpt.gguf_tensor(src)
+    return None if t is None else type_name(t.tensor_type)
 
 
 def _source_types(reports: list[TensorReport]) -> dict[str, dict[str, int]]:

@@ -598,7 +598,7 @@ def build_tokenizer_files(meta: Any, max_length: int, where: str = "GGUF") -> di
         add_bos_default = True
     else:
         raise UnsupportedModel(
-            f"{where}: GGUF tokenizer model {model!r} is not supported (supported: gpt2, llama)"
+            f"{where}: tokenizer.ggml.model {model!r} is not supported (supported: gpt2, llama)"
         )
     added = _add_special_tokens(tok, tokens, types)
     specials = [t["content"] for t in added.values() if t["special"]]

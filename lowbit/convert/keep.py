@@ -14,7 +14,9 @@ so that lowbit's dequantised weights equal gguf's bit for bit:
     I2_S               -> ternary, tensor scale
 
 Everything else (K-quants with 6-bit sub-scales, IQ codebooks, Q5_*) returns None and is
-re-quantised by the recipe's default.
+re-quantised: linear layers of types with more than 5 bits per weight (Q5_*, Q6_K) as q8 g32 (a
+second rounding to 4 bits would cost them more than the bytes saved), of 4-5 bit types (Q4_K,
+IQ4_*) as q4 g32 (their sub-blocks of 32), the rest by the recipe's default.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def _ternary(trits: np.ndarray, d: np.ndarray) -> EncodedTensor:
 def keep_tensor(ckpt: Any, name: str) -> tuple[EncodedTensor | None, str]:
     """(the exact lowbit form of one GGUF matrix or None, its GGML type name)."""
     t = ckpt.gguf_tensor(name)
+    if t is None:  # not a GGUF tensor as stored (e.g. a norm with a constant added)
+        return None, "derived"
     kind = gq.type_name(t.tensor_type)
     shape = ckpt.shape(name)
     if kind in ("F32", "F16", "BF16"):
@@ -125,3 +129,19 @@ def _repack(ckpt: Any, name: str, t: Any, kind: str) -> EncodedTensor | None:
     if (q == 3).any():
         return None
     return TERNARY.pack(q.astype(np.int8) - 1, np.array([gq.i2s_scale(t)], np.float32))
+
+
+def fallback(kind: str) -> tuple[str, dict[str, Any]] | None:
+    """The encoding a re-quantised linear layer of GGML type `kind` gets under keep: q8 g32 above
+    5 bits per weight, else None (the recipe's default)."""
+    import gguf
+
+    try:
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
+    except KeyError:
+        return None
+    if 8 * size / block > 5.0:
+        return "q8", {"group_size": 32}
+    # K-quants' 4-bit grids have a scale and a minimum per 32 weights: q4 at G = 32 follows them
+    # far closer than the default G = 128 (Gemma 3 270M Q4_K_M: see the report in docs)
+    return ("q4", {"group_size": 32}) if 8 * size / block > 4.0 else None

@@ -87,6 +87,10 @@ class Recipe:
             return method.encoding, {}
         return self.embeddings, _defaults(self.embeddings)
 
+    def has_rule(self, name: str) -> bool:
+        """Whether a recipe rule names this tensor (it then wins over method defaults)."""
+        return any(fnmatch.fnmatchcase(name, rule.pattern) for rule in self.rules)
+
     def to_json(self) -> dict[str, Any]:
         out = {"method": self.method, "embeddings": self.embeddings, "rules": [asdict(r) for r in self.rules]}
         if self.target_bpw is not None:

@@ -22,7 +22,8 @@ from numba import prange
 from lowbit.formats.encodings.affine import Q1F, Q2F, Q4F
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
-from lowbit.runtime.kernels.simd import row_dot_q1, row_dot_q2, row_dot_q4
+from lowbit.runtime.kernels.q8 import decode_activation_ref
+from lowbit.runtime.kernels.simd import dot_q4f32_i8, row_dot_q1, row_dot_q2, row_dot_q4
 
 f32 = np.float32
 i32 = np.int32
@@ -74,6 +75,47 @@ def affine_row(codes, x, xs, scales, mins, has_min, bits, zero, group, no_zeros)
             c += f16_to_f32(mins[g])
         corr += c * xs[g]
     return acc + corr
+
+
+@helper
+def int8_decode(bits, group):
+    """q4f with G = 32 (GGUF's Q4_0 / Q4_1) decodes on int8 activations, one scale per group, as
+    llama.cpp runs these types (Q4_x × Q8_0): 2.6× the float path's speed on 6912×2560."""
+    return bits == 4 and group == 32
+
+
+@helper
+def permute_pairs(xq):
+    """Per 64 values [0:16, 32:48, 16:32, 48:64]: the order `simd.dot_q4f32_i8` reads two q4f
+    groups of 32 in (an odd last group stays as it is)."""
+    n = xq.shape[0]
+    out = xq.copy()
+    for c in range(n // 64):
+        b = c * 64
+        for j in range(16):
+            out[b + 16 + j] = xq[b + 32 + j]
+            out[b + 32 + j] = xq[b + 16 + j]
+    return out
+
+
+@helper
+def affine_row_i8(codes, xq, d, zsum, scales, mins, has_min, zero, sd):
+    """One q4f G = 32 row on int8 activations: xq pair-permuted, d [ng] the block scales, zsum
+    [ng] = d_g Σ_{k in g} x_q[k]; sd [ng] scratch for the products s_g · d_g. One vector loop
+    over the groups makes sd and the zero-point / minimum term Σ_g (m_g − z s_g) zsum_g."""
+    z = f32(zero)
+    corr = f32(0.0)
+    if has_min:
+        for g in range(scales.shape[0]):
+            s = f16_to_f32(scales[g])
+            sd[g] = s * d[g]
+            corr += (f16_to_f32(mins[g]) - z * s) * zsum[g]
+    else:
+        for g in range(scales.shape[0]):
+            s = f16_to_f32(scales[g])
+            sd[g] = s * d[g]
+            corr -= z * s * zsum[g]
+    return dot_q4f32_i8(codes, xq, sd) + corr
 
 
 @helper
@@ -143,8 +185,8 @@ def affine_ref(
     x: np.ndarray, codes: np.ndarray, scales: np.ndarray, mins: np.ndarray | None, bits: int,
     zero: int, group: int,
 ) -> np.ndarray:
-    """x [T, in] -> [T, out] through the encoding's own dequantize(), in float64 (both kernels
-    keep float32 activations)."""
+    """x [T, in] -> [T, out] through the encoding's own dequantize(), in float64: float32
+    activations, except q4f G = 32 decode (T = 1), which quantises them to int8 per group."""
     enc = {1: Q1F, 2: Q2F, 4: Q4F}[bits]
     parts = {"codes": codes, "scales": scales.view(np.float16)}
     if mins is not None:
@@ -152,4 +194,8 @@ def affine_ref(
     n_in = codes.shape[1] * 8 // bits
     params = {"group_size": group, "zero": zero, "has_min": mins is not None}
     w = enc.dequantize(parts, (codes.shape[0], n_in), params)
-    return (np.asarray(x, np.float64) @ w.astype(np.float64).T).astype(np.float32)
+    if bits == 4 and group == 32:
+        xa = decode_activation_ref(x, 32)
+    else:
+        xa = np.asarray(x, np.float64)
+    return (xa @ w.astype(np.float64).T).astype(np.float32)

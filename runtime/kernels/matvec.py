@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from lowbit.runtime.kernels.affine import affine_row
+from lowbit.runtime.kernels.affine import affine_row, affine_row_i8, int8_decode, permute_pairs
 from lowbit.runtime.kernels.common import pad_vector
 from lowbit.runtime.kernels.grouped import group_sums, q4_row, quantize_groups
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
@@ -98,7 +98,15 @@ def prepare(desc, x):
         xf = pad_vector(x, b.shape[1] * group)
         xs = group_sums(xf, group)
     elif kind == AFFINE:
-        xs = group_sums(x, group)
+        if int8_decode(desc[7] & 255, group):  # int8 per group of 32, pair-permuted
+            ng = x.shape[0] // group
+            xq0 = np.zeros(ng * group, dtype=np.int8)
+            xs = np.empty(ng, dtype=np.float32)
+            zs = np.empty(ng, dtype=np.float32)
+            quantize_groups(x, xq0, xs, zs, group)
+            xq = permute_pairs(xq0)
+        else:
+            xs = group_sums(x, group)
     elif kind == T2 or kind == T3:
         per = 4 if kind == T2 else 5
         xq = np.zeros(a.shape[1] * per, dtype=np.int8)
@@ -163,10 +171,15 @@ def rows_into(desc, act, y, r0, r1):
         mn = c.view(np.uint16)
         has_min = mn.shape[1] > 0
         no_zeros = np.zeros(sc.shape[1], dtype=np.uint8)
+        i8 = xq.shape[0] > 0
+        sd = np.empty(sc.shape[1], dtype=np.float32)
         for r in range(r0, r1):
             prefetch_row(a, r + ahead)
             m = mn[r] if has_min else mn[0]
-            y[r] = affine_row(a[r], xf, xs, sc[r], m, has_min, flags & 255, flags >> 8, group, no_zeros)
+            if i8:
+                y[r] = affine_row_i8(a[r], xq, xs, zs, sc[r], m, has_min, flags >> 8, sd)
+            else:
+                y[r] = affine_row(a[r], xf, xs, sc[r], m, has_min, flags & 255, flags >> 8, group, no_zeros)
     elif kind == Q8:
         codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
         scales = b.view(np.uint16)

@@ -601,6 +601,118 @@ else:  # pragma: no cover - exercised on machines without AVX2
     dot_q4_i8 = dot_q4_i8_generic
 
 
+# -- q4f with G = 32 (GGUF Q4_0 / Q4_1) × int8 activations -------------------------------------
+
+
+def _q4f_i8_dot(vnni: bool):
+    @intrinsic
+    def dot(typingctx, codes, x, sd):
+        """Σ_g sd[g] · Σ_{k in g} q_k · x_k for one q4f row with G = 32 and an even
+        number of groups. Two groups' 32 code bytes are one load; x is int8 quantised per block of
+        32 and *pair-permuted* (`affine.permute_pairs`: per 64 values [0:16, 32:48, 16:32, 48:64])
+        so that the low nibbles of both groups meet one contiguous 32-byte x vector and the high
+        nibbles the next. `vpmaddubsw` + `vpmaddwd` (VNNI: `vpdpbusd`) leave lanes 0-3 with the
+        first group's sums and 4-7 with the second's: one convert and one FMA by the two groups'
+        scale products per 64 weights (sd[g] = s_g · d_g, computed by the caller in one vector loop)."""
+        ok = (
+            all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, sd))
+            and codes.dtype == types.uint8
+            and x.dtype == types.int8
+            and sd.dtype == types.float32
+        )
+        if not ok:
+            return None
+
+        def codegen(context, builder, sig, args):
+            b = builder
+            ca, xa, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args, args))
+            chunks = b.sdiv(b.extract_value(sa.shape, 0), ir.Constant(_i64, 2))
+            mod = b.module
+            fn = cgutils.get_or_insert_function
+            maddubs = fn(mod, ir.FunctionType(_v16i16, [_v32i8, _v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
+            maddwd = fn(mod, ir.FunctionType(_v8i32, [_v16i16, _v16i16]), "llvm.x86.avx2.pmadd.wd")
+            fma = fn(mod, ir.FunctionType(_v8f32_, [_v8f32_] * 3), "llvm.fmuladd.v8f32")
+            reduce = fn(mod, ir.FunctionType(ir.FloatType(), [ir.FloatType(), _v8f32_]), "llvm.vector.reduce.fadd.v8f32")
+            dpbusd = _dpbusd(b) if vnni else None
+            f32t = ir.FloatType()
+
+            def load32(ptr, off):
+                return b.load(b.bitcast(b.gep(ptr, [off]), _v32i8.as_pointer()), align=1)
+
+            zero_f = ir.Constant(_v8f32_, None)
+            pre, loop, done = _open_loop(b, chunks, "q4fdot")
+            i = b.phi(_i64)
+            acc = b.phi(_v8f32_)
+            i.add_incoming(ir.Constant(_i64, 0), pre)
+            acc.add_incoming(zero_f, pre)
+            v = load32(ca.data, b.mul(i, ir.Constant(_i64, 32)))
+            lo = b.and_(v, _splat(_i8, 32, 15))
+            hi = b.and_(b.lshr(v, _splat(_i8, 32, 4)), _splat(_i8, 32, 15))
+            x_off = b.mul(i, ir.Constant(_i64, 64))
+            x_lo = load32(xa.data, x_off)
+            x_hi = load32(xa.data, b.add(x_off, ir.Constant(_i64, 32)))
+            if vnni:
+                zero_i = ir.Constant(_v8i32, None)
+                ints = b.call(dpbusd, [zero_i, b.bitcast(lo, _v8i32), b.bitcast(x_lo, _v8i32)])
+                ints = b.call(dpbusd, [ints, b.bitcast(hi, _v8i32), b.bitcast(x_hi, _v8i32)])
+            else:
+                pairs = b.add(b.call(maddubs, [lo, x_lo]), b.call(maddubs, [hi, x_hi]))
+                ints = b.call(maddwd, [pairs, _splat(_i16, 16, 1)])
+            v2 = ir.VectorType(f32t, 2)
+            pair = b.load(b.bitcast(b.gep(sa.data, [b.mul(i, ir.Constant(_i64, 2))]), v2.as_pointer()), align=4)
+            sv = b.shuffle_vector(pair, ir.Constant(v2, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_i32, 8), [0, 0, 0, 0, 1, 1, 1, 1]))
+            acc1 = b.call(fma, [b.sitofp(ints, _v8f32_), sv, acc])
+            i_next = b.add(i, ir.Constant(_i64, 1))
+            i.add_incoming(i_next, b.block)
+            acc.add_incoming(acc1, b.block)
+            b.cbranch(b.icmp_signed("<", i_next, chunks), loop, done)
+            b.position_at_end(done)
+            (total,) = _exit_phis(b, [acc1], pre, loop, zero_f)
+            return b.call(reduce, [ir.Constant(f32t, 0.0), total])
+
+        return types.float32(codes, x, sd), codegen
+
+    return dot
+
+
+@helper
+def dot_q4f32_i8_generic(codes, x, sd):
+    """As _q4f_i8_dot in plain loops (x pair-permuted the same way; any number of groups: an odd
+    last group's x is not permuted, as `affine.permute_pairs` leaves it)."""
+    acc = np.float32(0.0)
+    ng = sd.shape[0]
+    for g in range(ng):
+        cg = codes[g * 16 : (g + 1) * 16]
+        c, second = g // 2, g % 2
+        s = _i32n(0)
+        for j in range(16):
+            q = _i32n(cg[j])
+            if g == ng - 1 and ng % 2 == 1:  # unpaired: natural order
+                lo_x = x[g * 32 + j]
+                hi_x = x[g * 32 + 16 + j]
+            else:
+                lo_x = x[c * 64 + second * 16 + j]
+                hi_x = x[c * 64 + 32 + second * 16 + j]
+            s += (q & 15) * _i32n(lo_x) + (q >> 4) * _i32n(hi_x)
+        acc += np.float32(s) * sd[g]
+    return acc
+
+
+if HAVE_AVX2:
+    _dot_q4f_fast = _q4f_i8_dot(vnni=True) if HAVE_VNNI else _q4f_i8_dot(vnni=False)
+
+    @helper
+    def dot_q4f32_i8(codes, x, sd):
+        """Σ_g sd_g Σ q·x_q for one q4f G = 32 row (vector path for an even group count)."""
+        if sd.shape[0] % 2 == 0:
+            return _dot_q4f_fast(codes, x, sd)
+        return dot_q4f32_i8_generic(codes, x, sd)
+
+else:  # pragma: no cover - exercised on machines without AVX2
+    dot_q4f32_i8 = dot_q4f32_i8_generic
+
+
 # -- grouped q2 / q3 / q4: one row's Σ_g sq_g (Σ q·x − z_g xs_g) in portable vector IR -----------
 #
 # The numba loops reduce each group's partial dot product horizontally (G/2 bytes = two vector

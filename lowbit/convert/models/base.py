@@ -233,6 +233,9 @@ class CheckpointView:
         if hasattr(ckpt, "rows"):
             self.rows = self._rows
             self.dtype = lambda name: ckpt.dtype(self._sources[name].name) if self._sources[name].name in ckpt else "F32"
+        if hasattr(ckpt, "gguf_tensor"):  # GGUF: raw blocks for `--method keep` (convert/keep.py)
+            self.gguf_tensor = self._gguf_tensor
+            self.hf_rows = self._hf_rows
 
     def tensor_names(self) -> list[str]:
         return list(self._sources)
@@ -265,6 +268,20 @@ class CheckpointView:
         off = 0 if s.rows is None else s.rows[0]
         w = self.ckpt.rows(s.name, off + start, off + stop)
         return w + np.float32(s.add) if s.add else w
+
+    def _gguf_tensor(self, name: str) -> Any:
+        """The GGUF tensor behind a lowbit name, or None when the values are not its blocks
+        as stored (a constant added, or ones made up for an absent tensor)."""
+        s = self._sources[name]
+        if s.name not in self.ckpt or (s.add and len(self.shape(name)) == 2):
+            return None
+        return self.ckpt.gguf_tensor(s.name)
+
+    def _hf_rows(self, name: str, w: np.ndarray) -> np.ndarray:
+        """Rows (values or raw blocks) of the whole source tensor -> this lowbit tensor's rows."""
+        s = self._sources[name]
+        w = self.ckpt.hf_rows(s.name, w)
+        return w if s.rows is None else np.ascontiguousarray(w[s.rows[0] : s.rows[1]])
 
     def release(self, name: str) -> None:
         if hasattr(self.ckpt, "release") and self._sources[name].name in self.ckpt:
