@@ -1,7 +1,8 @@
 """Benchmark one model: load time, time to first token, prefill and decode tokens/s, peak RSS.
 
 Medians over repeats; kernels are warmed up (compiled or loaded from numba's cache) before any
-timing, so first-run compilation never counts.
+timing, so first-run compilation never counts. At a depth N (llama-bench's -d) the cache first
+holds N tokens of context, run untimed as a prompt; prefill and decode are then timed after them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class BenchRow:
     time_to_first_token_s: float
     prefill_tps: float
     decode_tps: float
+    depth: int = 0
 
 
 def peak_rss_mb() -> float:
@@ -37,13 +39,17 @@ def bench_prompt(llm, n: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng(seed)
     vocab = llm.args.vocab_size
     specials = set(llm.tokenizer.eos_token_ids)
-    ids = [int(i) for i in rng.integers(min(1000, vocab // 4), vocab // 2, size=n)]
+    ids = [int(i) for i in rng.integers(min(1000, vocab // 4), vocab // 2, size=n + 64)]
     return [i for i in ids if i not in specials][:n]
 
 
-def run_once(llm, prompt: list[int], gen_tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decode seconds for gen_tokens greedy tokens)."""
+def run_once(llm, prompt: list[int], gen_tokens: int, context: list[int] | None = None) -> tuple[float, float]:
+    """(prefill seconds, decode seconds for gen_tokens greedy tokens), after `context` tokens
+    already in the cache (run untimed first; the timed prefill reuses them as a prefix)."""
     llm.reset()
+    if context:
+        llm.prefill(context)
+        prompt = context + prompt
     t0 = time.perf_counter()
     logits = llm.prefill(prompt)
     t1 = time.perf_counter()
@@ -53,19 +59,22 @@ def run_once(llm, prompt: list[int], gen_tokens: int) -> tuple[float, float]:
 
 
 def bench_model(llm, prompt_tokens: int = 128, gen_tokens: int = 128, threads: list[int] | None = None,
-                repeats: int = 3) -> list[BenchRow]:
+                repeats: int = 3, depths: list[int] | None = None) -> list[BenchRow]:
+    """One row per (thread count, depth); the context before each depth is the same text."""
     rows = []
     prompt = bench_prompt(llm, prompt_tokens)
+    context = bench_prompt(llm, max(depths or [0]), seed=1)
     for n in threads or [llm.threads]:
         llm.threads = n
         run_once(llm, prompt[:8], 2)  # warm the caches for this thread count
-        pre, dec = [], []
-        for _ in range(repeats):
-            p, d = run_once(llm, prompt, gen_tokens)
-            pre.append(p)
-            dec.append(d)
-        p, d = statistics.median(pre), statistics.median(dec)
-        rows.append(BenchRow(n, len(prompt), gen_tokens, p, len(prompt) / p, gen_tokens / d))
+        for depth in depths or [0]:
+            pre, dec = [], []
+            for _ in range(repeats):
+                p, d = run_once(llm, prompt, gen_tokens, context[:depth])
+                pre.append(p)
+                dec.append(d)
+            p, d = statistics.median(pre), statistics.median(dec)
+            rows.append(BenchRow(n, len(prompt), gen_tokens, p, len(prompt) / p, gen_tokens / d, depth))
     return rows
 
 
