@@ -76,7 +76,7 @@ def load(
     threads: int | None = None,
     context_length: int | None = None,
     method: str = "q4",
-    kv_cache: str = "f32",
+    kv_cache: str | None = None,
 ):
     """Load MODEL (a .lowbit file, or a checkpoint converted once into the cache); kv_cache: f32,
     f16 or q8 (checked before anything is converted)."""

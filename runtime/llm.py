@@ -35,13 +35,12 @@ from lowbit.runtime.validate import (
 )
 
 DEFAULT_CONTEXT = 4096
-DEFAULT_KV_CACHE = "f32"  # f16 / q8 store less (kernels.kv_store); docs/quality.md has their cost
 
 
 class LanguageModel:
     def __init__(
         self, path: str | os.PathLike, threads: int | None = None, context_length: int | None = None,
-        kv_cache: str = DEFAULT_KV_CACHE,
+        kv_cache: str | None = None,
     ) -> None:
         self.kv_cache = check_kind(kv_cache)  # before the file is opened
         self.path = Path(path)
@@ -150,7 +149,7 @@ class LanguageModel:
 
 
 def load(path: str | os.PathLike, threads: int | None = None, context_length: int | None = None,
-         kv_cache: str = DEFAULT_KV_CACHE) -> LanguageModel:
+         kv_cache: str | None = None) -> LanguageModel:
     """Memory-map a .lowbit file and build the model (weights stay packed and mapped); kv_cache:
-    the KV cache's stored form, f32, f16 or q8."""
+    the KV cache's stored form, f32, f16 or q8 (None: kv_cache.DEFAULT_KIND)."""
     return LanguageModel(path, threads=threads, context_length=context_length, kv_cache=kv_cache)

@@ -38,7 +38,7 @@ def _bar(desc: str):
     return bar, update
 
 
-def _open(model: str, method: str, ctx: int, threads: int | None, quiet: bool, kv_cache: str = "f32"):
+def _open(model: str, method: str, ctx: int, threads: int | None, quiet: bool, kv_cache: str | None = None):
     """MODEL resolved (converted once if needed), its context checked, then loaded."""
     from lowbit.commands.options import check_context, resolve
     from lowbit.runtime import load

@@ -103,8 +103,9 @@ KV_CACHE_HELP = "KV cache type: f32, f16 (half the memory) or q8 (int8 + a scale
 def kv_cache_option(f: Callable) -> Callable:
     """--kv-cache f32|f16|q8, checked when parsed."""
     from lowbit.runtime.kernels.kv_store import KINDS
+    from lowbit.runtime.kv_cache import DEFAULT_KIND
 
-    return click.option("--kv-cache", "kv_cache", type=click.Choice(list(KINDS)), default="f32", show_default=True,
+    return click.option("--kv-cache", "kv_cache", type=click.Choice(list(KINDS)), default=DEFAULT_KIND, show_default=True,
                         help=KV_CACHE_HELP)(f)
 
 
@@ -218,7 +219,7 @@ def resolve(model: str, method: str, quiet: bool = False) -> Path:
 
 
 def open_model(model: str, threads: int | None, context_length: int | None, method: str, quiet: bool = False,
-               warm: bool = True, kv_cache: str = "f32"):
+               warm: bool = True, kv_cache: str | None = None):
     """Resolve MODEL (converting it once if needed), say so, and load it (with kernels warm unless
     `warm=False`: the caller checks its input first, then calls warm_up)."""
     import time

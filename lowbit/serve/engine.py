@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.runtime.generate import TokenStream
-from lowbit.runtime.kv_cache import KVCache, Segment
+from lowbit.runtime.kv_cache import DEFAULT_KIND, KVCache, Segment
 from lowbit.runtime.sampling import SamplingParams
 from lowbit.runtime.threads import set_threads
 from lowbit.serve.json_prefix import JsonConstraint, TokenTexts
@@ -86,7 +86,7 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.context_length = context_length or llm.context_length
-        self.kv_kind = getattr(llm, "kv_cache", "f32")  # each request's cache has the model's type
+        self.kv_kind = getattr(llm, "kv_cache", None) or DEFAULT_KIND  # each request's cache has the model's type
         self.token_bytes = KVCache.bytes_per_token(llm.args, self.kv_kind)
         self.kv_budget = kv_budget or parallel * self.context_length * self.token_bytes
         if self.kv_budget < self.context_length * self.token_bytes:
