@@ -1,7 +1,8 @@
 """Benchmark one model: load time, time to first token, prefill and decode tokens/s, peak RSS.
 
 Medians over repeats; kernels are warmed up (compiled or loaded from numba's cache) before any
-timing, so first-run compilation never counts.
+timing, so first-run compilation never counts. At a depth N (llama-bench's -d) the cache first
+holds N tokens of context, run untimed as a prompt; prefill and decode are then timed after them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class BenchRow:
     time_to_first_token_s: float
     prefill_tps: float
     decode_tps: float
+    depth: int = 0
 
 
 def peak_rss_mb() -> float:
@@ -56,11 +58,15 @@ class TimedRun:
     tokens: list[int]  # the first token and the gen_tokens decoded after it
 
 
-def timed_run(model, prompt: list[int], gen_tokens: int) -> TimedRun:
+def timed_run(model, prompt: list[int], gen_tokens: int, context: list[int] | None = None) -> TimedRun:
     """Reset, prefill `prompt`, then greedy-decode gen_tokens tokens, timing each phase. `model` is
     anything with reset(), prefill(ids) and decode(token) returning logits (an LLM, or
-    tools/bench_vs_llamacpp.py's engine adapters)."""
+    tools/bench_vs_llamacpp.py's engine adapters). `context` tokens (decode at depth) are run
+    untimed first; the timed prefill reuses them as a cached prefix."""
     model.reset()
+    if context:
+        model.prefill(context)
+        prompt = context + prompt
     t0 = time.perf_counter()
     logits = model.prefill(prompt)
     tp = time.perf_counter()
@@ -73,26 +79,30 @@ def timed_run(model, prompt: list[int], gen_tokens: int) -> TimedRun:
     return TimedRun(tp - t0, t1 - t0, time.perf_counter() - t1, tokens)
 
 
-def run_once(llm, prompt: list[int], gen_tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decode seconds for gen_tokens greedy tokens, counted from prefill's end)."""
-    run = timed_run(llm, prompt, gen_tokens)
+def run_once(llm, prompt: list[int], gen_tokens: int, context: list[int] | None = None) -> tuple[float, float]:
+    """(prefill seconds, decode seconds for gen_tokens greedy tokens, counted from prefill's end),
+    after `context` tokens already in the cache."""
+    run = timed_run(llm, prompt, gen_tokens, context)
     return run.prefill_s, run.time_to_first_token_s - run.prefill_s + run.decode_s
 
 
 def bench_model(llm, prompt_tokens: int = 128, gen_tokens: int = 128, threads: list[int] | None = None,
-                repeats: int = 3) -> list[BenchRow]:
+                repeats: int = 3, depths: list[int] | None = None) -> list[BenchRow]:
+    """One row per (thread count, depth); the context before each depth is the same text."""
     rows = []
     prompt = bench_prompt(llm, prompt_tokens)
+    context = bench_prompt(llm, max(depths or [0]), seed=1)
     for n in threads or [llm.threads]:
         llm.threads = n
         run_once(llm, prompt[:8], 2)  # warm the caches for this thread count
-        pre, dec = [], []
-        for _ in range(repeats):
-            p, d = run_once(llm, prompt, gen_tokens)
-            pre.append(p)
-            dec.append(d)
-        p, d = statistics.median(pre), statistics.median(dec)
-        rows.append(BenchRow(n, len(prompt), gen_tokens, p, len(prompt) / p, gen_tokens / d))
+        for depth in depths or [0]:
+            pre, dec = [], []
+            for _ in range(repeats):
+                p, d = run_once(llm, prompt, gen_tokens, context[:depth])
+                pre.append(p)
+                dec.append(d)
+            p, d = statistics.median(pre), statistics.median(dec)
+            rows.append(BenchRow(n, len(prompt), gen_tokens, p, len(prompt) / p, gen_tokens / d, depth))
     return rows
 
 

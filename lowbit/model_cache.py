@@ -76,8 +76,13 @@ def load(
     threads: int | None = None,
     context_length: int | None = None,
     method: str = "q4",
+    kv_cache: str | None = None,
 ):
-    """Load MODEL (a .lowbit file, or a checkpoint converted once into the cache)."""
+    """Load MODEL (a .lowbit file, or a checkpoint converted once into the cache); kv_cache: f32,
+    f16 or q8 (checked before anything is converted)."""
     from lowbit.runtime import load as load_lowbit
+    from lowbit.runtime.kv_cache import check_kind
 
-    return load_lowbit(resolve_model(model, method), threads=threads, context_length=context_length)
+    check_kind(kv_cache)
+    return load_lowbit(resolve_model(model, method), threads=threads, context_length=context_length,
+                       kv_cache=kv_cache)

@@ -19,19 +19,37 @@ import numpy as np
 
 from lowbit.runtime.errors import InvalidModel
 from lowbit.runtime.kernels.attention import attention
+from lowbit.runtime.kernels.kv_store import DTYPES, KINDS, SCALED, kv_write
+
+DEFAULT_KIND = "f32"  # f16 measured within 0.01 % PPL on SmolLM2 (docs/quality.md); kept f32 for now
+
+
+def check_kind(kind: str | None) -> str:
+    """A KV cache type lowbit stores: f32, f16 or q8 (kernels.kv_store); None: the default."""
+    if kind is None:
+        return DEFAULT_KIND
+    if kind not in KINDS:
+        raise ValueError(f"unknown KV cache type {kind!r}: choose one of {', '.join(KINDS)}")
+    return kind
 
 
 class KVCache:
-    """Pre-allocated keys and values for every layer: [layers, kv_heads, context, head_dim].
+    """Pre-allocated keys and values for every layer: [layers, kv_heads, context, head_dim], in
+    the stored form `kind` (f32, f16 bits, or q8 with scales [layers, kv_heads, context]; see
+    kernels.kv_store). The attention kernels read that form directly.
 
     np.zeros is calloc: pages become resident only as positions are used, and return to the
     system when the cache is dropped."""
 
-    def __init__(self, args: Any, context_length: int) -> None:
+    def __init__(self, args: Any, context_length: int, kind: str | None = None) -> None:
+        self.kind = kind = check_kind(kind)
         shape = (args.num_hidden_layers, args.num_key_value_heads, context_length, args.head_dim)
+        scaled = (*shape[:2], context_length if kind in SCALED else 0)
         try:
-            self.keys = np.zeros(shape, dtype=np.float32)
-            self.values = np.zeros(shape, dtype=np.float32)
+            self.keys = np.zeros(shape, dtype=DTYPES[kind])
+            self.values = np.zeros(shape, dtype=DTYPES[kind])
+            self.key_scales = np.zeros(scaled, dtype=np.float32)
+            self.value_scales = np.zeros(scaled, dtype=np.float32)
         except MemoryError:
             raise InvalidModel(f"the KV cache for a context of {context_length} tokens does not fit in memory "
                                "(pass a smaller context_length)") from None
@@ -42,11 +60,14 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return int(self.keys.nbytes + self.values.nbytes)
+        return int(sum(a.nbytes for a in (self.keys, self.values, self.key_scales, self.value_scales)))
 
     @staticmethod
-    def bytes_per_token(args: Any) -> int:
-        return 2 * 4 * args.num_hidden_layers * args.num_key_value_heads * args.head_dim
+    def bytes_per_token(args: Any, kind: str | None = None) -> int:
+        """Bytes one position takes (keys and values of every layer, with q8's scales)."""
+        kind = check_kind(kind)
+        row = args.head_dim * np.dtype(DTYPES[kind]).itemsize + (4 if kind in SCALED else 0)
+        return 2 * args.num_hidden_layers * args.num_key_value_heads * row
 
     def reset(self) -> None:
         self.length = 0
@@ -102,11 +123,18 @@ class KVCache:
         q = rope.apply(q, start)
         k = rope.apply(k, start)
         end = start + t
-        self.keys[layer, :, start:end] = k.transpose(1, 0, 2)
-        self.values[layer, :, start:end] = v.transpose(1, 0, 2)
         out = np.empty((t, h * d), dtype=np.float32)
-        attention(np.ascontiguousarray(q, dtype=np.float32), self.keys[layer], self.values[layer],
-                  start, window, out, scale, softcap)
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if self.kind == "f32":
+            self.keys[layer, :, start:end] = k.transpose(1, 0, 2)
+            self.values[layer, :, start:end] = v.transpose(1, 0, 2)
+            attention(q, self.keys[layer], self.values[layer], start, window, out, scale, softcap)
+            return out
+        # the fused decode step's own row store (kv_store.store): both paths keep the same bits
+        kv_write(self.keys[layer], self.key_scales[layer], start, np.ascontiguousarray(k, dtype=np.float32))
+        kv_write(self.values[layer], self.value_scales[layer], start, np.ascontiguousarray(v, dtype=np.float32))
+        attention(q, self.keys[layer], self.values[layer], start, window, out, scale, softcap,
+                  self.key_scales[layer], self.value_scales[layer])
         return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from lowbit.formats import LowbitReader
 from lowbit.runtime.generate import GenerationResponse
-from lowbit.runtime.kv_cache import KVCache
+from lowbit.runtime.kv_cache import KVCache, check_kind
 from lowbit.runtime.model import Transformer
 from lowbit.runtime.sampling import SamplingParams
 from lowbit.runtime.session import Session
@@ -39,8 +39,10 @@ DEFAULT_CONTEXT = 4096
 
 class LanguageModel:
     def __init__(
-        self, path: str | os.PathLike, threads: int | None = None, context_length: int | None = None
+        self, path: str | os.PathLike, threads: int | None = None, context_length: int | None = None,
+        kv_cache: str | None = None,
     ) -> None:
+        self.kv_cache = check_kind(kv_cache)  # before the file is opened
         self.path = Path(path)
         self.reader = LowbitReader(self.path)
         try:
@@ -142,9 +144,12 @@ class LanguageModel:
         self.reader.close()
 
     def __repr__(self) -> str:
-        return f"LanguageModel({str(self.path)!r}, threads={self.threads}, context_length={self.context_length})"
+        return (f"LanguageModel({str(self.path)!r}, threads={self.threads}, context_length={self.context_length}, "
+                f"kv_cache={self.kv_cache!r})")
 
 
-def load(path: str | os.PathLike, threads: int | None = None, context_length: int | None = None) -> LanguageModel:
-    """Memory-map a .lowbit file and build the model (weights stay packed and mapped)."""
-    return LanguageModel(path, threads=threads, context_length=context_length)
+def load(path: str | os.PathLike, threads: int | None = None, context_length: int | None = None,
+         kv_cache: str | None = None) -> LanguageModel:
+    """Memory-map a .lowbit file and build the model (weights stay packed and mapped); kv_cache:
+    the KV cache's stored form, f32, f16 or q8 (None: kv_cache.DEFAULT_KIND)."""
+    return LanguageModel(path, threads=threads, context_length=context_length, kv_cache=kv_cache)

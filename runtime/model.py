@@ -218,7 +218,8 @@ class Transformer:
     def decode_step(self, x: np.ndarray, cache: KVCache, pos: int) -> None:
         """x [hidden] at position pos through every layer, in place (kernels.decode_step)."""
         a = self.args
-        decode_layers(x, *self.decode_table, cache.keys, cache.values, self.rope_cos, self.rope_sin, self.layer_info,
+        decode_layers(x, *self.decode_table, cache.keys, cache.values, cache.key_scales, cache.value_scales,
+                      self.rope_cos, self.rope_sin, self.layer_info,
                       pos, a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.attention_scale,
                       a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0)
 

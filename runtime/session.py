@@ -38,7 +38,7 @@ class Session:
         if context_length is not None:
             check_context(model.args, context_length)
         self.context_length = min(context_length or model.context_length, model.args.max_position_embeddings)
-        self.cache = KVCache(model.args, self.context_length)
+        self.cache = KVCache(model.args, self.context_length, model.kv_cache)
         self._lock = threading.Lock()
         self._owner: int | None = None
 

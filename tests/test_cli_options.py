@@ -66,6 +66,8 @@ THREADED = [
 ]
 SAMPLED = [["generate", MISSING, "-p", "hi"], ["chat", MISSING]]
 CONVERTING = THREADED[:2] + [["bench", MISSING], ["eval", "ppl", MISSING, "--text", "{text}"]]
+KV_CACHED = SAMPLED + [["bench", MISSING], ["serve", MISSING], ["eval", "ppl", MISSING, "--text", "{text}"],
+                       ["eval", "kl", MISSING, "--ref", MISSING, "--text", "{text}"]]
 
 # (argv tail, words the error line must contain); empty needle list = just one error line
 BAD = (
@@ -85,6 +87,8 @@ BAD = (
        for v in ("0", "3", "-1")]
     + [(["bench", MISSING], [opt, "0"], opt) for opt in ("--prompt-tokens", "--gen-tokens", "--repeats")]
     + [(["bench", MISSING], ["-n", "-3"], "--prompt-tokens"), (["bench", MISSING], ["-r", "-1"], "--repeats")]
+    + [(cmd, ["--kv-cache", v], f"'{v}' is not one of") for cmd in KV_CACHED for v in ("q4", "F16")]
+    + [(["bench", MISSING], ["--depth", v], "--depth") for v in ("-1", "1,", "a", "1.5", "")]
     + [(["generate", MISSING], ["-p", v], "prompt is empty") for v in ("", "  ")]
     + [(["demo"], ["-p", ""], "prompt is empty")]
     + [(["chat", MISSING], ["--template-var", v], "NAME=VALUE") for v in ("enable thinking", "=1", "1x=2")]
@@ -109,6 +113,8 @@ GOOD = (
     + [(cmd, ["--ctx", "16"]) for cmd in SAMPLED]
     + [(["eval", "ppl", MISSING, "--text", "{text}"], ["--ctx", "4"])]
     + [(["bench", MISSING], ["-n", "1", "-g", "1", "-r", "1"])]
+    + [(["bench", MISSING], ["--depth", v]) for v in ("0", "0,1024", " 4096 ")]
+    + [(cmd, ["--kv-cache", v]) for cmd in KV_CACHED[:2] + KV_CACHED[3:] for v in ("f32", "f16", "q8")]
     + [(SAMPLED[0], [opt, v]) for opt, v in (
         ("--temperature", "0"), ("--top-k", "0"), ("--top-p", "1"), ("--min-p", "0"), ("--min-p", "1"),
         ("--repeat-penalty", "1"))]
@@ -166,6 +172,7 @@ def test_bench_beyond_the_context_fails_before_any_work(capsys, tiny):
     line = assert_one_error(capsys, ["bench", str(tiny), "-n", "9000"], "maximum is 256")
     assert "-n 9000" in line
     assert_one_error(capsys, ["bench", str(tiny), "-n", "200", "-g", "57"], "need a context of 257")
+    assert_one_error(capsys, ["bench", str(tiny), "-d", "0,150", "-n", "100", "-g", "7"], "need a context of 257")
 
 
 def test_convert_mistyped_local_path_is_a_missing_path(capsys, tmp_path, monkeypatch):

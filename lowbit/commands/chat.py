@@ -205,10 +205,10 @@ def read_message(interactive: bool) -> str | None:
               help="Set a chat template variable, e.g. enable_thinking=false (Qwen3). Repeatable.")
 @model_options
 @sampling_options(max_tokens=512)
-def chat(model, system, verbose, variables, threads, context_length, method, **sampling) -> None:
+def chat(model, system, verbose, variables, threads, context_length, method, kv_cache, **sampling) -> None:
     """Chat with MODEL in the terminal (or one reply per line of piped stdin)."""
     interactive = sys.stdin.isatty()
-    llm, _ = open_model(model, threads, context_length, method, quiet=not interactive)
+    llm, _ = open_model(model, threads, context_length, method, quiet=not interactive, kv_cache=kv_cache)
     session = ChatSession(llm, system, sampling_kwargs(sampling, llm.generation_defaults), verbose, variables)
     if interactive:
         try:

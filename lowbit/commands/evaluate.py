@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from lowbit.commands.options import THREADS_ENV, THREADS_HELP, Threads, method_choice
+from lowbit.commands.options import (
+    THREADS_ENV,
+    THREADS_HELP,
+    Threads,
+    kv_cache_option,
+    method_choice,
+)
 
 # each window scores its second half (llama.cpp's method): 4 tokens is the least that scores one
 CTX = click.IntRange(min=4)
@@ -32,14 +38,14 @@ def _bar(desc: str):
     return bar, update
 
 
-def _open(model: str, method: str, ctx: int, threads: int | None, quiet: bool):
+def _open(model: str, method: str, ctx: int, threads: int | None, quiet: bool, kv_cache: str | None = None):
     """MODEL resolved (converted once if needed), its context checked, then loaded."""
     from lowbit.commands.options import check_context, resolve
     from lowbit.runtime import load
 
     path = resolve(model, method, quiet)
     check_context(path, ctx)
-    return load(path, threads=threads, context_length=ctx)
+    return load(path, threads=threads, context_length=ctx, kv_cache=kv_cache)
 
 
 @click.group()
@@ -54,12 +60,13 @@ def evaluate() -> None:
 @click.option("-t", "--threads", type=Threads(), envvar=THREADS_ENV, help=THREADS_HELP)
 @click.option("--method", type=method_choice(), default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
 @click.option("--json", "as_json", is_flag=True)
-def ppl(model, text_file, ctx, threads, method, as_json) -> None:
+@kv_cache_option
+def ppl(model, text_file, ctx, threads, method, as_json, kv_cache) -> None:
     """Perplexity of MODEL on a text (llama.cpp's method: score the second half of each window)."""
     from lowbit.eval.perplexity import perplexity
 
     text = _read_text(text_file)
-    llm = _open(model, method, ctx, threads, as_json)
+    llm = _open(model, method, ctx, threads, as_json, kv_cache)
     bar, update = _bar("perplexity")
     try:
         r = perplexity(llm, text, ctx, update)
@@ -79,12 +86,13 @@ def ppl(model, text_file, ctx, threads, method, as_json) -> None:
 @click.option("-t", "--threads", type=Threads(), envvar=THREADS_ENV, help=THREADS_HELP)
 @click.option("--method", type=method_choice(), default="q4", show_default=True, help="Encoding used when MODEL must be converted first.")
 @click.option("--json", "as_json", is_flag=True)
-def kl(model, ref, text_file, ctx, threads, method, as_json) -> None:
+@kv_cache_option
+def kl(model, ref, text_file, ctx, threads, method, as_json, kv_cache) -> None:
     """KL divergence of MODEL's token distributions from a reference's (like llama.cpp --kl-divergence)."""
     from lowbit.eval.perplexity import kl_divergence
 
     text = _read_text(text_file)
-    llm = _open(model, method, ctx, threads, as_json)
+    llm = _open(model, method, ctx, threads, as_json, kv_cache)  # the reference keeps an f32 cache
     ref_llm = _open(ref, "f32", ctx, threads, as_json)
     bar, update = _bar("kl-divergence")
     try:

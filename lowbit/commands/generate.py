@@ -27,7 +27,8 @@ from lowbit.commands.options import (
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, token counts, timings.")
 @model_options
 @sampling_options(max_tokens=256)
-def generate(model, prompt, prompt_file, chat, system, as_json, threads, context_length, method, **sampling) -> None:
+def generate(model, prompt, prompt_file, chat, system, as_json, threads, context_length, method, kv_cache,
+             **sampling) -> None:
     """Complete a prompt given with -p, -f or on stdin."""
     source = "-p"
     if prompt is None and prompt_file is not None:
@@ -37,7 +38,7 @@ def generate(model, prompt, prompt_file, chat, system, as_json, threads, context
             raise click.UsageError("give a prompt with -p TEXT, -f FILE or on stdin")
         prompt, source = sys.stdin.read(), "-p, -f or stdin"
     check_prompt(prompt, source)
-    llm, load_s = open_model(model, threads, context_length, method, quiet=as_json, warm=False)
+    llm, load_s = open_model(model, threads, context_length, method, quiet=as_json, warm=False, kv_cache=kv_cache)
     kwargs = sampling_kwargs(sampling, llm.generation_defaults)
     if chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]

@@ -97,8 +97,21 @@ MIN_CONTEXT = 16  # warm-up runs 3 positions; below this no prompt and answer fi
 THREADS_HELP = "Threads (default: LOWBIT_THREADS or physical cores)."
 
 
+KV_CACHE_HELP = "KV cache type: f32, f16 (half the memory) or q8 (int8 + a scale per token and head, 0.27 ×)."
+
+
+def kv_cache_option(f: Callable) -> Callable:
+    """--kv-cache f32|f16|q8, checked when parsed."""
+    from lowbit.runtime.kernels.kv_store import KINDS
+    from lowbit.runtime.kv_cache import DEFAULT_KIND
+
+    return click.option("--kv-cache", "kv_cache", type=click.Choice(list(KINDS)), default=DEFAULT_KIND, show_default=True,
+                        help=KV_CACHE_HELP)(f)
+
+
 def model_options(f: Callable) -> Callable:
-    """--threads, --ctx and --method (for MODELs that still need converting)."""
+    """--threads, --ctx, --kv-cache and --method (for MODELs that still need converting)."""
+    f = kv_cache_option(f)
     f = click.option("--method", type=method_choice(), default="q4", show_default=True,
                      help="Encoding used when MODEL must be converted first.")(f)
     f = click.option("--ctx", "context_length", type=click.IntRange(min=MIN_CONTEXT),
@@ -206,7 +219,7 @@ def resolve(model: str, method: str, quiet: bool = False) -> Path:
 
 
 def open_model(model: str, threads: int | None, context_length: int | None, method: str, quiet: bool = False,
-               warm: bool = True):
+               warm: bool = True, kv_cache: str | None = None):
     """Resolve MODEL (converting it once if needed), say so, and load it (with kernels warm unless
     `warm=False`: the caller checks its input first, then calls warm_up)."""
     import time
@@ -216,7 +229,7 @@ def open_model(model: str, threads: int | None, context_length: int | None, meth
     path = resolve(model, method, quiet)
     check_context(path, context_length)
     t0 = time.perf_counter()
-    llm = load(path, threads=threads, context_length=context_length)
+    llm = load(path, threads=threads, context_length=context_length, kv_cache=kv_cache)
     if warm:
         warm_up(llm, quiet)
     return llm, time.perf_counter() - t0

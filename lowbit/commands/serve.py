@@ -30,7 +30,7 @@ from lowbit.errors import LowbitError
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
 @model_options  # --method, --ctx (of each request), --threads: validated as on every command
 def serve(model, host, port, threads, context_length, parallel, max_queue, kv_budget_mb, prefill_chunk,
-          api_key, model_name, method, log_level) -> None:
+          api_key, model_name, method, kv_cache, log_level) -> None:
     """Serve MODEL (a .lowbit file or anything `convert` accepts) over OpenAI's API: POST
     /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models, GET /health, and
     a chat page at /. Requests in flight are decoded together (continuous batching)."""
@@ -50,7 +50,7 @@ def serve(model, host, port, threads, context_length, parallel, max_queue, kv_bu
         pass  # a host name: uvicorn resolves it
     from lowbit.commands.options import open_model
 
-    llm, _ = open_model(model, threads, context_length, method)
+    llm, _ = open_model(model, threads, context_length, method, kv_cache=kv_cache)
     app = create_app(llm, model_name=model_name, api_key=api_key, parallel=parallel, max_queue=max_queue,
                      kv_budget_mb=kv_budget_mb, prefill_chunk=prefill_chunk)
     where = f"http://{host}:{port}" if port else f"{host}, on a port the system picks (--log-level info shows it)"

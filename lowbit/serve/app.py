@@ -90,7 +90,7 @@ def create_app(
     llm = load_model(model_or_path, threads, context_length, method)
     name = model_name or Path(str(llm.path)).stem
     budget = int(kv_budget_mb * 2**20) if kv_budget_mb else None
-    one = llm.context_length * KVCache.bytes_per_token(llm.args)
+    one = llm.context_length * KVCache.bytes_per_token(llm.args, getattr(llm, "kv_cache", None))
     if budget is not None and budget < one:
         raise LowbitError(f"--kv-memory {kv_budget_mb:g} MiB is less than one request's full context "
                           f"({one / 2**20:.1f} MiB at {llm.context_length} tokens); raise it or lower --ctx")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.runtime.generate import TokenStream
-from lowbit.runtime.kv_cache import KVCache, Segment
+from lowbit.runtime.kv_cache import DEFAULT_KIND, KVCache, Segment
 from lowbit.runtime.sampling import SamplingParams
 from lowbit.runtime.threads import set_threads
 from lowbit.serve.json_prefix import JsonConstraint, TokenTexts
@@ -86,7 +86,8 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.context_length = context_length or llm.context_length
-        self.token_bytes = KVCache.bytes_per_token(llm.args)
+        self.kv_kind = getattr(llm, "kv_cache", None) or DEFAULT_KIND  # each request's cache has the model's type
+        self.token_bytes = KVCache.bytes_per_token(llm.args, self.kv_kind)
         self.kv_budget = kv_budget or parallel * self.context_length * self.token_bytes
         if self.kv_budget < self.context_length * self.token_bytes:
             raise ValueError("the KV budget must hold at least one full context")
@@ -153,7 +154,7 @@ class Engine:
             self._drop(self.idle.pop(0))
         if (reserved + self._idle_positions()) * self.token_bytes > self.kv_budget and self.active:
             return None
-        c = KVCache(self.llm.args, self.context_length)
+        c = KVCache(self.llm.args, self.context_length, self.kv_kind)
         self._high[id(c)] = 0
         return c
 

@@ -3,7 +3,7 @@
 At 135M parameters a token is ~200 small matrix products; run one Python call at a time, their
 dispatch and the numpy glue between them cost more than the arithmetic (profiled: ~270 µs per
 SmolLM2 layer against ~70 µs of kernel work). Here the layer loop, RMSNorm, RoPE, the KV-cache
-write, attention, the MLP activation and the residual adds all run inside numba, and each layer
+write (in the cache's stored form), attention, the MLP activation and the residual adds all run inside numba, and each layer
 opens five parallel regions: q/k/v together, attention heads, o, gate/up together, down. The
 layer input is quantised once for q/k/v and once for gate/up when their encodings agree.
 
@@ -25,6 +25,7 @@ from numba import prange
 
 from lowbit.runtime.kernels.attention import attend, visible
 from lowbit.runtime.kernels.jit import helper, kernel
+from lowbit.runtime.kernels.kv_store import store
 from lowbit.runtime.kernels.matvec import (
     ROWS_PER_TASK,
     finish,
@@ -159,10 +160,12 @@ def _project_add(desc, inp, x, out_norm, eps, in_norm, lin_eps):
 
 
 @kernel
-def decode_layers(x, file, side, table, keys, values, cos, sin, layer_info, pos, n_heads, eps, act, scale,
+def decode_layers(x, file, side, table, keys, values, key_scales, value_scales, cos, sin, layer_info, pos, n_heads, eps, act, scale,
                   softcap, rot, lin_eps):
     """Run x (float32 [hidden], the token's embedding) at position pos through every layer, in
-    place; keys/values [layers, KVH, context, D] receive this position's K and V. cos/sin
+    place; keys/values [layers, KVH, context, D] (f32, f16 bits or q8: `kv_store`) receive this
+    position's K and V, key_scales/value_scales [layers, KVH, context] their q8 scales ([.., 0]
+    when unscaled). cos/sin
     [tables, P, rot/2]; layer_info [layers, 2]: the layer's sliding window (0: none) and RoPE
     table; scale: the attention scale; softcap > 0 soft-caps attention scores; rot: the rotary
     dims of each head; lin_eps: eps of the linears' own input norms (where the table has them)."""
@@ -217,14 +220,14 @@ def decode_layers(x, file, side, table, keys, values, cos, sin, layer_info, pos,
         rope(q, n_heads, d, rot, cos[ri, pos], sin[ri, pos])
         rope(k, kvh, d, rot, cos[ri, pos], sin[ri, pos])
         for h in range(kvh):
-            keys[li, h, pos] = k[h * d : (h + 1) * d]
-            values[li, h, pos] = v[h * d : (h + 1) * d]
+            store(keys[li, h], key_scales[li, h], pos, k[h * d : (h + 1) * d])
+            store(values[li, h], value_scales[li, h], pos, v[h * d : (h + 1) * d])
 
         att = np.empty(n_heads * d, dtype=np.float32)
         for h in prange(n_heads):
             kv = h // rep
-            attend(q[h * d : (h + 1) * d], keys[li, kv], values[li, kv], first, n_ctx, scale,
-                   att[h * d : (h + 1) * d], softcap)
+            attend(q[h * d : (h + 1) * d], keys[li, kv], key_scales[li, kv], values[li, kv], value_scales[li, kv],
+                   first, n_ctx, scale, att[h * d : (h + 1) * d], softcap)
         if attn_sub.shape[0]:
             att = rms_norm(att, attn_sub, eps)
         _project_add(lo, att, x, attn_out, eps, _input_norm(file, side, row[7]), lin_eps)

@@ -61,6 +61,20 @@ def f16_to_f32(typingctx, bits):
 
 
 @intrinsic
+def f32_to_f16(typingctx, value):
+    """float32 -> IEEE half (raw u16 bits), rounded to nearest even (LLVM fptrunc: vcvtps2ph with
+    F16C), as numpy's astype(float16); the f16 KV cache stores these bits."""
+    if not isinstance(value, types.Float) or value.bitwidth != 32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        half = builder.fptrunc(args[0], ir.HalfType())
+        return builder.bitcast(half, ir.IntType(16))
+
+    return types.uint16(value), codegen
+
+
+@intrinsic
 def bf16_to_f32(typingctx, bits):
     """bfloat16 (raw u16 bits) -> float32: the bits become the upper half of an f32."""
     if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
@@ -113,6 +127,7 @@ __all__ = [
     "KERNEL",
     "exact",
     "f16_to_f32",
+    "f32_to_f16",
     "helper",
     "kernel",
     "np",
