@@ -18,6 +18,7 @@ from lowbit.runtime import threads
 from lowbit.runtime.kernels.q8 import decode_activation_ref
 from lowbit.runtime.kernels.ternary import quantize_activation_ref
 from lowbit.runtime.linear import (
+    AffineLinear,
     DenseLinear,
     GroupedLinear,
     OneBitLinear,
@@ -28,6 +29,12 @@ from lowbit.runtime.linear import (
 )
 
 OUT, IN = 24, 300
+AFFINE_GROUPS = {"q4f": 32, "q2f": 64, "q1f": 128}  # group sizes as GGUF's Q4_1, Q2_0 and Q1_0 have them
+AFFINE_IN = 384  # the affine encodings need whole groups
+
+
+def in_features(encoding: str) -> int:
+    return AFFINE_IN if encoding in AFFINE_GROUPS else IN
 
 
 def pack(encoding: str, rng: np.random.Generator, shape=(OUT, IN), layernorm: bool = False):
@@ -53,6 +60,17 @@ def pack(encoding: str, rng: np.random.Generator, shape=(OUT, IN), layernorm: bo
         )
     if encoding in ("ternary", "ternary-1.6"):
         return enc.pack(rng.integers(-1, 2, shape), (rng.random(out) + 0.5).astype(np.float32))
+    if encoding in AFFINE_GROUPS:  # GGUF's grids: f16 scale (and minimum) per group, zero point
+        group = AFFINE_GROUPS[encoding]
+        ng = n // group
+        limit = 2 if enc.bits == 1 else 2**enc.bits
+        return enc.pack(
+            rng.integers(0, limit, shape).astype(np.uint8),
+            (rng.random((out, ng)) * 0.02).astype(np.float16),
+            group,
+            zero=0 if enc.bits == 1 else limit // 2,
+            mins=(rng.standard_normal((out, ng)) * 0.01).astype(np.float16) if enc.bits == 4 else None,
+        )
     return enc.pack(
         w,
         (rng.random(n) + 0.5).astype(np.float16),
@@ -74,6 +92,9 @@ def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
     elif entry.encoding in ("q8", "q4"):  # decode: int8 activations, q8 per 32 values, q4 per group
         block = entry.params["group_size"] if entry.encoding == "q4" else 32
         y = decode_activation_ref(x, block) @ entry.dequantize().astype(np.float64).T
+    elif entry.encoding == "q4f" and entry.params["group_size"] == 32 and x.shape[0] == 1:
+        # decode of GGUF's Q4_0 / Q4_1 grids: int8 activations per group of 32, as llama.cpp runs them
+        y = decode_activation_ref(x, 32) @ entry.dequantize().astype(np.float64).T
     else:
         y = x.astype(np.float64) @ entry.dequantize().astype(np.float64).T
     if entry.encoding == "onebit" and entry.params["layernorm"]:
@@ -98,26 +119,30 @@ CLASSES = {
     "ternary": TernaryLinear,
     "ternary-1.6": TernaryLinear,
     "onebit": OneBitLinear,
+    "q1f": AffineLinear,
+    "q2f": AffineLinear,
+    "q4f": AffineLinear,
 }
 
 
 @pytest.mark.parametrize("encoding", list(ENCODINGS))
 def test_make_linear_matches_dequantized(encoding):
     rng = np.random.default_rng(3)
-    entry = pack(encoding, rng)
+    n_in = in_features(encoding)
+    entry = pack(encoding, rng, shape=(OUT, n_in))
     bias = rng.standard_normal(OUT).astype(np.float32)
     lin = make_linear(entry, bias=bias)
-    assert isinstance(lin, CLASSES[encoding]) and lin.shape == (OUT, IN)
+    assert isinstance(lin, CLASSES[encoding]) and lin.shape == (OUT, n_in)
     for t in (1, 2, 9):
-        x = rng.standard_normal((t, IN)).astype(np.float32)
+        x = rng.standard_normal((t, n_in)).astype(np.float32)
         y = lin(x)
         assert y.dtype == np.float32 and y.shape == (t, OUT)
         close(y, expected(entry, x, bias))
     # a 1-D input gives a 1-D output; out= is filled and returned
-    x1 = rng.standard_normal(IN).astype(np.float32)
+    x1 = rng.standard_normal(n_in).astype(np.float32)
     assert lin(x1).shape == (OUT,)
     buf = np.empty((3, OUT), np.float32)
-    x3 = rng.standard_normal((3, IN)).astype(np.float32)
+    x3 = rng.standard_normal((3, n_in)).astype(np.float32)
     assert lin(x3, out=buf) is buf
     close(buf, expected(entry, x3, bias))
 
@@ -126,13 +151,13 @@ def test_from_memory_mapped_file(tmp_path):
     """Parts of an open file are read-only views of the mapping; the layers run on them as is."""
     rng = np.random.default_rng(4)
     path = tmp_path / "m.lowbit"
-    entries = {name: pack(name, rng, shape=(17, 577)) for name in ENCODINGS}
+    entries = {name: pack(name, rng, shape=(17, AFFINE_IN if name in AFFINE_GROUPS else 577)) for name in ENCODINGS}
     with LowbitWriter(path, {"architecture": "llama"}) as w:
         for name, e in entries.items():
             w.add_tensor(name, e)
-    x = rng.standard_normal((4, 577)).astype(np.float32)
     with LowbitReader(path) as reader:
         for name, e in entries.items():
+            x = rng.standard_normal((4, e.shape[1])).astype(np.float32)
             entry = reader[name]
             assert not next(iter(entry.parts.values())).flags.writeable
             lin = make_linear(entry)
