@@ -13,7 +13,8 @@ the previous turn of its chat) and runs only the rest. Only positions that were 
 tokens are reused (a previous answer's tokens run again, as prompt): their bits depend on the
 tokens alone, so reuse never changes an answer either. Caches are counted against a KV memory
 budget by the positions they have touched; idle ones are dropped (oldest first) to make room.
-Past `max_queue` waiting requests, `submit` raises QueueFull (the app answers 429).
+Past `parallel` requests in flight and `max_queue` waiting, `submit` raises QueueFull (the app
+answers 429).
 """
 
 from __future__ import annotations
@@ -108,9 +109,12 @@ class Engine:
     # -- public ---------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         with self._cond:
-            if len(self.pending) >= self.max_queue:  # clients that left do not hold a place
+            # room: `max_queue` waiting beyond `parallel` in flight, however far the engine has got
+            # in moving waiting requests into free slots
+            room = self.max_queue + max(0, self.parallel - len(self.active))
+            if len(self.pending) >= room:  # clients that left do not hold a place
                 self.pending = deque(j for j in self.pending if not j.cancelled.is_set())
-            if len(self.pending) >= self.max_queue:
+            if len(self.pending) >= room:
                 raise QueueFull
             self.pending.append(job)
             self._cond.notify()
