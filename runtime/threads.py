@@ -4,20 +4,18 @@ Numba's fallback `workqueue` layer costs ~100-130 µs per parallel call (measure
 or OpenMP), i.e. tens of milliseconds per token; `check_threading_layer()` warns about it.
 
 Sharing the CPU: a decode step is ~5 parallel regions per layer (150 per SmolLM2 token), each
-ending when its slowest thread does. With another process busy on one of two cores, a worker that
-spins between regions (TBB, or OpenMP's default: 300,000 spins before sleeping) burns its share of
-that core and then waits for its next time slice inside a region, so `--threads 2` decoded slower
-than `--threads 1` (issue 20: 9.8 against 86.5 tok/s). A worker that spins only a few µs (about
-the gap between two regions of one token) and then sleeps keeps its scheduler credit and preempts
-the busy process when woken. `tools/bench_contention.py` on a 2-core VM with a busy loop on one
-core (SmolLM2 q4, decode tok/s at threads 1 → 2, medians of 5; the VM was also shared with other
-work, load 7-11): GNU OpenMP with GOMP_SPINCOUNT=300 21 → 86 and 43 → 89 (one run of four 31 → 24),
-OMP_WAIT_POLICY=PASSIVE 26 → 111 and 23 → 106, TBB 24 → 20 and 22 → 19, OpenMP's default
-spinning 23 → 2.4. Passive waits were as good under contention, but pay a wake-up per region on
-an idle machine, which a 300-spin wait (a few µs) mostly avoids. So, unless the
-user chose (NUMBA_THREADING_LAYER, NUMBA_THREADING_LAYER_PRIORITY, OMP_WAIT_POLICY, GOMP_SPINCOUNT,
-KMP_BLOCKTIME), lowbit asks numba for OpenMP first (then TBB, then workqueue) with a 300-spin wait
-(KMP_BLOCKTIME=0 for Intel's OpenMP, whose finest setting is 1 ms).
+ending when its slowest thread does, so how a worker waits between regions decides what a busy
+neighbour costs. `tools/bench_contention.py` on this 2-core VM, quiet apart from the test's own
+busy loop (SmolLM2 q4, decode tok/s at threads 1 -> 2, medians of 5, 2026-12-01):
+- busy loop on one core: TBB 88.2 -> 79.0 and 92.1 -> 94.9 (two runs); GNU OpenMP with GOMP_SPINCOUNT=300 93.6 -> 64.1,
+  with OMP_WAIT_POLICY=PASSIVE 85.2 -> 61.8, with GOMP_SPINCOUNT=3000 85.4 -> 32.1;
+- no busy loop: TBB 78.7 -> 105.6 and 83.9 -> 123.1; OpenMP (300 spins) 80.7 -> 30.2, OMP_WAIT_POLICY=ACTIVE 86.1 -> 35.2.
+(Issue 20's report, TBB 86.5 -> 9.8, came from a machine loaded by other work; in runs while
+other test suites loaded this VM, OpenMP with 300 spins read 21 -> 86 and TBB 24 -> 20.)
+So lowbit asks numba for TBB first, then OpenMP with a short spin wait (GOMP_SPINCOUNT=300,
+KMP_BLOCKTIME=0: ARM64 has no tbb wheel), then workqueue, unless the user chose a layer or a wait
+policy (NUMBA_THREADING_LAYER, NUMBA_THREADING_LAYER_PRIORITY, OMP_WAIT_POLICY, GOMP_SPINCOUNT,
+KMP_BLOCKTIME). With a busy neighbour, `--threads 2` is then ~0.9 x `--threads 1`, not 8 x slower.
 """
 
 from __future__ import annotations
@@ -33,16 +31,16 @@ import lowbit.runtime.kernels.cache  # noqa: F401  (numba's cache outside the in
 log = logging.getLogger(__name__)
 
 ENV = "LOWBIT_THREADS"
-LAYER_ORDER = "omp tbb workqueue"
+LAYER_ORDER = "tbb omp workqueue"
 
 
 WAIT_ENV = {"GOMP_SPINCOUNT": "300", "KMP_BLOCKTIME": "0"}
 CHOICES = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY", "OMP_WAIT_POLICY", *WAIT_ENV)
 
 
-def prefer_passive_openmp() -> None:
-    """Ask numba for OpenMP with short spin waits first (see the module's docstring), unless the
-    user chose a layer or a wait policy; must run before the first parallel call starts the pool."""
+def choose_threading_layer() -> None:
+    """Ask numba for TBB, else OpenMP with short spin waits (see the module's docstring), unless
+    the user chose a layer or a wait policy; must run before the first parallel call starts the pool."""
     if any(os.environ.get(k, "").strip() for k in CHOICES):
         return
     os.environ.update(WAIT_ENV)  # read by the OpenMP runtime when numba's omp pool loads it
@@ -50,7 +48,7 @@ def prefer_passive_openmp() -> None:
     numba.config.THREADING_LAYER_PRIORITY = LAYER_ORDER.split()
 
 
-prefer_passive_openmp()
+choose_threading_layer()
 
 
 def _available_cpus() -> set[int]:

@@ -1,5 +1,5 @@
-"""The threading layer lowbit asks numba for: OpenMP with short spin waits (it shares a busy CPU
-gracefully, tools/bench_contention.py), unless the user chose a layer or a wait policy."""
+"""The threading layer lowbit asks numba for: TBB, else OpenMP with short spin waits (measured in
+runtime/threads.py with tools/bench_contention.py), unless the user chose a layer or a wait policy."""
 
 from __future__ import annotations
 
@@ -36,17 +36,25 @@ def omp_available() -> bool:
     return True
 
 
-def test_default_is_openmp_with_short_spins():
+def tbb_available() -> bool:
+    """Whether numba can start its TBB pool here (it loads the tbb package's library itself)."""
+    base = {k: v for k, v in os.environ.items() if k not in CHOICES}
+    proc = subprocess.run([sys.executable, "-c", PROBE], env={**base, "NUMBA_THREADING_LAYER": "tbb"},
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode == 0
+
+
+def test_default_is_tbb_else_openmp_with_short_spins():
     got = probe()
-    if omp_available():
+    if tbb_available():
+        assert got == {"layer": "tbb", "wait": None, "spin": "300"}
+    elif omp_available():  # no TBB (ARM64 has no wheel): OpenMP, spinning only briefly
         assert got == {"layer": "omp", "wait": None, "spin": "300"}
-    else:  # no OpenMP runtime: TBB, as numba would pick
-        assert got["layer"] == "tbb"
 
 
 @pytest.mark.parametrize("env,layer,wait,spin", [
-    ({"NUMBA_THREADING_LAYER": "tbb"}, "tbb", None, None),
-    ({"NUMBA_THREADING_LAYER_PRIORITY": "tbb omp workqueue"}, "tbb", None, None),
+    ({"NUMBA_THREADING_LAYER": "omp"}, "omp", None, None),
+    ({"NUMBA_THREADING_LAYER_PRIORITY": "omp tbb workqueue"}, "omp", None, None),
     ({"OMP_WAIT_POLICY": "PASSIVE"}, "tbb", "PASSIVE", None),  # a wait policy of their own: numba's order
     ({"GOMP_SPINCOUNT": "1000"}, "tbb", None, "1000"),
 ])
