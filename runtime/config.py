@@ -56,6 +56,7 @@ class ModelArgs:
     rope_local_base_freq: float | None = None  # RoPE base of sliding layers, unscaled (Gemma 3)
     partial_rotary_factor: float = 1.0  # RoPE on the first head_dim × this dims of each head (Phi)
     linear_norm_eps: float | None = None  # eps of the RMSNorm on each linear's input (Falcon-E's use_rms_norm)
+    down_proj_hadamard: bool = False  # down_proj's input through the online Hadamard transform (--rotate)
 
     def __post_init__(self) -> None:
         if not self.head_dim and self.num_attention_heads > 0:

@@ -16,6 +16,7 @@ SUPPORTED_FEATURES = frozenset({
     "qk_norm", "attn_output_norm", "mlp_output_norm", "gelu_tanh", "embedding_multiplier",
     "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "layer_types",
     "local_rope", "partial_rotary", "longrope", "linear_input_norm",
+    "down_proj_hadamard",
 })
 
 

@@ -24,6 +24,7 @@ from lowbit.runtime.errors import LowbitError
 from lowbit.runtime.features import check_features
 from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
+from lowbit.runtime.kernels.hadamard import hadamard_rows, no_block, odd_block, split_size
 from lowbit.runtime.kv_cache import KVCache, Segment, Segments
 from lowbit.runtime.linear import Linear, make_linear
 from lowbit.runtime.rope import RotaryEmbedding
@@ -114,6 +115,8 @@ def mlp_forward(args: ModelArgs, mlp: MLP, x: np.ndarray) -> np.ndarray:
     hidden = ACTIVATIONS[args.hidden_act](mlp.gate_proj(x)) * mlp.up_proj(x)
     if mlp.sub_norm is not None:
         hidden = rms_norm(hidden, mlp.sub_norm, args.rms_norm_eps)
+    if args.down_proj_hadamard:  # the rotation folded into down_proj's columns (--rotate)
+        hidden = hadamard_rows(hidden)
     return mlp.down_proj(np.ascontiguousarray(hidden, dtype=np.float32))
 
 
@@ -213,6 +216,7 @@ class Transformer:
             [(args.layer_window(i), int(args.uses_local_rope(i))) for i in range(args.num_hidden_layers)], dtype=np.int64
         ).reshape(-1, 2)
         self.decode_table = build_decode_table(self.blocks, reader.buffer)
+        self.down_block = odd_block(split_size(args.intermediate_size)[1]) if args.down_proj_hadamard else no_block()
         self.fused_decode = self.decode_table is not None  # False: decode runs block_forward
 
     def decode_step(self, x: np.ndarray, cache: KVCache, pos: int) -> None:
@@ -221,7 +225,7 @@ class Transformer:
         decode_layers(x, *self.decode_table, cache.keys, cache.values, cache.key_scales, cache.value_scales,
                       self.rope_cos, self.rope_sin, self.layer_info,
                       pos, a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.attention_scale,
-                      a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0)
+                      a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0, self.down_block)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)

@@ -91,6 +91,16 @@ def _partial_rotary(v: float, a: ModelArgs) -> str | None:
     return None if rot >= 2 and rot % 2 == 0 else f"gives {rot} rotary dims of head_dim {a.head_dim} (must be even, ≥ 2)"
 
 
+def _down_proj_hadamard(v: bool, a: ModelArgs) -> str | None:
+    from lowbit.runtime.kernels.hadamard import MAX_ODD_BLOCK, split_size
+
+    m = split_size(a.intermediate_size)[1]
+    if v and m > MAX_ODD_BLOCK:
+        return (f"needs intermediate_size ({a.intermediate_size}) = 2^k × an odd factor ≤ {MAX_ODD_BLOCK}, "
+                f"its odd factor is {m}")
+    return None
+
+
 def _optional_between(lo: int, hi: int) -> Rule:
     return lambda v, a: None if v is None or lo <= v <= hi else f"must be between {lo} and {hi} (or null)"
 
@@ -143,6 +153,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "rope_local_base_freq": _positive_or_null,
     "linear_norm_eps": _positive_or_null,
     "partial_rotary_factor": _partial_rotary,
+    "down_proj_hadamard": _down_proj_hadamard,
 }
 
 

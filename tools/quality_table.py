@@ -49,6 +49,14 @@ LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML r
     ("ternary calibrated", dict(method="ternary"), True),
     ("onebit SVID", dict(method="onebit"), False),
     ("onebit calibrated", dict(method="onebit"), True),
+    # incoherence processing (--rotate, lowbit.quant.rotation) before the quantiser
+    ("q4 g128 RTN + rotate", dict(method="q4", rotate=0), False),
+    ("q4 g128 GPTQ + rotate", dict(method="q4", rotate=0), True),
+    ("q3 g128 RTN + rotate", dict(method="q3", rotate=0), False),
+    ("q3 g128 GPTQ + rotate", dict(method="q3", rotate=0), True),
+    ("q2 g64 GPTQ + rotate", dict(method="q2", rotate=0), True),
+    ("ternary calibrated + rotate", dict(method="ternary", rotate=0), True),
+    ("onebit calibrated + rotate", dict(method="onebit", rotate=0), True),
     ("target-bpw 2.5 (GPTQ)", dict(method="q2", target_bpw=2.5), True),
     ("target-bpw 3.0 (GPTQ)", dict(method="q2", target_bpw=3.0), True),
     # llama.cpp's Q2_K, Q3_K_M and Q4_K_M fall back to 4-5 bit types on SmolLM2's 576-wide rows: lowbit at

@@ -207,8 +207,10 @@ def convert(
     progress: ProgressFn | None = None,
     calibration: CalibrationConfig | None = None,
     target_bpw: float | None = None,
+    rotate: int | None = None,
 ) -> ConvertResult:
-    """Convert a checkpoint into a .lowbit file and report what was written."""
+    """Convert a checkpoint into a .lowbit file and report what was written; `rotate` (a seed)
+    folds random orthogonal rotations into the weights first (`lowbit.quant.rotation`)."""
     start = time.perf_counter()
     output = Path(output)
     if output.exists() and not force:
@@ -218,6 +220,8 @@ def convert(
     rec = load_recipe(recipe, method)
     if rec.method == "keep" and (calibration is not None or target_bpw is not None):
         raise ConversionError("--method keep re-packs the GGUF's own grid: it takes no --calibrate or --target-bpw")
+    if rec.method == "keep" and rotate is not None:
+        raise ConversionError("--method keep re-packs the GGUF's own grid: it takes no --rotate")
     with _malformed_input(source):
         ckpt = open_checkpoint(str(source), revision)
         if rec.method == "keep" and not hasattr(ckpt, "gguf_tensor"):
@@ -227,6 +231,15 @@ def convert(
     if spec.tensors is not None:  # the checkpoint in lowbit's tensor names (splits, renames: models/*)
         ckpt = CheckpointView(ckpt, spec.tensors)
     native = spec.ternary_weights is not None
+    if rotate is not None:
+        from lowbit.quant.rotation import RotatedCheckpoint, check_rotatable
+
+        if native:
+            raise ConversionError("--rotate does not apply to ternary (BitNet) checkpoints")
+        check_rotatable(spec.config, spec.features, ckpt.tensor_names())
+        ckpt = RotatedCheckpoint(ckpt, spec.config, rotate)
+        spec.config["down_proj_hadamard"] = True
+        spec.config["tie_word_embeddings"] = False
     names = [n for n in ckpt.tensor_names() if not n.endswith(SKIPPED_SUFFIXES)]
     canon = {canonical_name(n): n for n in names}
     required = expected_tensors(spec)
@@ -265,6 +278,8 @@ def convert(
         "generation": gen,
         "provenance": _provenance(ckpt, str(source), rec),
     }
+    if rotate is not None:
+        metadata["provenance"]["rotation"] = ckpt.rot.provenance()
     warnings: list[str] = []
     if native and METHODS[rec.method].encoding not in ("ternary", "ternary-1.6"):
         warnings.append(
@@ -273,10 +288,11 @@ def convert(
         )
     reports: list[TensorReport] = []
     calibrate = calibration is not None and not native
-    if calibrate and metadata["features"]:
+    unsupported = [f for f in metadata["features"] if f != "down_proj_hadamard"]  # (--rotate's)
+    if calibrate and unsupported:
         raise ConversionError(
             f"calibrated conversion does not support {spec.source_architecture} yet "
-            f"(model feature {next(iter(metadata['features']))!r}); convert without --calibrate"
+            f"(model feature {unsupported[0]!r}); convert without --calibrate"
         )
     with LowbitWriter(output, metadata, overwrite=force) as writer:
         writer.add_blob(blob_name, blob)

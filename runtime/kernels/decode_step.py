@@ -24,6 +24,7 @@ import numpy as np
 from numba import prange
 
 from lowbit.runtime.kernels.attention import attend, visible
+from lowbit.runtime.kernels.hadamard import transform
 from lowbit.runtime.kernels.jit import helper, kernel
 from lowbit.runtime.kernels.kv_store import store
 from lowbit.runtime.kernels.matvec import (
@@ -161,14 +162,15 @@ def _project_add(desc, inp, x, out_norm, eps, in_norm, lin_eps):
 
 @kernel
 def decode_layers(x, file, side, table, keys, values, key_scales, value_scales, cos, sin, layer_info, pos, n_heads, eps, act, scale,
-                  softcap, rot, lin_eps):
+                  softcap, rot, lin_eps, down_block):
     """Run x (float32 [hidden], the token's embedding) at position pos through every layer, in
     place; keys/values [layers, KVH, context, D] (f32, f16 bits or q8: `kv_store`) receive this
     position's K and V, key_scales/value_scales [layers, KVH, context] their q8 scales ([.., 0]
     when unscaled). cos/sin
     [tables, P, rot/2]; layer_info [layers, 2]: the layer's sliding window (0: none) and RoPE
     table; scale: the attention scale; softcap > 0 soft-caps attention scores; rot: the rotary
-    dims of each head; lin_eps: eps of the linears' own input norms (where the table has them)."""
+    dims of each head; lin_eps: eps of the linears' own input norms (where the table has them);
+    down_block: the odd block of the online Hadamard transform before down_proj ([0, 0]: none)."""
     kvh = keys.shape[1]
     d = keys.shape[3]
     rep = n_heads // kvh
@@ -251,5 +253,7 @@ def decode_layers(x, file, side, table, keys, values, key_scales, value_scales, 
         hidden = activate(gate, up, act)
         if ffn_sub.shape[0]:
             hidden = rms_norm(hidden, ffn_sub, eps)
+        if down_block.shape[0]:
+            transform(hidden, down_block)
         _project_add(ld, hidden, x, mlp_out, eps, _input_norm(file, side, row[10]), lin_eps)
 

@@ -41,6 +41,7 @@ FEATURE_VERSIONS = {
     "partial_rotary": "0.2.0",
     "longrope": "0.2.0",
     "linear_input_norm": "0.2.0",
+    "down_proj_hadamard": "0.2.0",
 }
 
 
@@ -113,6 +114,8 @@ def required_features(cfg: dict[str, Any], names: set[str] | None = None) -> lis
         out.append("longrope")
     if cfg.get("linear_norm_eps") is not None:
         out.append("linear_input_norm")
+    if cfg.get("down_proj_hadamard"):
+        out.append("down_proj_hadamard")
     return out
 
 
