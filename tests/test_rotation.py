@@ -13,11 +13,21 @@ from tiny_models import random_ids, save_tiny
 
 from lowbit.convert.converter import convert
 from lowbit.errors import ConversionError
-from lowbit.quant.calibrate import CalibrationConfig, default_calibration_text, default_evaluation_text
+from lowbit.quant.calibrate import (
+    CalibrationConfig,
+    default_calibration_text,
+    default_evaluation_text,
+)
 from lowbit.quant.rotation import randomised_hadamard
 from lowbit.runtime import load
 from lowbit.runtime.errors import InvalidModel
-from lowbit.runtime.kernels.hadamard import hadamard_ref, hadamard_rows, odd_block, split_size, sylvester
+from lowbit.runtime.kernels.hadamard import (
+    hadamard_ref,
+    hadamard_rows,
+    odd_block,
+    split_size,
+    sylvester,
+)
 from lowbit.runtime.validate import check_config
 
 
