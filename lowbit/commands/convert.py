@@ -32,11 +32,13 @@ def _list_methods() -> None:
 @click.option("--calib-sequences", type=click.IntRange(min=1), default=32, show_default=True, help="Calibration sequences.")
 @click.option("--calib-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per calibration sequence.")
 @click.option("--target-bpw", type=Finite(min=0, min_open=True), help="Pick q2/q3/q4/q8 per linear layer by measured sensitivity to hit this bits/weight.")
+@click.option("--rotate", is_flag=True, help="Incoherence processing: fold random orthogonal rotations into the weights (Llama-style models; adds an online Hadamard before down_proj).")
+@click.option("--rotate-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --rotate's random rotations.")
 @click.option("--eval", "evaluate", is_flag=True, help="Measure PPL/KL against the f32 conversion and store them in the file.")
 @click.option("--eval-text", type=click.Path(exists=True, dir_okay=False), help="Held-out text for --eval (default: shipped).")
 @click.option("--eval-ctx", type=click.IntRange(min=4), default=256, show_default=True, help="Window length for --eval.")
 def convert(source, output, method, recipe, revision, force, list_methods, calibrate, calib_file, quantizer,
-            act_order, calib_sequences, calib_len, target_bpw, evaluate, eval_text, eval_ctx) -> None:
+            act_order, calib_sequences, calib_len, target_bpw, rotate, rotate_seed, evaluate, eval_text, eval_ctx) -> None:
     """Convert SOURCE (a Hugging Face folder, hub id or .gguf file) into a .lowbit file."""
     if list_methods:
         _list_methods()
@@ -70,7 +72,8 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
         calibration = CalibrationConfig(text, name, calib_sequences, calib_len, quantizer, act_order)
     try:
         result = run_convert(source, output, method=method, recipe=recipe, revision=revision, force=force,
-                             progress=progress, calibration=calibration, target_bpw=target_bpw)
+                             progress=progress, calibration=calibration, target_bpw=target_bpw,
+                             rotate=rotate_seed if rotate else None)
     finally:
         if bar is not None:
             bar.close()

@@ -238,7 +238,8 @@ def convert(
             raise ConversionError("--rotate does not apply to ternary (BitNet) checkpoints")
         check_rotatable(spec.config, spec.features, ckpt.tensor_names())
         ckpt = RotatedCheckpoint(ckpt, spec.config, rotate)
-        spec.config["down_proj_hadamard"] = True
+        if ckpt.online:
+            spec.config["down_proj_hadamard"] = True
         spec.config["tie_word_embeddings"] = False
     names = [n for n in ckpt.tensor_names() if not n.endswith(SKIPPED_SUFFIXES)]
     canon = {canonical_name(n): n for n in names}

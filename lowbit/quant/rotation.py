@@ -93,8 +93,9 @@ class RotatedCheckpoint:
                "self_attn.v_proj": "input_layernorm", "mlp.gate_proj": "post_attention_layernorm",
                "mlp.up_proj": "post_attention_layernorm"}
 
-    def __init__(self, ckpt: Any, config: dict[str, Any], seed: int = DEFAULT_SEED) -> None:
+    def __init__(self, ckpt: Any, config: dict[str, Any], seed: int = DEFAULT_SEED, online: bool = True) -> None:
         self.ckpt = ckpt
+        self.online = online  # rotate down_proj's input (the runtime's online Hadamard)
         self.config = config
         self.rot = Rotations.make(config["hidden_size"], config["head_dim"], config["intermediate_size"], seed)
         self._names = list(ckpt.tensor_names())
@@ -158,12 +159,14 @@ class RotatedCheckpoint:
             w = (w * self._src(layer + self.GAIN_OF[module] + ".weight")[None, :]) @ rot.q.T
         if module == "self_attn.v_proj":
             w = _per_head_rows(w, rot.r)
-        elif module == "mlp.up_proj":
+        elif module == "mlp.up_proj" and self.online:
             w = rot.signs.reshape(-1, *([1] * (w.ndim - 1))) * w
         elif module == "self_attn.o_proj":
             w = rot.q @ (_per_head_cols(w, rot.r) if kind == "weight" else w)
         elif module == "mlp.down_proj":
-            w = rot.q @ (hadamard_ref(w * rot.signs[None, :]) if kind == "weight" else w)
+            if kind == "weight" and self.online:
+                w = hadamard_ref(w * rot.signs[None, :])
+            w = rot.q @ w
         elif module not in self.GAIN_OF:
             raise ConversionError(f"--rotate: tensor {name} has no known rotation")
         return np.ascontiguousarray(w, dtype=np.float32)
