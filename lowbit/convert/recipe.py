@@ -54,7 +54,7 @@ METHODS: dict[str, Method] = {
         Method("keep", "q4", {"group_size": 128}, "GGUF input: re-pack every tensor whose grid lowbit holds exactly, q4 for the rest"),
     )
 }
-PARAM_KEYS = {"group_size", "scale_mode", "layernorm"}
+PARAM_KEYS = {"group_size", "scale_mode", "layernorm", "refine"}  # refine: HQQ-style scales (q2-q4)
 
 
 @dataclass(frozen=True)

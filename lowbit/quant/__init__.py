@@ -20,7 +20,8 @@ def quantize(w: np.ndarray, encoding: str, params: dict[str, Any]) -> EncodedTen
     if encoding in ("q2", "q3", "q4"):
         from lowbit.quant.rtn import quantize_grouped
 
-        return quantize_grouped(w, int(encoding[1]), int(params.get("group_size", 128)))
+        return quantize_grouped(w, int(encoding[1]), int(params.get("group_size", 128)),
+                                refine=bool(params.get("refine", False)))
     if encoding in ("ternary", "ternary-1.6"):
         from lowbit.quant.ternary import quantize_ternary
 

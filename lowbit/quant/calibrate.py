@@ -106,10 +106,10 @@ def quantize_calibrated(
         if cfg.quantizer == "gptq":
             from lowbit.quant.gptq import gptq_quantize
 
-            return gptq_quantize(w, stats.gptq(cfg), bits, group)
+            return gptq_quantize(w, stats.gptq(cfg), bits, group, refine=bool(params.get("refine", False)))
         from lowbit.quant.rtn import quantize_grouped
 
-        return quantize_grouped(w, bits, group, importance=np.diag(stats.h))
+        return quantize_grouped(w, bits, group, importance=np.diag(stats.h), refine=bool(params.get("refine", False)))
     if encoding in ("ternary", "ternary-1.6"):
         from lowbit.quant.ternary import quantize_ternary_calibrated
 

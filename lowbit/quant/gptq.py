@@ -51,14 +51,16 @@ def gptq_quantize(
     damp: float = 0.01,
     block: int = 128,
     act_order: bool = True,
+    refine: bool = False,
 ) -> EncodedTensor:
     """Quantise w [out, in] given H = 2 XᵀX [in, in] of the layer's calibration inputs
-    (or a PreparedHessian of it)."""
+    (or a PreparedHessian of it); `refine`: HQQ-style refined group scales as the static grid."""
     prep = hessian if isinstance(hessian, PreparedHessian) else prepare_hessian(hessian, damp, act_order)
     w = np.array(w, dtype=np.float64)
     out, n = w.shape
     qmax = float((1 << bits) - 1)
-    sq, z, row_scale = choose_group_params(w.astype(np.float32), bits, group, importance=np.maximum(prep.diag, 0))
+    sq, z, row_scale = choose_group_params(w.astype(np.float32), bits, group, importance=np.maximum(prep.diag, 0),
+                                         refine=refine)
     step = row_scale.astype(np.float64)[:, None] * sq.astype(np.float64)  # [out, ng]
     step = np.ascontiguousarray(np.where(step > 0, step, 1.0))
     zf = np.ascontiguousarray(z, dtype=np.float64)

@@ -68,8 +68,23 @@ def fit_values(
     return h.astype(np.float32), g.astype(np.float32)
 
 
-def quantize_onebit_calibrated(w: np.ndarray, hessian: np.ndarray, layernorm: bool = False) -> EncodedTensor:
-    """SVID, then h and g fitted to the calibration outputs."""
+def quantize_onebit_calibrated(
+    w: np.ndarray, hessian: np.ndarray, layernorm: bool = False, rounds: int | None = None
+) -> EncodedTensor:
+    """SVID, h and g fitted to the calibration outputs, then `rounds` of ARB-style alternation
+    (signs by error feedback for the current h, g; h, g refitted): the best round is kept."""
+    from lowbit.quant.arb import ROUNDS, onebit_codes, output_loss, prepared
+
     signs, h, g = svid(w)
     h, g = fit_values(w, hessian, signs, h, g)
+    best = (output_loss(w, signs * np.outer(h, g), hessian), signs, h, g)
+    n = ROUNDS if rounds is None else rounds
+    prep = prepared(hessian) if n else None
+    for _ in range(n):
+        signs = onebit_codes(w, prep, h, g)
+        h, g = fit_values(w, hessian, signs, h, g)
+        loss = output_loss(w, signs * np.outer(h, g), hessian)
+        if loss < best[0]:
+            best = (loss, signs, h, g)
+    _, signs, h, g = best
     return ONEBIT.pack(signs, g, h, layernorm=layernorm)

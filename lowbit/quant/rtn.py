@@ -76,13 +76,15 @@ def dequantize_grouped(q, sq, z, row_scale, group: int) -> np.ndarray:
 
 
 def choose_group_params(
-    w: np.ndarray, bits: int, group: int, importance: np.ndarray | None = None, clip_search: bool = True
+    w: np.ndarray, bits: int, group: int, importance: np.ndarray | None = None, clip_search: bool = True,
+    refine: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group scales and zero points with a small per-group clip search.
 
     For each group a few range shrink factors are tried; per group the one with the lowest
     (importance-weighted, like llama.cpp's imatrix) squared error wins — the cheap part of what
-    llama.cpp's make_qkx does.
+    llama.cpp's make_qkx does. `refine` then alternates closed-form scale / zero updates on the
+    same weighted error (`hqq`).
     """
     w = np.asarray(w, dtype=np.float32)
     out, n_in = w.shape
@@ -103,7 +105,12 @@ def choose_group_params(
         better = errg < best_err
         best_err = np.where(better, errg, best_err)
         best_clip = np.where(better, f, best_clip)
-    return grouped_params(w, bits, group, best_clip)
+    sq, z, rs = grouped_params(w, bits, group, best_clip)
+    if refine:
+        from lowbit.quant.hqq import refine_group_params
+
+        sq, z, rs = refine_group_params(w, bits, group, sq, z, rs, importance)
+    return sq, z, rs
 
 
 def quantize_grouped(
@@ -112,10 +119,11 @@ def quantize_grouped(
     group: int = 128,
     importance: np.ndarray | None = None,
     clip_search: bool = True,
+    refine: bool = False,
 ) -> EncodedTensor:
-    """Round-to-nearest grouped quantisation (optionally importance-weighted clip search)."""
+    """Round-to-nearest grouped quantisation (optionally importance-weighted clip search, HQQ-style refinement)."""
     w = np.asarray(w, dtype=np.float32)
-    sq, z, rs = choose_group_params(w, bits, group, importance, clip_search)
+    sq, z, rs = choose_group_params(w, bits, group, importance, clip_search, refine)
     return GroupedEncoding(bits).pack(grouped_codes(w, bits, group, sq, z, rs), sq, z, rs, group)
 
 

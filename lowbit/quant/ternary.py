@@ -42,7 +42,23 @@ def fit_row_scales(w: np.ndarray, hessian: np.ndarray, trits: np.ndarray) -> np.
     return np.where(den > 0, num / np.where(den > 0, den, 1), fallback).astype(np.float32)
 
 
-def quantize_ternary_calibrated(w: np.ndarray, hessian: np.ndarray, base3: bool = False) -> EncodedTensor:
+def quantize_ternary_calibrated(
+    w: np.ndarray, hessian: np.ndarray, base3: bool = False, rounds: int | None = None
+) -> EncodedTensor:
+    """Absmean trits per row with fitted row scales, then `rounds` of ARB-style alternation
+    (trits by error feedback for the current scales; scales refitted): the best round is kept."""
+    from lowbit.quant.arb import ROUNDS, output_loss, prepared, ternary_codes
+
     trits, _ = absmean_ternary(w, per_row=True)
     scale = fit_row_scales(w, hessian, trits)
+    best = (output_loss(w, trits * scale[:, None], hessian), trits, scale)
+    n = ROUNDS if rounds is None else rounds
+    prep = prepared(hessian) if n else None
+    for _ in range(n):
+        trits = ternary_codes(w, prep, scale)
+        scale = fit_row_scales(w, hessian, trits)
+        loss = output_loss(w, trits * scale[:, None], hessian)
+        if loss < best[0]:
+            best = (loss, trits, scale)
+    _, trits, scale = best
     return (TERNARY_1P6 if base3 else TERNARY).pack(trits, scale)
