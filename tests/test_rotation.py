@@ -87,6 +87,24 @@ def test_rotated_f32_model_equals_unrotated(models, tmp_path, kind):
     assert np.abs(w0(x) - w1(x)).max() > 1e-3
 
 
+@pytest.mark.parametrize("parts", [dict(online=False), dict(residual=False)])
+def test_partial_rotations_are_exact_too(models, tmp_path, monkeypatch, parts):
+    """Without the online transform, or without the residual rotation (norm gains kept)."""
+    import functools
+
+    import lowbit.quant.rotation as rotation
+
+    monkeypatch.setattr(rotation, "RotatedCheckpoint", functools.partial(rotation.RotatedCheckpoint, **parts))
+    plain = convert(models["tied"], tmp_path / "plain.lowbit", method="f32")
+    rotated = convert(models["tied"], tmp_path / "rot.lowbit", method="f32", rotate=1)
+    ids = random_ids(20, seed=1)
+    a, b = _logits(plain.path, ids, 12), _logits(rotated.path, ids, 12)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    args = load(rotated.path).args
+    assert args.down_proj_hadamard == parts.get("online", True)
+    assert args.tie_word_embeddings == (not parts.get("residual", True))
+
+
 def test_rotate_refuses_what_it_cannot_fold(tmp_path):
     folder = save_tiny("bitnet", tmp_path / "bitnet", seed=0)
     with pytest.raises(ConversionError, match="--rotate"):

@@ -203,11 +203,11 @@ def main() -> None:
                      **score(llama_logprobs(smollm2_gguf_path(), args.ctx, args.threads), windows, ref_lp), "seconds": 0})
         print(json.dumps(rows[-1]), flush=True)
     f16 = args.workdir / "smollm2-F16.gguf"
-    if not f16.exists():
-        dequantized_f16_gguf(smollm2_gguf_path(), f16)
     for t in LLAMA_TYPES:
         if only and t not in only:
             continue
+        if not f16.exists():  # (only when a llama.cpp row is made)
+            dequantized_f16_gguf(smollm2_gguf_path(), f16)
         path = args.workdir / f"smollm2-{t}.gguf"
         if not path.exists():
             quantize_gguf(f16, path, t)

@@ -240,7 +240,8 @@ def convert(
         ckpt = RotatedCheckpoint(ckpt, spec.config, rotate)
         if ckpt.online:
             spec.config["down_proj_hadamard"] = True
-        spec.config["tie_word_embeddings"] = False
+        if ckpt.residual:
+            spec.config["tie_word_embeddings"] = False
     names = [n for n in ckpt.tensor_names() if not n.endswith(SKIPPED_SUFFIXES)]
     canon = {canonical_name(n): n for n in names}
     required = expected_tensors(spec)
@@ -280,7 +281,7 @@ def convert(
         "provenance": _provenance(ckpt, str(source), rec),
     }
     if rotate is not None:
-        metadata["provenance"]["rotation"] = ckpt.rot.provenance()
+        metadata["provenance"]["rotation"] = ckpt.rot.provenance(ckpt.residual, ckpt.online)
     warnings: list[str] = []
     if native and METHODS[rec.method].encoding not in ("ternary", "ternary-1.6"):
         warnings.append(

@@ -68,9 +68,9 @@ class Rotations:
         signs = rng.choice([-1.0, 1.0], size=intermediate)
         return cls(q, r, signs, seed)
 
-    def provenance(self) -> dict[str, Any]:
-        return {"seed": self.seed, "residual": "randomised Hadamard ⊗ orthogonal", "heads": "v/o",
-                "down_proj": "online Hadamard ⊗ DCT (config.down_proj_hadamard)"}
+    def provenance(self, residual: bool = True, online: bool = True) -> dict[str, Any]:
+        return {"seed": self.seed, "residual": "randomised Hadamard ⊗ orthogonal" if residual else None,
+                "heads": "v/o", "down_proj": "online Hadamard ⊗ DCT (config.down_proj_hadamard)" if online else None}
 
 
 def _per_head_rows(w: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -93,13 +93,15 @@ class RotatedCheckpoint:
                "self_attn.v_proj": "input_layernorm", "mlp.gate_proj": "post_attention_layernorm",
                "mlp.up_proj": "post_attention_layernorm"}
 
-    def __init__(self, ckpt: Any, config: dict[str, Any], seed: int = DEFAULT_SEED, online: bool = True) -> None:
+    def __init__(self, ckpt: Any, config: dict[str, Any], seed: int = DEFAULT_SEED, online: bool = True,
+                 residual: bool = True) -> None:
         self.ckpt = ckpt
         self.online = online  # rotate down_proj's input (the runtime's online Hadamard)
+        self.residual = residual  # rotate the residual stream (folds the norm gains)
         self.config = config
         self.rot = Rotations.make(config["hidden_size"], config["head_dim"], config["intermediate_size"], seed)
         self._names = list(ckpt.tensor_names())
-        self.tied = "lm_head.weight" not in self._names
+        self.tied = residual and "lm_head.weight" not in self._names
         if self.tied:
             self._names.insert(self._names.index("model.embed_tokens.weight") + 1, "lm_head.weight")
         for attr in ("generation_config", "tokenizer_files", "source_id", "revision", "path", "file_hashes"):
@@ -107,8 +109,8 @@ class RotatedCheckpoint:
                 setattr(self, attr, getattr(ckpt, attr))
         self.source_config = ckpt.config
         if hasattr(ckpt, "rows"):
-            self.rows = self._rows
-            self.dtype = lambda name: "F32"
+            self.rows = self._rows if residual else ckpt.rows
+            self.dtype = (lambda name: "F32") if residual else ckpt.dtype
 
     def tensor_names(self) -> list[str]:
         return list(self._names)
@@ -144,10 +146,14 @@ class RotatedCheckpoint:
 
     def get(self, name: str) -> np.ndarray:
         rot = self.rot
+        if not self.residual and not name.startswith("model.layers."):
+            return self.ckpt.get(name)
         if name in ("model.embed_tokens.weight", "lm_head.weight"):
             src = "model.embed_tokens.weight" if name == "lm_head.weight" and self.tied else name
             return self._readers(name, self._src(src))
-        if name == "model.norm.weight" or name.endswith(("input_layernorm.weight", "post_attention_layernorm.weight")):
+        if name.endswith(("input_layernorm.weight", "post_attention_layernorm.weight")):
+            return self.ckpt.get(name) if not self.residual else np.ones(self.ckpt.shape(name), dtype=np.float32)
+        if name == "model.norm.weight":
             return np.ones(self.ckpt.shape(name), dtype=np.float32)
         parts = name.split(".")
         if parts[0] != "model" or parts[1] != "layers" or len(parts) != 6:
@@ -155,18 +161,19 @@ class RotatedCheckpoint:
         layer = f"model.layers.{parts[2]}."
         module, kind = f"{parts[3]}.{parts[4]}", parts[5]
         w = self._src(name)
-        if kind == "weight" and module in self.GAIN_OF:
-            w = (w * self._src(layer + self.GAIN_OF[module] + ".weight")[None, :]) @ rot.q.T
+        q = rot.q if self.residual else np.eye(len(rot.q))
+        if kind == "weight" and module in self.GAIN_OF and self.residual:
+            w = (w * self._src(layer + self.GAIN_OF[module] + ".weight")[None, :]) @ q.T
         if module == "self_attn.v_proj":
             w = _per_head_rows(w, rot.r)
         elif module == "mlp.up_proj" and self.online:
             w = rot.signs.reshape(-1, *([1] * (w.ndim - 1))) * w
         elif module == "self_attn.o_proj":
-            w = rot.q @ (_per_head_cols(w, rot.r) if kind == "weight" else w)
+            w = q @ (_per_head_cols(w, rot.r) if kind == "weight" else w)
         elif module == "mlp.down_proj":
             if kind == "weight" and self.online:
                 w = hadamard_ref(w * rot.signs[None, :])
-            w = rot.q @ w
+            w = q @ w
         elif module not in self.GAIN_OF:
             raise ConversionError(f"--rotate: tensor {name} has no known rotation")
         return np.ascontiguousarray(w, dtype=np.float32)
