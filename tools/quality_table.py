@@ -160,7 +160,14 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=lowbit_home() / "quality")
     ap.add_argument("--out", type=Path, default=Path("docs/quality.md"))
     ap.add_argument("--only", help="comma-separated labels to run (default: all); the other rows are kept from --out's .json")
+    ap.add_argument("--merge", type=Path, action="append", default=[],
+                    help="another run's .json: take its --only rows into --out without scoring (repeatable)")
     args = ap.parse_args()
+    if args.merge:
+        if not args.only:
+            ap.error("--merge needs --only (the rows to take)")
+        merge_json(args, args.merge, set(args.only.split(",")))
+        return
     args.workdir.mkdir(parents=True, exist_ok=True)
     hf = ensure_smollm2_checkpoint()
     text_name, text = default_evaluation_text()
@@ -219,10 +226,15 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     if only and args.out.with_suffix(".json").exists():  # a partial run updates the saved table
         rows = merge_rows(json.loads(args.out.with_suffix(".json").read_text()), rows)
+    render(rows, args, text_name, cal_name, len(windows))
+
+
+def render(rows: list[dict], args: argparse.Namespace, text_name: str, cal_name: str, n_windows: int) -> None:
+    """Write --out (the table, the target lines, the notes kept from below the marker) and its .json."""
     lines = [
         f"# Quality per bit: SmolLM2-135M-Instruct on `{text_name}`",
         "",
-        f"Made by `python tools/quality_table.py` (ctx {args.ctx}, {len(windows)} windows, second half of each scored as "
+        f"Made by `python tools/quality_table.py` (ctx {args.ctx}, {n_windows} windows, second half of each scored as "
         f"llama.cpp's perplexity tool does; KL and top-1 against lowbit's f32; calibration {args.calib_sequences}×"
         f"{args.calib_len} tokens of `{cal_name}`). bits/weight are of the linear layers; llama.cpp falls back to other "
         "types for rows that are not a multiple of 256 (listed).",
@@ -241,6 +253,16 @@ def main() -> None:
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
+
+
+def merge_json(args: argparse.Namespace, sources: list[Path], labels: set[str]) -> None:
+    """--merge: the rows named by --only from other runs' .json files (partial runs into other
+    --out files) into --out, re-rendered without scoring anything again."""
+    rows = json.loads(args.out.with_suffix(".json").read_text())
+    for src in sources:
+        rows = merge_rows(rows, [r for r in json.loads(src.read_text()) if r["variant"] in labels])
+    found = re.search(r"ctx \d+, (\d+) windows", args.out.read_text(encoding="utf-8"))
+    render(rows, args, default_evaluation_text()[0], default_calibration_text()[0], int(found.group(1)) if found else 0)
 
 
 if __name__ == "__main__":
