@@ -112,6 +112,17 @@ def test_rotate_refuses_what_it_cannot_fold(tmp_path):
     assert not (tmp_path / "x.lowbit").exists()
 
 
+def test_cli_rotate(models, tmp_path):
+    from cli_runner import run_lowbit
+
+    out = tmp_path / "cli.lowbit"
+    r = run_lowbit("convert", str(models["tied"]), "-o", str(out), "-m", "q4", "--rotate", "--rotate-seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert load(out).metadata["provenance"]["rotation"]["seed"] == 3
+    r = run_lowbit("convert", str(models["tied"]), "-o", str(tmp_path / "y.lowbit"), "--rotate-seed", "-1")
+    assert r.returncode != 0 and "--rotate-seed" in r.stderr and not (tmp_path / "y.lowbit").exists()
+
+
 def _kl(ref, logits):
     lr = ref - np.logaddexp.reduce(ref, axis=-1, keepdims=True)
     lp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)

@@ -87,7 +87,8 @@ def _per_head_cols(w: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 class RotatedCheckpoint:
     """A checkpoint view (lowbit names) whose tensors are the rotated model's: what the converter
-    and the calibration read instead of the source's."""
+    and the calibration read instead of the source's. `config` is lowbit's (sizes); `online` and
+    `residual` leave out the down_proj transform or the residual rotation (ablations)."""
 
     GAIN_OF = {"self_attn.q_proj": "input_layernorm", "self_attn.k_proj": "input_layernorm",
                "self_attn.v_proj": "input_layernorm", "mlp.gate_proj": "post_attention_layernorm",
@@ -98,16 +99,14 @@ class RotatedCheckpoint:
         self.ckpt = ckpt
         self.online = online  # rotate down_proj's input (the runtime's online Hadamard)
         self.residual = residual  # rotate the residual stream (folds the norm gains)
-        self.config = config
         self.rot = Rotations.make(config["hidden_size"], config["head_dim"], config["intermediate_size"], seed)
         self._names = list(ckpt.tensor_names())
         self.tied = residual and "lm_head.weight" not in self._names
         if self.tied:
             self._names.insert(self._names.index("model.embed_tokens.weight") + 1, "lm_head.weight")
-        for attr in ("generation_config", "tokenizer_files", "source_id", "revision", "path", "file_hashes"):
+        for attr in ("config", "generation_config", "tokenizer_files", "source_id", "revision", "path", "file_hashes"):
             if hasattr(ckpt, attr):
                 setattr(self, attr, getattr(ckpt, attr))
-        self.source_config = ckpt.config
         if hasattr(ckpt, "rows"):
             self.rows = self._rows if residual else ckpt.rows
             self.dtype = (lambda name: "F32") if residual else ckpt.dtype
