@@ -13,7 +13,8 @@ import pytest
 
 from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
-from lowbit.runtime.kernels.matvec import make_descriptor, matvec
+from lowbit.runtime.kernels.matvec import matvec
+from lowbit.runtime.linear import make_descriptor
 
 SHAPES = [(1, 1), (1, 577), (7, 1), (33, 577), (19, 5460), (5, 8640), (64, 128)]
 TOKENS = (1, 3, 17)

@@ -17,16 +17,7 @@ from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime import threads
 from lowbit.runtime.kernels.q8 import decode_activation_ref
 from lowbit.runtime.kernels.ternary import quantize_activation_ref
-from lowbit.runtime.linear import (
-    AffineLinear,
-    DenseLinear,
-    GroupedLinear,
-    OneBitLinear,
-    Q8Linear,
-    TernaryLinear,
-    layer_norm,
-    make_linear,
-)
+from lowbit.runtime.linear import REGISTRY, layer_norm, make_linear
 
 OUT, IN = 24, 300
 AFFINE_GROUPS = {"q4f": 32, "q2f": 64, "q1f": 128}  # group sizes as GGUF's Q4_1, Q2_0 and Q1_0 have them
@@ -108,23 +99,6 @@ def close(y, ref, rtol=2e-5):
     np.testing.assert_allclose(y, ref, rtol=0, atol=rtol * max(np.abs(ref).max(), 1e-6))
 
 
-CLASSES = {
-    "f32": DenseLinear,
-    "f16": DenseLinear,
-    "bf16": DenseLinear,
-    "q8": Q8Linear,
-    "q2": GroupedLinear,
-    "q3": GroupedLinear,
-    "q4": GroupedLinear,
-    "ternary": TernaryLinear,
-    "ternary-1.6": TernaryLinear,
-    "onebit": OneBitLinear,
-    "q1f": AffineLinear,
-    "q2f": AffineLinear,
-    "q4f": AffineLinear,
-}
-
-
 @pytest.mark.parametrize("encoding", list(ENCODINGS))
 def test_make_linear_matches_dequantized(encoding):
     rng = np.random.default_rng(3)
@@ -132,12 +106,14 @@ def test_make_linear_matches_dequantized(encoding):
     entry = pack(encoding, rng, shape=(OUT, n_in))
     bias = rng.standard_normal(OUT).astype(np.float32)
     lin = make_linear(entry, bias=bias)
-    assert isinstance(lin, CLASSES[encoding]) and lin.shape == (OUT, n_in)
+    kernels = REGISTRY[encoding]
+    assert type(lin) is kernels.linear and lin.shape == (OUT, n_in)
     for t in (1, 2, 9):
         x = rng.standard_normal((t, n_in)).astype(np.float32)
         y = lin(x)
         assert y.dtype == np.float32 and y.shape == (t, OUT)
         close(y, expected(entry, x, bias))
+        close(y, kernels.reference(x, entry) + bias)  # the registry's numpy reference
     # a 1-D input gives a 1-D output; out= is filled and returned
     x1 = rng.standard_normal(n_in).astype(np.float32)
     assert lin(x1).shape == (OUT,)
@@ -145,6 +121,20 @@ def test_make_linear_matches_dequantized(encoding):
     x3 = rng.standard_normal((3, n_in)).astype(np.float32)
     assert lin(x3, out=buf) is buf
     close(buf, expected(entry, x3, bias))
+
+
+def test_registry_covers_every_encoding():
+    """One row per encoding the format defines, naming parts the encoding stores; the converter
+    quantises every family but the affine grids (GGUF-only)."""
+    from lowbit.quant import QUANTIZERS
+
+    assert set(REGISTRY) == set(ENCODINGS)
+    rng = np.random.default_rng(4)
+    for name, kernels in REGISTRY.items():
+        assert kernels.spec is ENCODINGS[name]
+        stored = set(pack(name, rng, shape=(OUT, in_features(name))).parts)
+        assert {p for p in kernels.parts if p} <= stored | {"mins"}, name
+        assert (kernels.spec.family in QUANTIZERS) == (kernels.spec.family != "affine"), name
 
 
 def test_from_memory_mapped_file(tmp_path):

@@ -300,3 +300,12 @@ def affine_ref(
     else:
         xa = np.asarray(x, np.float64)
     return (xa @ w.astype(np.float64).T).astype(np.float32)
+
+
+def entry_ref(x: np.ndarray, entry) -> np.ndarray:
+    """x [T, in] -> [T, out] for a q1f/q2f/q4f tensor entry (`.encoding, .parts, .params`)."""
+    p, params = entry.parts, entry.params
+    return affine_ref(
+        x, p["codes"], p["scales"], p.get("mins"), int(entry.encoding[1]), int(params["zero"]),
+        int(params["group_size"]),
+    )

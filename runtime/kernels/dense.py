@@ -85,3 +85,9 @@ def bf16_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float64).T).astype(np.float32)
+
+
+def entry_ref(x: np.ndarray, entry) -> np.ndarray:
+    """x [T, in] -> [T, out] for a dense tensor entry (`.encoding, .parts`)."""
+    ref = {"f32": f32_ref, "f16": f16_ref, "bf16": bf16_ref}[entry.encoding]
+    return ref(x, entry.parts["data"])

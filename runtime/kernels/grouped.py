@@ -479,3 +479,12 @@ def grouped_ref(
     }
     w = enc.dequantize(parts, (codes.shape[0], n_in), {"group_size": group})
     return (np.asarray(x, np.float64) @ w.astype(np.float64).T).astype(np.float32)
+
+
+def entry_ref(x: np.ndarray, entry) -> np.ndarray:
+    """x [T, in] -> [T, out] for a q2/q3/q4 tensor entry, as the kernels run it (q4: `q4_ref`)."""
+    p, group, n_in = entry.parts, int(entry.params["group_size"]), int(entry.shape[1])
+    args = (p["codes"], p["scales"], p["zeros"], p["row_scale"])
+    if entry.encoding == "q4":
+        return q4_ref(x, *args, group, n_in)
+    return grouped_ref(x, *args, int(entry.encoding[1]), group, n_in)

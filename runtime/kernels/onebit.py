@@ -241,3 +241,12 @@ def onebit_ref(x: np.ndarray, signs: np.ndarray, g: np.ndarray, h: np.ndarray) -
     acc = xq.astype(np.int64) @ sign.T
     hf = h.view(np.float16).astype(np.float32)
     return acc.astype(np.float32) * (hf[None, :] / s[:, None])
+
+
+def entry_ref(x: np.ndarray, entry) -> np.ndarray:
+    """x [T, in] -> [T, out] for a onebit tensor entry, its LayerNorm (params.layernorm) included."""
+    p = entry.parts
+    y = onebit_ref(x, p["signs"], p["g"], p["h"]).astype(np.float64)
+    if entry.params.get("layernorm"):
+        y = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-5)
+    return y.astype(np.float32)

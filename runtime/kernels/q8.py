@@ -212,3 +212,8 @@ def q8_ref(x: np.ndarray, codes: np.ndarray, scales: np.ndarray, group_size: int
     parts = {"codes": codes, "scales": scales.view(np.float16)}
     w = Q8.dequantize(parts, codes.shape, {"group_size": group_size})
     return (decode_activation_ref(x) @ w.astype(np.float64).T).astype(np.float32)
+
+
+def entry_ref(x: np.ndarray, entry) -> np.ndarray:
+    """x [T, in] -> [T, out] for a q8 tensor entry (`.parts, .params`)."""
+    return q8_ref(x, entry.parts["codes"], entry.parts["scales"], int(entry.params["group_size"]))

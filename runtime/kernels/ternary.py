@@ -288,3 +288,8 @@ def ternary_ref(
     acc = xq.astype(np.int64) @ trits.astype(np.int64).T  # exact
     ws = np.broadcast_to(np.asarray(scale, np.float32).reshape(1, -1), acc.shape)
     return acc.astype(np.float32) * (ws / s[:, None])
+
+
+def entry_ref(x: np.ndarray, entry) -> np.ndarray:
+    """x [T, in] -> [T, out] for a ternary tensor entry (`.encoding, .shape, .parts`)."""
+    return ternary_ref(x, entry.parts["codes"], entry.parts["scale"], int(entry.shape[1]), entry.encoding)
