@@ -17,7 +17,7 @@ bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
     F32/F16/BF16  data    -            -        -           -       -
     Q8            codes   scales f16   -        -           G       -
     Q2/Q3/Q4      codes   scales u8    zeros    row_scale   G       -
-    T2/T3         codes   -            -        scale f32   -       -
+    TERNARY/TERNARY_1P6         codes   -            -        scale f32   -       -
     ONEBIT        signs   g f16        h f16    -           -       1 = LayerNorm
     AFFINE        codes   scales f16   mins f16 -           G       bits | zero << 8
                                        (or empty: no minimums)
@@ -48,9 +48,9 @@ from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, 
 from lowbit.runtime.kernels.onebit import PAD, scaled_input
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
 from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
-from lowbit.runtime.kernels.ternary import dot_t2, dot_t3, quantize_into
+from lowbit.runtime.kernels.ternary import dot_ternary, dot_ternary_1p6, quantize_into
 
-F32, F16, BF16, Q8, Q2, Q3, Q4, T2, T3, ONEBIT, AFFINE = range(11)  # desc[KIND]
+F32, F16, BF16, Q8, Q2, Q3, Q4, TERNARY, TERNARY_1P6, ONEBIT, AFFINE = range(11)  # desc[KIND]
 KIND, A, B, C, D, BIAS, GROUP, FLAGS = range(8)  # a descriptor's fields
 ROWS_PER_TASK = 16  # output rows one parallel task computes (one kind branch per task)
 MAX_TASKS = 64  # parallel tasks of one matvec call at most
@@ -111,8 +111,8 @@ def prepare(desc, x):
             xq = permute_pairs(xq0)
         else:
             xs = group_sums(x, group)
-    elif kind == T2 or kind == T3:
-        per = 4 if kind == T2 else 5
+    elif kind == TERNARY or kind == TERNARY_1P6:
+        per = 4 if kind == TERNARY else 5
         xq = np.zeros(a.shape[1] * per, dtype=np.int8)
         o, st = quantize_into(x, xq)
         off = i64(o)
@@ -140,12 +140,12 @@ def rows_into(desc, act, y, r0, r1):
     kind, a, b, c, d, group = desc[KIND], desc[A], desc[B], desc[C], desc[D], desc[GROUP]
     xf, xq, xs, zs, off, inv = act
     ahead = rows_ahead(a)
-    if kind == T2 or kind == T3:
+    if kind == TERNARY or kind == TERNARY_1P6:
         scale = d[0].view(np.float32)
         per_row = scale.shape[0] > 1
         for r in range(r0, r1):
             prefetch_row(a, r + ahead)
-            acc = dot_t2(a[r], xq) if kind == T2 else dot_t3(a[r], xq)
+            acc = dot_ternary(a[r], xq) if kind == TERNARY else dot_ternary_1p6(a[r], xq)
             s = scale[r] if per_row else scale[0]
             y[r] = f32(acc - off) * (s * inv)
     elif kind == Q4:

@@ -18,11 +18,12 @@ product needs no sign handling:
 Layouts are whole-row streams: byte k of a row holds the trits at k + j·Q (j = 0..3 for
 `ternary`, bits 2j..2j+1; j = 0..4 for `ternary-1.6`, digit j of the base-3 byte), so stream j is
 a run of consecutive bytes against the contiguous slice x_q[jQ:(j+1)Q]. The row dot products are
-`dot_t2` / `dot_t3` below: x86 vector IR (`llvm_ir.stream_dot`: `vpmaddubsw`, or `vpdpbusd` with
-VNNI), which made the 2-bit kernel 4-5× faster than numba's loops (17 → 77 GMAC/s on one core at
-2560×6912, where two threads then saturate memory); elsewhere `dot_t2_generic` /
-`dot_t3_generic`, int16 run sums widened to int32 (~16 GMAC/s per core), which are also the
-twins the tests hold the IR to.
+`dot_ternary` / `dot_ternary_1p6` below: x86 vector IR (`llvm_ir.stream_dot`: `vpmaddubsw`, or
+`vpdpbusd` with VNNI), which made the 2-bit kernel 4-5× faster than numba's loops (17 → 77
+GMAC/s on one core at 2560×6912, where two threads then saturate memory); elsewhere
+`dot_ternary_generic` / `dot_ternary_1p6_generic`, int16 run sums widened to int32 (~16 GMAC/s
+per core), which are also the twins the tests hold the IR to. In code the base-3 encoding is
+`ternary_1p6` / `TERNARY_1P6` throughout (its name in the file: `ternary-1.6`).
 
 Prefill keeps a block of packed rows hot in L1 and runs every token over it; the codes are
 unpacked in registers (7 shifts/masks per 128 weights), which measured cheaper than writing the
@@ -52,11 +53,11 @@ i32 = np.int32
 
 # -- row dots: Σ_k c[k]·x[k] over one row's code streams ---------------------------------------
 #
-# dot_t2(codes, x): Q = len(codes) bytes (Q % 32 == 0), byte k holds four 2-bit codes
-# c ∈ {0, 1, 2} (bits 2j..2j+1 ↔ x[k + jQ]); dot_t3(codes, x): digit j of the base-3 byte k ↔
-# x[k + jQ]. x is int8 [>= 4Q or 5Q]. Per 32 code bytes the streams are unpacked with shifts and
-# masks (or udiv/urem by 3), one `vpmaddubsw` per stream (pairs: |c·x| <= 256, a 4- or 5-stream
-# sum <= 2560 fits int16).
+# dot_ternary(codes, x): Q = len(codes) bytes (Q % 32 == 0), byte k holds four 2-bit codes
+# c ∈ {0, 1, 2} (bits 2j..2j+1 ↔ x[k + jQ]); dot_ternary_1p6(codes, x): digit j of the base-3
+# byte k ↔ x[k + jQ]. x is int8 [>= 4Q or 5Q]. Per 32 code bytes the streams are unpacked with
+# shifts and masks (or udiv/urem by 3), one `vpmaddubsw` per stream (pairs: |c·x| <= 256, a 4- or
+# 5-stream sum <= 2560 fits int16).
 
 
 def _unpack2(builder, c):
@@ -94,17 +95,17 @@ def _ternary_dot(streams: int, unpack, vnni: bool):
     return dot
 
 
-_dot_t2_avx2 = _ternary_dot(4, _unpack2, vnni=False)
-_dot_t3_avx2 = _ternary_dot(5, _unpack3, vnni=False)
-_dot_t2_vnni = _ternary_dot(4, _unpack2, vnni=True)
-_dot_t3_vnni = _ternary_dot(5, _unpack3, vnni=True)
+_dot_ternary_avx2 = _ternary_dot(4, _unpack2, vnni=False)
+_dot_ternary_1p6_avx2 = _ternary_dot(5, _unpack3, vnni=False)
+_dot_ternary_vnni = _ternary_dot(4, _unpack2, vnni=True)
+_dot_ternary_1p6_vnni = _ternary_dot(5, _unpack3, vnni=True)
 
 _RUN = 32
 
 
 @helper
-def dot_t2_generic(codes, x):
-    """dot_t2 in plain loops: int16 sums over runs of 32 bytes, widened to int32."""
+def dot_ternary_generic(codes, x):
+    """dot_ternary in plain loops: int16 sums over runs of 32 bytes, widened to int32."""
     q = codes.shape[0]
     acc = i32(0)
     for o in range(0, q, _RUN):
@@ -128,8 +129,8 @@ def dot_t2_generic(codes, x):
 
 
 @helper
-def dot_t3_generic(codes, x):
-    """dot_t3 in plain loops (runs of 16 bytes: 5 streams × 16 × 256 < 2^15)."""
+def dot_ternary_1p6_generic(codes, x):
+    """dot_ternary_1p6 in plain loops (runs of 16 bytes: 5 streams × 16 × 256 < 2^15)."""
     q = codes.shape[0]
     acc = i32(0)
     for o in range(0, q, 16):
@@ -155,14 +156,14 @@ def dot_t3_generic(codes, x):
 
 
 if HAVE_VNNI:
-    dot_t2 = _dot_t2_vnni
-    dot_t3 = _dot_t3_vnni
+    dot_ternary = _dot_ternary_vnni
+    dot_ternary_1p6 = _dot_ternary_1p6_vnni
 elif HAVE_AVX2:
-    dot_t2 = _dot_t2_avx2
-    dot_t3 = _dot_t3_avx2
+    dot_ternary = _dot_ternary_avx2
+    dot_ternary_1p6 = _dot_ternary_1p6_avx2
 else:  # pragma: no cover - exercised on machines without AVX2
-    dot_t2 = dot_t2_generic
-    dot_t3 = dot_t3_generic
+    dot_ternary = dot_ternary_generic
+    dot_ternary_1p6 = dot_ternary_1p6_generic
 
 
 class QuantizedActivation(NamedTuple):
@@ -250,11 +251,11 @@ def ternary_prefill(xq, xsum, s, codes, scale, y):
             x = xq[t]
             off = xsum[t]
             for r in range(r0, r1):
-                y[t, r] = f32(dot_t2(codes[r], x) - off) * (_row_scale(scale, r) * inv[t])
+                y[t, r] = f32(dot_ternary(codes[r], x) - off) * (_row_scale(scale, r) * inv[t])
 
 
 @kernel
-def ternary16_prefill(xq, xsum, s, codes, scale, y):
+def ternary_1p6_prefill(xq, xsum, s, codes, scale, y):
     """As ternary_prefill for base-3 codes."""
     out = codes.shape[0]
     t_count = xq.shape[0]
@@ -267,7 +268,7 @@ def ternary16_prefill(xq, xsum, s, codes, scale, y):
             x = xq[t]
             off = xsum[t]
             for r in range(r0, r1):
-                y[t, r] = f32(dot_t3(codes[r], x) - off) * (_row_scale(scale, r) * inv[t])
+                y[t, r] = f32(dot_ternary_1p6(codes[r], x) - off) * (_row_scale(scale, r) * inv[t])
 
 
 # -- numpy reference ------------------------------------------------------------------------
