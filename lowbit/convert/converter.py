@@ -273,11 +273,6 @@ def convert(
         )
     reports: list[TensorReport] = []
     calibrate = calibration is not None and not native
-    if calibrate and metadata["features"]:
-        raise ConversionError(
-            f"calibrated conversion does not support {spec.source_architecture} yet "
-            f"(model feature {next(iter(metadata['features']))!r}); convert without --calibrate"
-        )
     with LowbitWriter(output, metadata, overwrite=force) as writer:
         writer.add_blob(blob_name, blob)
         total = len(names)
@@ -545,8 +540,7 @@ def _write_calibrated(
         write(name, w, encoded[name], relative_error(w, encoded[name].dequantize()))
     tokenizer = Tokenizer.from_bytes(tok_meta["kind"], tokenizer_blob, tok_meta)
     ids = calibration_batches(tokenizer.encode(cfg.text, add_special_tokens=False), cfg.seq_len, cfg.sequences)
-    embedded = encoded["model.embed_tokens.weight"].dequantize(rows=ids.reshape(-1)).reshape(*ids.shape, -1)
-    for name, w, enc in calibrate_layers(args, get, rec.choose, embedded, cfg):
+    for name, w, enc in calibrate_layers(args, get, rec.choose, ids, encoded["model.embed_tokens.weight"], cfg):
         write(name, w, enc, relative_error(w, enc.dequantize()))
     return cfg.provenance(int(ids.size))
 
