@@ -7,7 +7,6 @@ dequantised one at a time (GGUF), quantised, appended to the writer and dropped.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from lowbit.convert.architectures import (
     model_spec,
 )
 from lowbit.convert.bitnet import ternary_scale, unpack_hf_ternary
+from lowbit.convert.hf_source import sha256_file
 from lowbit.convert.models import FEATURE_VERSIONS, CheckpointView, required_features
 from lowbit.convert.models.base import llama_names, llama_optional
 from lowbit.convert.recipe import METHODS, Recipe, load_recipe
@@ -142,11 +142,7 @@ def _provenance(ckpt: Any, source: str, recipe: Recipe) -> dict[str, Any]:
         hashes = ckpt.file_hashes()
     else:
         p = Path(source)
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        hashes = {p.name: h.hexdigest()}
+        hashes = {p.name: sha256_file(p)}
     return {
         "source": getattr(ckpt, "source_id", None) or str(source),
         "revision": getattr(ckpt, "revision", None),
