@@ -6,6 +6,10 @@ Gemma's output norms and per-linear input norms are used when their tensors exis
 activation, attention scale and soft-capping, per-layer sliding window and RoPE table, partial
 RoPE and the embedding multiplier come from the config (ModelArgs); ternary layers quantise their
 own activations to int8 inside their kernels. Activations and accumulation are float32.
+
+`block_forward` is the one block forward: prefill and batched steps run it, calibration runs it
+with its own linears (`load_block`'s `make` hook; lowbit.quant.calibrate), and the fused decode
+step (kernels.decode_step) is its fast twin, held to it by tests for every feature.
 """
 
 from __future__ import annotations
