@@ -203,7 +203,7 @@ def calibrate_layers(
 
         block = load_block(lookup, i, args.linear_norm_eps, make)
         x = block_forward(args, ropes[i], block, x, sequences, i, 0)
-        del block, shared
+        shared.x = shared.stats = None  # the layer's last input: not needed past its forward
         for name, lin in linears.items():
             if lin.encoded is None:
                 raise AssertionError(f"{name} was never called by the block forward")
