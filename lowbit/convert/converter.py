@@ -7,7 +7,6 @@ dequantised one at a time (GGUF), quantised, appended to the writer and dropped.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from lowbit.convert.architectures import (
     model_spec,
 )
 from lowbit.convert.bitnet import ternary_scale, unpack_hf_ternary
+from lowbit.convert.hf_source import sha256_file
 from lowbit.convert.models import FEATURE_VERSIONS, CheckpointView, required_features
 from lowbit.convert.models.base import llama_names, llama_optional
 from lowbit.convert.recipe import METHODS, Recipe, load_recipe
@@ -142,11 +142,7 @@ def _provenance(ckpt: Any, source: str, recipe: Recipe) -> dict[str, Any]:
         hashes = ckpt.file_hashes()
     else:
         p = Path(source)
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        hashes = {p.name: h.hexdigest()}
+        hashes = {p.name: sha256_file(p)}
     return {
         "source": getattr(ckpt, "source_id", None) or str(source),
         "revision": getattr(ckpt, "revision", None),
@@ -273,11 +269,6 @@ def convert(
         )
     reports: list[TensorReport] = []
     calibrate = calibration is not None and not native
-    if calibrate and metadata["features"]:
-        raise ConversionError(
-            f"calibrated conversion does not support {spec.source_architecture} yet "
-            f"(model feature {next(iter(metadata['features']))!r}); convert without --calibrate"
-        )
     with LowbitWriter(output, metadata, overwrite=force) as writer:
         writer.add_blob(blob_name, blob)
         total = len(names)
@@ -545,8 +536,7 @@ def _write_calibrated(
         write(name, w, encoded[name], relative_error(w, encoded[name].dequantize()))
     tokenizer = Tokenizer.from_bytes(tok_meta["kind"], tokenizer_blob, tok_meta)
     ids = calibration_batches(tokenizer.encode(cfg.text, add_special_tokens=False), cfg.seq_len, cfg.sequences)
-    embedded = encoded["model.embed_tokens.weight"].dequantize(rows=ids.reshape(-1)).reshape(*ids.shape, -1)
-    for name, w, enc in calibrate_layers(args, get, rec.choose, embedded, cfg):
+    for name, w, enc in calibrate_layers(args, get, rec.choose, ids, encoded["model.embed_tokens.weight"], cfg):
         write(name, w, enc, relative_error(w, enc.dequantize()))
     return cfg.provenance(int(ids.size))
 
