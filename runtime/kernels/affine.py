@@ -45,18 +45,12 @@ def _q4f_i8_dot(vnni: bool):
         nibbles the next. `vpmaddubsw` + `vpmaddwd` (VNNI: `vpdpbusd`) leave lanes 0-3 with the
         first group's sums and 4-7 with the second's: one convert and one FMA by the two groups'
         scale products per 64 weights (sd[g] = s_g · d_g, computed by the caller in one vector loop)."""
-        ok = (
-            all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, sd))
-            and codes.dtype == types.uint8
-            and x.dtype == types.int8
-            and sd.dtype == types.float32
-        )
-        if not ok:
+        if not lir.vectors((codes, types.uint8), (x, types.int8), (sd, types.float32)):
             return None
 
         def codegen(context, builder, sig, args):
             b = builder
-            ca, xa, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args, args))
+            ca, xa, sa = lir.arrays(context, b, sig, args)
             chunks = b.sdiv(b.extract_value(sa.shape, 0), lir.const(2))
             maddubs, maddwd, fma = lir.maddubs(b), lir.maddwd(b), lir.fma(b)
             dpbusd = lir.dpbusd(b) if vnni else None

@@ -73,20 +73,13 @@ def _q4_i8_dot(vnni: bool):
         accumulators). At the group's last chunk the integers are converted and added into the
         float accumulator with one FMA by sq·d[g]: one convert per G weights, where scales per
         block of 32 needed four."""
-        ok = (
-            all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d, scales))
-            and codes.dtype == types.uint8
-            and x.dtype == types.int8
-            and d.dtype == types.float32
-            and scales.dtype == types.uint8
-            and isinstance(group, types.Integer)
-        )
-        if not ok:
+        arrays = ((codes, types.uint8), (x, types.int8), (d, types.float32), (scales, types.uint8))
+        if not lir.vectors(*arrays) or not isinstance(group, types.Integer):
             return None
 
         def codegen(context, builder, sig, args):
             b = builder
-            ca, xa, da, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args[:4], args[:4]))
+            ca, xa, da, sa = lir.arrays(context, b, sig, args, 4)
             g_len = context.cast(b, args[4], sig.args[4], types.int64)
             g64 = b.sdiv(g_len, lir.const(64))
             half = b.sdiv(g_len, lir.const(2))
@@ -194,10 +187,7 @@ class _Row:
 
     def __init__(self, context, builder, sig, args):
         self.b = builder
-        arr = [
-            context.make_array(t)(context, builder, a)
-            for t, a in zip(sig.args[:5], args[:5], strict=True)
-        ]
+        arr = lir.arrays(context, builder, sig, args, 5)
         self.codes, self.x, self.scales, self.zeros, self.xs = (a.data for a in arr)
         self.ng = builder.extract_value(arr[2].shape, 0)
         self.group = args[5]
@@ -335,17 +325,10 @@ row_bits = {_group_q4: 4, _group_q3: 3, _group_q2: 2, _group_q1: 1}
 
 def _grouped_intrinsic(group_dot, name: str):
     def typer(typingctx, codes, x, scales, zeros, xs, group):
-        ok = (
-            all(
-                isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                for a in (codes, x, scales, zeros, xs)
-            )
-            and codes.dtype == zeros.dtype == types.uint8
-            and scales.dtype in (types.uint8, types.uint16)  # u8 integer scales or f16 bits
-            and x.dtype == xs.dtype == types.float32
-            and isinstance(group, types.Integer)
-        )
-        if not ok:
+        arrays = ((codes, types.uint8), (x, types.float32), (zeros, types.uint8), (xs, types.float32))
+        # u8 integer scales, or f16 bits (q1f/q2f/q4f)
+        scales_ok = lir.vectors((scales, types.uint8)) or lir.vectors((scales, types.uint16))
+        if not lir.vectors(*arrays) or not scales_ok or not isinstance(group, types.Integer):
             return None
 
         def codegen(context, builder, sig, args):

@@ -13,7 +13,7 @@ row dots are written as vector IR, each in its encoding's module (`ternary`, `on
   code byte k pairs with x[k + j·stride]; AVX2 sums the streams' `vpmaddubsw` pairs and widens
   them with one `vpmaddwd` by ones per 32 bytes, VNNI runs one `vpdpbusd` per stream (OneBit
   2B-shaped decode layers: 22.8 → 17.3 ms/token);
-- `codes_and_int8`, the type check of those dots' (codes, x) arguments.
+- `vectors` / `codes_and_int8`, the type checks of the dots' array arguments.
 """
 
 from __future__ import annotations
@@ -162,18 +162,23 @@ def loop(
     return outs
 
 
-def codes_and_int8(codes: types.Type, x: types.Type) -> bool:
-    """codes uint8 [n] and x int8 [m], both 1-D C-contiguous: the stream dots' arguments."""
-    return (
-        isinstance(codes, types.Array)
-        and codes.ndim == 1
-        and codes.layout == "C"
-        and codes.dtype == types.uint8
-        and isinstance(x, types.Array)
-        and x.ndim == 1
-        and x.layout == "C"
-        and x.dtype == types.int8
+def vectors(*pairs: tuple[types.Type, types.Type]) -> bool:
+    """Each (argument type, dtype): a 1-D C-contiguous array of that dtype (an IR dot's typing)."""
+    return all(
+        isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == dt
+        for a, dt in pairs
     )
+
+
+def arrays(context, builder, sig, args, n: int | None = None) -> list:
+    """numba's array structs (.data, .shape) of an intrinsic's first n arguments (default: all)."""
+    n = len(args) if n is None else n
+    return [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:n], args[:n], strict=True)]
+
+
+def codes_and_int8(codes: types.Type, x: types.Type) -> bool:
+    """codes uint8 [n] and x int8 [m]: the stream dots' arguments."""
+    return vectors((codes, types.uint8), (x, types.int8))
 
 
 def stream_dot(

@@ -42,18 +42,12 @@ def _dot_q8_avx2(typingctx, codes, x, d):
     """Σ_b d[b] · Σ_{k<32} codes[32b+k] · x[32b+k] over len(codes) // 32 blocks (float32):
     |c| × sign(x, c) in `vpmaddubsw` (pairs ≤ 2·128·127), `vpmaddwd` to int32, then one
     convert and one FMA by the block's activation scale per 32 weights."""
-    ok = (
-        all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d))
-        and codes.dtype == types.int8
-        and x.dtype == types.int8
-        and d.dtype == types.float32
-    )
-    if not ok:
+    if not lir.vectors((codes, types.int8), (x, types.int8), (d, types.float32)):
         return None
 
     def codegen(context, builder, sig, args):
         b = builder
-        ca, xa, da = (context.make_array(t)(context, b, a) for t, a in zip(sig.args, args))
+        ca, xa, da = lir.arrays(context, b, sig, args)
         nb = b.sdiv(b.extract_value(ca.shape, 0), lir.const(32))
         maddubs, maddwd = lir.maddubs(b), lir.maddwd(b)
         psign, absb, fma = lir.psign_b(b), lir.abs_v32i8(b), lir.fma(b)

@@ -236,10 +236,9 @@ def _inverse(s):
     return inv
 
 
-@kernel
-def ternary_prefill(xq, xsum, s, codes, scale, y):
-    """T tokens: xq int8 [T, >= in_p], xsum int32 [T], s f32 [T]; codes u8 [out, Q];
-    scale f32 [1] or [out]; y f32 [T, out]."""
+@helper
+def _prefill(xq, xsum, s, codes, scale, y, base3):
+    """Both layouts' prefill (`base3` a constant of the caller, folded after inlining)."""
     out = codes.shape[0]
     t_count = xq.shape[0]
     inv = _inverse(s)
@@ -251,24 +250,21 @@ def ternary_prefill(xq, xsum, s, codes, scale, y):
             x = xq[t]
             off = xsum[t]
             for r in range(r0, r1):
-                y[t, r] = f32(dot_ternary(codes[r], x) - off) * (_row_scale(scale, r) * inv[t])
+                acc = dot_ternary_1p6(codes[r], x) if base3 else dot_ternary(codes[r], x)
+                y[t, r] = f32(acc - off) * (_row_scale(scale, r) * inv[t])
+
+
+@kernel
+def ternary_prefill(xq, xsum, s, codes, scale, y):
+    """T tokens: xq int8 [T, >= in_p], xsum int32 [T], s f32 [T]; codes u8 [out, Q];
+    scale f32 [1] or [out]; y f32 [T, out]."""
+    _prefill(xq, xsum, s, codes, scale, y, False)
 
 
 @kernel
 def ternary_1p6_prefill(xq, xsum, s, codes, scale, y):
     """As ternary_prefill for base-3 codes."""
-    out = codes.shape[0]
-    t_count = xq.shape[0]
-    inv = _inverse(s)
-    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
-    for b in prange(nblocks):
-        r0 = b * ROW_BLOCK
-        r1 = min(out, r0 + ROW_BLOCK)
-        for t in range(t_count):
-            x = xq[t]
-            off = xsum[t]
-            for r in range(r0, r1):
-                y[t, r] = f32(dot_ternary_1p6(codes[r], x) - off) * (_row_scale(scale, r) * inv[t])
+    _prefill(xq, xsum, s, codes, scale, y, True)
 
 
 # -- numpy reference ------------------------------------------------------------------------
