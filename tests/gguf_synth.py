@@ -30,10 +30,14 @@ LAYOUT: dict[int, tuple[int, int, tuple[int, ...]]] = {
     gq.Q2_0: (64, 18, (0,)),
     int(T.Q4_K): (256, 144, (0, 2)),
     int(T.Q6_K): (256, 210, (208,)),
+    int(T.Q5_0): (32, 22, (0,)),
+    int(T.Q5_K): (256, 176, (0, 2)),
+    int(T.IQ4_NL): (32, 18, (0,)),
 }
 NAMES = {int(T.Q4_0): "Q4_0", int(T.Q4_1): "Q4_1", int(T.Q8_0): "Q8_0", int(T.TQ1_0): "TQ1_0",
          int(T.TQ2_0): "TQ2_0", gq.Q1_0: "Q1_0", gq.Q2_0: "Q2_0", gq.I2_S: "I2_S",
-         int(T.Q4_K): "Q4_K", int(T.Q6_K): "Q6_K", int(T.F16): "F16"}  # fmt: skip
+         int(T.Q4_K): "Q4_K", int(T.Q6_K): "Q6_K", int(T.F16): "F16", int(T.Q5_0): "Q5_0",
+         int(T.Q5_K): "Q5_K", int(T.IQ4_NL): "IQ4_NL"}  # fmt: skip
 BY_NAME = {v: k for k, v in NAMES.items()}
 
 
@@ -149,8 +153,8 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
             w.add_tensor(name, a)
             tensors[name] = (None, a)
             return
-        if type_id == int(T.Q8_0):  # codes span ±127: d ≈ max|w| / 127, as llama.cpp writes it
-            scale /= 40
+        if type_id in (int(T.Q8_0), int(T.Q4_K)):  # Q8_0 codes span ±127 (d ≈ max|w| / 127, as
+            scale /= 40  # llama.cpp writes it), Q4_K's d multiplies sub-scales up to 63
         raw = random_raw(type_id, shape[0], shape[1], rng, scale, ternary)
         if block_scale is not None and type_id in (int(T.TQ1_0), int(T.TQ2_0)):
             at = LAYOUT[type_id][2][0]  # one scale for the whole tensor, as BitNet's weights have

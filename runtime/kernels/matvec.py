@@ -20,6 +20,7 @@ bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
     ONEBIT        signs   g f16        h f16    -           -       1 = LayerNorm
     AFFINE        codes   scales f16   mins f16 -           G       bits | zero << 8
                                        (or empty: no minimums)
+    KQ4           codes   sub_scales   sub_mins super f16   32      -
 
 `prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
 quantisation of x (per token, per block of 32 for q8, per group for q4) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
@@ -36,16 +37,18 @@ from lowbit.runtime.kernels.affine import affine_row, affine_row_i8, int8_decode
 from lowbit.runtime.kernels.common import pad_vector
 from lowbit.runtime.kernels.grouped import group_sums, q4_row, quantize_groups
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
+from lowbit.runtime.kernels.kquant import q4k_row_i8
 from lowbit.runtime.kernels.onebit import PAD, scaled_input
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
 from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
 from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3
 from lowbit.runtime.kernels.ternary import quantize_into
 
-F32, F16, BF16, Q8, Q2, Q3, Q4, T2, T3, ONEBIT, AFFINE = range(11)
+F32, F16, BF16, Q8, Q2, Q3, Q4, T2, T3, ONEBIT, AFFINE, KQ4 = range(12)
 KINDS = {
     "f32": F32, "f16": F16, "bf16": BF16, "q8": Q8, "q2": Q2, "q3": Q3, "q4": Q4,
     "ternary": T2, "ternary-1.6": T3, "onebit": ONEBIT, "q1f": AFFINE, "q2f": AFFINE, "q4f": AFFINE,
+    "q4k": KQ4,
 }  # fmt: skip
 ROWS_PER_TASK = 16  # output rows one parallel task computes (one kind branch per task)
 MAX_TASKS = 64  # parallel tasks of one matvec call at most
@@ -97,8 +100,8 @@ def prepare(desc, x):
     elif kind == Q2 or kind == Q3:
         xf = pad_vector(x, b.shape[1] * group)
         xs = group_sums(xf, group)
-    elif kind == AFFINE:
-        if int8_decode(desc[7] & 255, group):  # int8 per group of 32, pair-permuted
+    elif kind == AFFINE or kind == KQ4:
+        if kind == KQ4 or int8_decode(desc[7] & 255, group):  # int8 per group of 32, pair-permuted
             ng = x.shape[0] // group
             xq0 = np.zeros(ng * group, dtype=np.int8)
             xs = np.empty(ng, dtype=np.float32)
@@ -180,6 +183,12 @@ def rows_into(desc, act, y, r0, r1):
                 y[r] = affine_row_i8(a[r], xq, xs, zs, sc[r], m, has_min, flags >> 8, sd)
             else:
                 y[r] = affine_row(a[r], xf, xs, sc[r], m, has_min, flags & 255, flags >> 8, group, no_zeros)
+    elif kind == KQ4:
+        sup = d.view(np.uint16)
+        sd = np.empty(b.shape[1], dtype=np.float32)
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            y[r] = q4k_row_i8(a[r], xq, xs, zs, b[r], c[r], sup[r], sd)
     elif kind == Q8:
         codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
         scales = b.view(np.uint16)
@@ -299,6 +308,7 @@ _PART_NAMES = {
     F32: ("data",), F16: ("data",), BF16: ("data",), Q8: ("codes", "scales"),
     Q2: _GROUPED, Q3: _GROUPED, Q4: _GROUPED, T2: _TERNARY, T3: _TERNARY,
     ONEBIT: ("signs", "g", "h"), AFFINE: ("codes", "scales", "mins"),
+    KQ4: ("codes", "sub_scales", "sub_mins", "super"),
 }  # fmt: skip
 
 
