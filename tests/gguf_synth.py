@@ -110,11 +110,14 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
                      ffn: int = 512, heads: int = 4, kv_heads: int = 2, vocab: int = 64,
                      embed_type: int | None = None, seed: int = 0, ternary: bool = True,
                      tokenizer_model: str = "gpt2", overrides: dict[str, int] | None = None,
-                     block_scale: float | None = None) -> dict[str, tuple[int | None, np.ndarray]]:
+                     block_scale: float | None = None, arch: str = "llama",
+                     ) -> dict[str, tuple[int | None, np.ndarray]]:
     """A Llama-shaped GGUF whose linear layers are random raw blocks of `linear_type` (None: F32).
-    Returns GGUF name -> (type id or None, raw rows or float32 values)."""
+    `arch` "qwen3": Qwen3's shape (a per-head RMSNorm on q and k, `attn_{q,k}_norm` [head_dim]),
+    as PrismML's Bonsai GGUFs are written. Returns GGUF name -> (type id or None, raw rows or
+    float32 values)."""
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(layers)
     w.add_context_length(256)
     w.add_embedding_length(hidden)
@@ -166,8 +169,11 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
 
     add("token_embd.weight", (vocab, hidden), embed_type, 0.5)
     for i in range(layers):
-        for short in ("attn_norm", "ffn_norm"):
-            a = (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32)
+        norms = {"attn_norm": hidden, "ffn_norm": hidden}
+        if arch == "qwen3":
+            norms.update(attn_q_norm=hd, attn_k_norm=hd)
+        for short, size in norms.items():
+            a = (1 + 0.1 * rng.standard_normal(size)).astype(np.float32)
             w.add_tensor(f"blk.{i}.{short}.weight", a)
             tensors[f"blk.{i}.{short}.weight"] = (None, a)
         for short, shape in shapes.items():
