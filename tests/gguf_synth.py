@@ -114,7 +114,8 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
                      ) -> dict[str, tuple[int | None, np.ndarray]]:
     """A Llama-shaped GGUF whose linear layers are random raw blocks of `linear_type` (None: F32).
     `arch` "qwen3": Qwen3's shape (a per-head RMSNorm on q and k, `attn_{q,k}_norm` [head_dim]),
-    as PrismML's Bonsai GGUFs are written. Returns GGUF name -> (type id or None, raw rows or
+    as PrismML's Bonsai GGUFs are written; "bitnet": llama.cpp's BitNet (sub-norms before o_proj
+    and down_proj, `attn_sub_norm` [hidden] and `ffn_sub_norm` [ffn]). Returns GGUF name -> (type id or None, raw rows or
     float32 values)."""
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch)
@@ -172,6 +173,8 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
         norms = {"attn_norm": hidden, "ffn_norm": hidden}
         if arch == "qwen3":
             norms.update(attn_q_norm=hd, attn_k_norm=hd)
+        if arch == "bitnet":
+            norms.update(attn_sub_norm=hidden, ffn_sub_norm=ffn)
         for short, size in norms.items():
             a = (1 + 0.1 * rng.standard_normal(size)).astype(np.float32)
             w.add_tensor(f"blk.{i}.{short}.weight", a)
