@@ -33,10 +33,14 @@ def q4k_row_i8(codes, xq, d, zsum, sub_scales, sub_mins, sup, sd):
     sub_scales / sub_mins u8 [ng]; sup u16 [2·ng/8] (f16 bits of d, dmin per super-block);
     sd [ng] scratch."""
     corr = f32(0.0)
-    for g in range(sub_scales.shape[0]):
-        s = 2 * (g // SUPER)
-        sd[g] = f16_to_f32(sup[s]) * f32(sub_scales[g]) * d[g]
-        corr += f16_to_f32(sup[s + 1]) * f32(sub_mins[g]) * zsum[g]
+    for s in range(sub_scales.shape[0] // SUPER):  # the inner loop of 8 groups is one f32x8 vector
+        ds = f16_to_f32(sup[2 * s])
+        dm = f16_to_f32(sup[2 * s + 1])
+        c = f32(0.0)
+        for g in range(s * SUPER, (s + 1) * SUPER):
+            sd[g] = ds * f32(sub_scales[g]) * d[g]
+            c += f32(sub_mins[g]) * zsum[g]
+        corr += dm * c
     return dot_q4f32_i8(codes, xq, sd) - corr
 
 
