@@ -3,7 +3,7 @@
     y[r] = Σ_g (d_s sc_g) Σ_{i in g} q_i x_i − (dmin_s m_g) Σ_{i in g} x_i,   s = g // 8
 
 Decode runs as llama.cpp runs Q4_K (against int8 activations, one scale per group of 32): the
-codes have q4f's G = 32 layout, so the row is `simd.dot_q4f32_i8` on the pair-permuted int8
+codes have q4f's G = 32 layout, so the row is `affine.dot_q4f32_i8` on the pair-permuted int8
 input with per-group factors (d_s sc_g) · xd_g, plus the minimum term over the quantised
 input's group sums; the step and offset of each group come from the super-block's f16 d / dmin
 and the u8 sub-scales in the row loop (a few multiplies per 32 weights, no expanded copy).
@@ -17,10 +17,10 @@ import numpy as np
 from numba import prange
 
 from lowbit.formats.encodings.kquant import GROUP, Q4K, SUPER
+from lowbit.runtime.kernels.affine import dot_q4f32_i8
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.q8 import decode_activation_ref
-from lowbit.runtime.kernels.simd import dot_q4f32_i8
 
 f32 = np.float32
 i32 = np.int32
