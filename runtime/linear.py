@@ -25,7 +25,7 @@ import numpy as np
 
 from lowbit.formats.encodings import ENCODINGS, Encoding
 from lowbit.formats.encodings.q8 import group_size_of
-from lowbit.runtime.kernels import affine, dense, grouped, matvec, onebit, q8, ternary
+from lowbit.runtime.kernels import affine, dense, grouped, kquant, matvec, onebit, q8, ternary
 from lowbit.runtime.kernels.matvec import layer_norm as layer_norm_row
 from lowbit.runtime.kernels.matvec import matvec_rows
 from lowbit.runtime.kernels.ternary import QuantizedActivation, quantize_activation
@@ -234,6 +234,25 @@ class AffineLinear(Linear):
         self._prefill = lambda x, y: pre(x, *args, y)
 
 
+class Q4KLinear(Linear):
+    """q4k: GGUF's Q4_K super-blocks (f16 d / dmin per 256, u8 sub-scales / minimums per 32)."""
+
+    def _group(self) -> int:
+        return 32
+
+    def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
+        super().__init__(entry, bias)
+        p = entry.parts
+        args = (
+            _readonly(p["codes"], np.uint8),
+            _readonly(p["sub_scales"], np.uint8),
+            _readonly(p["sub_mins"], np.uint8),
+            _readonly(p["super"], np.uint16),
+        )
+        pre = self.kernels.prefill
+        self._prefill = lambda x, y: pre(x, *args, y)
+
+
 class TernaryLinear(Linear):
     """`ternary` and `ternary-1.6`, with BitNet int8 activations. Accepts a float32 input or a
     QuantizedActivation from `quantize()` (of any ternary layer with the same input size)."""
@@ -327,6 +346,7 @@ class EncodingKernels(NamedTuple):
 _GROUPED = ("codes", "scales", "zeros", "row_scale")
 _TERNARY = ("codes", None, None, "scale")
 _AFFINE = ("codes", "scales", "mins")
+_KQUANT = ("codes", "sub_scales", "sub_mins", "super")
 
 # encoding name (as in the file) -> its kernels; lowbit.formats' ENCODINGS holds the same names
 REGISTRY: dict[str, EncodingKernels] = {
@@ -345,6 +365,7 @@ REGISTRY: dict[str, EncodingKernels] = {
         "q1f": (matvec.AFFINE, _AFFINE, AffineLinear, affine.affine_prefill, affine.entry_ref),
         "q2f": (matvec.AFFINE, _AFFINE, AffineLinear, affine.affine_prefill, affine.entry_ref),
         "q4f": (matvec.AFFINE, _AFFINE, AffineLinear, affine.affine_prefill, affine.entry_ref),
+        "q4k": (matvec.KQ4, _KQUANT, Q4KLinear, kquant.q4k_prefill, kquant.entry_ref),
     }.items()
 }  # fmt: skip
 
@@ -393,6 +414,8 @@ def warmup() -> None:
     q32 = np.ones((out, 64), np.uint8)
     entries.append(ENCODINGS["q4f"].pack(q32, np.ones((out, 2)), 32, 8))
     entries.append(ENCODINGS["q4f"].pack(q32, np.ones((out, 2)), 32, 0, np.ones((out, 2))))
+    q256 = np.ones((out, 256), np.uint8)
+    entries.append(ENCODINGS["q4k"].pack(q256, q256[:, :8], q256[:, :8], np.ones((out, 1)), np.ones((out, 1))))
     for e in entries:
         lin = make_linear(e)
         xe = x if lin.in_features == n else rng.standard_normal((2, lin.in_features)).astype(np.float32)

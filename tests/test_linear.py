@@ -24,8 +24,11 @@ AFFINE_GROUPS = {"q4f": 32, "q2f": 64, "q1f": 128}  # group sizes as GGUF's Q4_1
 AFFINE_IN = 384  # the affine encodings need whole groups
 
 
+Q4K_IN = 512  # q4k: whole 256-weight super-blocks
+
+
 def in_features(encoding: str) -> int:
-    return AFFINE_IN if encoding in AFFINE_GROUPS else IN
+    return Q4K_IN if encoding == "q4k" else AFFINE_IN if encoding in AFFINE_GROUPS else IN
 
 
 def pack(encoding: str, rng: np.random.Generator, shape=(OUT, IN), layernorm: bool = False):
@@ -51,6 +54,15 @@ def pack(encoding: str, rng: np.random.Generator, shape=(OUT, IN), layernorm: bo
         )
     if encoding in ("ternary", "ternary-1.6"):
         return enc.pack(rng.integers(-1, 2, shape), (rng.random(out) + 0.5).astype(np.float32))
+    if encoding == "q4k":  # GGUF's Q4_K: u8 sub-scales / minimums under f16 super-block ones
+        ng = n // 32
+        return enc.pack(
+            rng.integers(0, 16, shape).astype(np.uint8),
+            rng.integers(0, 64, (out, ng)).astype(np.uint8),
+            rng.integers(0, 64, (out, ng)).astype(np.uint8),
+            np.full((out, ng // 8), 1e-3, np.float16),
+            np.full((out, ng // 8), 5e-4, np.float16),
+        )
     if encoding in AFFINE_GROUPS:  # GGUF's grids: f16 scale (and minimum) per group, zero point
         group = AFFINE_GROUPS[encoding]
         ng = n // group
@@ -83,8 +95,8 @@ def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
     elif entry.encoding in ("q8", "q4"):  # decode: int8 activations, q8 per 32 values, q4 per group
         block = entry.params["group_size"] if entry.encoding == "q4" else 32
         y = decode_activation_ref(x, block) @ entry.dequantize().astype(np.float64).T
-    elif entry.encoding == "q4f" and entry.params["group_size"] == 32 and x.shape[0] == 1:
-        # decode of GGUF's Q4_0 / Q4_1 grids: int8 activations per group of 32, as llama.cpp runs them
+    elif (entry.encoding == "q4k" or entry.encoding == "q4f" and entry.params["group_size"] == 32) and x.shape[0] == 1:
+        # decode of GGUF's Q4_0 / Q4_1 / Q4_K grids: int8 activations per group of 32, as llama.cpp runs them
         y = decode_activation_ref(x, 32) @ entry.dequantize().astype(np.float64).T
     else:
         y = x.astype(np.float64) @ entry.dequantize().astype(np.float64).T
@@ -141,7 +153,7 @@ def test_from_memory_mapped_file(tmp_path):
     """Parts of an open file are read-only views of the mapping; the layers run on them as is."""
     rng = np.random.default_rng(4)
     path = tmp_path / "m.lowbit"
-    entries = {name: pack(name, rng, shape=(17, AFFINE_IN if name in AFFINE_GROUPS else 577)) for name in ENCODINGS}
+    entries = {name: pack(name, rng, shape=(17, 577 if in_features(name) == IN else in_features(name))) for name in ENCODINGS}
     with LowbitWriter(path, {"architecture": "llama"}) as w:
         for name, e in entries.items():
             w.add_tensor(name, e)

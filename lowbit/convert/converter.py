@@ -262,7 +262,7 @@ def convert(
         "provenance": _provenance(ckpt, str(source), rec),
     }
     warnings: list[str] = []
-    if native and METHODS[rec.method].encoding not in ("ternary", "ternary-1.6"):
+    if native and rec.method != "keep" and METHODS[rec.method].encoding not in ("ternary", "ternary-1.6"):
         warnings.append(
             f"{spec.source_architecture} is a ternary (BitNet) model: its linear layers are stored "
             f"losslessly as ternary, not {rec.method}"

@@ -21,6 +21,7 @@ bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
     ONEBIT        signs   g f16        h f16    -           -       1 = LayerNorm
     AFFINE        codes   scales f16   mins f16 -           G       bits | zero << 8
                                        (or empty: no minimums)
+    KQ4           codes   sub_scales   sub_mins super f16   32      -
 
 `prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
 quantisation of x (per token, per block of 32 for q8, per group for q4) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
@@ -45,12 +46,13 @@ from lowbit.runtime.kernels.grouped import (
     row_dot_q3,
 )
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
+from lowbit.runtime.kernels.kquant import q4k_row_i8
 from lowbit.runtime.kernels.onebit import PAD, scaled_input
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
 from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
 from lowbit.runtime.kernels.ternary import dot_ternary, dot_ternary_1p6, quantize_into
 
-F32, F16, BF16, Q8, Q2, Q3, Q4, TERNARY, TERNARY_1P6, ONEBIT, AFFINE = range(11)  # desc[KIND]
+F32, F16, BF16, Q8, Q2, Q3, Q4, TERNARY, TERNARY_1P6, ONEBIT, AFFINE, KQ4 = range(12)  # desc[KIND]
 KIND, A, B, C, D, BIAS, GROUP, FLAGS = range(8)  # a descriptor's fields
 ROWS_PER_TASK = 16  # output rows one parallel task computes (one kind branch per task)
 MAX_TASKS = 64  # parallel tasks of one matvec call at most
@@ -101,8 +103,8 @@ def prepare(desc, x):
     elif kind == Q2 or kind == Q3:
         xf = pad_vector(x, b.shape[1] * group)
         xs = group_sums(xf, group)
-    elif kind == AFFINE:
-        if int8_decode(desc[FLAGS] & 255, group):  # int8 per group of 32, pair-permuted
+    elif kind == AFFINE or kind == KQ4:
+        if kind == KQ4 or int8_decode(desc[FLAGS] & 255, group):  # int8 per group of 32, pair-permuted
             ng = x.shape[0] // group
             xq0 = np.zeros(ng * group, dtype=np.int8)
             xs = np.empty(ng, dtype=np.float32)
@@ -183,6 +185,12 @@ def rows_into(desc, act, y, r0, r1):
                 y[r] = affine_row_i8(a[r], xq, xs, zs, sc[r], m, has_min, flags >> 8, sd)
             else:
                 y[r] = affine_row(a[r], xf, xs, sc[r], m, has_min, flags & 255, flags >> 8, group, no_zeros)
+    elif kind == KQ4:
+        sup = d.view(np.uint16)
+        sd = np.empty(b.shape[1], dtype=np.float32)
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            y[r] = q4k_row_i8(a[r], xq, xs, zs, b[r], c[r], sup[r], sd)
     elif kind == Q8:
         codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
         scales = b.view(np.uint16)
