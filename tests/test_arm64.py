@@ -1,0 +1,171 @@
+"""ARM64: the threading layer chosen there, the CPU features that select the NEON dots, the
+dots' AArch64 instructions (compiled for an AArch64 target on any host), and, on an ARM64 CPU
+with the dot-product extension (tools/arm64/run_tests.sh runs this under QEMU), the NEON dots
+held to the portable loops."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+
+import numpy as np
+import pytest
+
+from lowbit.runtime import threads
+from lowbit.runtime.kernels import neon, simd
+
+ON_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
+
+
+def test_arm64_picks_openmp_when_tbb_is_missing(monkeypatch):
+    monkeypatch.setattr(threads.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(threads, "tbb_installed", lambda: False)
+    assert threads.layer_order() == ["omp", "workqueue"]
+    assert threads.layer_order("arm64", have_tbb=True) == ["omp", "tbb", "workqueue"]
+    assert threads.layer_order("x86_64", have_tbb=False) == ["tbb", "omp", "workqueue"]
+    for k in threads.CHOICES:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(threads.numba.config, "THREADING_LAYER_PRIORITY", ["tbb", "omp", "workqueue"])
+    threads.choose_threading_layer()
+    assert os.environ["NUMBA_THREADING_LAYER_PRIORITY"] == "omp workqueue"
+    assert threads.numba.config.THREADING_LAYER_PRIORITY == ["omp", "workqueue"]
+    assert os.environ["GOMP_SPINCOUNT"] == "300"
+
+
+def test_workqueue_warning_names_what_to_install(monkeypatch, caplog):
+    assert "libgomp1" in threads.workqueue_hint("aarch64")
+    assert "tbb" in threads.workqueue_hint("x86_64")
+    monkeypatch.setattr(threads.numba, "threading_layer", lambda: "workqueue")
+    monkeypatch.setattr(threads.platform, "machine", lambda: "aarch64")
+    with caplog.at_level("WARNING", logger=threads.log.name):
+        assert threads.check_threading_layer() == "workqueue"
+    assert "workqueue" in caplog.text and "libgomp1" in caplog.text
+
+
+def test_cpuinfo_features():
+    text = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp sha512 i8mm bf16\nCPU part\t: 0xd40\n"
+    assert neon.cpuinfo_features(text) == {"dotprod", "i8mm"}
+    assert neon.cpuinfo_features("Features\t: fp asimd crc32\n") == set()
+    assert neon._parse_features("+neon,-i8mm,+dotprod") == {"neon": True, "i8mm": False, "dotprod": True}
+
+
+@pytest.mark.parametrize("name,want", [
+    ("dot_t2", {"sdot": 8}), ("dot_t3", {"sdot": 10}), ("dot_b1", {"sdot": 16}),
+    ("dot_q8", {"sdot": 6}), ("dot_q4_i8", {"sdot": 2}), ("dot_q4f_i8", {"sdot": 4}),
+    ("dot_q8_2x2", {"smmla": 4}),
+])
+def test_neon_dots_compile_to_dot_product_instructions(name, want):
+    """Each dot's loop body, compiled for AArch64 (+dotprod, +i8mm), is made of the dot-product
+    instructions: per 32-byte step one `sdot` per stream and half (t2: 4 streams × 2, t3: 5 × 2,
+    b1: 8 × 2, bits unpacked to masks by `cmtst` / `cmlt`; q8: two blocks of two plus the odd
+    block's two)."""
+    asm = neon.aarch64_asm(name)
+    ops = [line.split()[0] for line in asm.splitlines() if line.startswith("\t") and not line.startswith("\t.")]
+    for op, n in want.items():
+        assert ops.count(op) == n, (op, ops.count(op))
+    if name == "dot_b1":
+        assert ops.count("cmtst") + ops.count("cmlt") >= 14  # bit 0 may take and + neg instead
+    assert "udot" not in ops and "bl" not in ops  # no calls: everything inlined
+
+
+def _wrap(fn):
+    """A jitted caller of the intrinsic `fn` (intrinsics run only inside numba code)."""
+    from numba import njit
+
+    arity = {neon.dot_t2: 2, neon.dot_t3: 2, neon.dot_q8: 3, neon.dot_q4f_i8: 3, neon.dot_b1_row: 4,
+             neon.dot_q4_i8: 5, neon.dot_q8_2x2: 5}[fn]
+    callers = {
+        2: lambda a, b: fn(a, b),
+        3: lambda a, b, c: fn(a, b, c),
+        4: lambda a, b, c, d: fn(a, b, c, d),
+        5: lambda a, b, c, d, e: fn(a, b, c, d, e),
+    }
+    return njit(callers[arity])
+
+
+needs_dotprod = pytest.mark.skipif(not neon.HAVE_DOTPROD, reason="needs an ARM64 CPU with dotprod")
+needs_i8mm = pytest.mark.skipif(not neon.HAVE_I8MM, reason="needs an ARM64 CPU with i8mm")
+
+
+def test_features_are_found_on_arm64():
+    """Under tools/arm64/run_tests.sh (QEMU_CPU=max) both extensions are there and usable."""
+    if not ON_ARM64:
+        assert not neon.HAVE_DOTPROD and not neon.HAVE_I8MM
+        return
+    assert neon.kernel_features() <= {"dotprod", "i8mm"}
+    assert neon.HAVE_DOTPROD == ("dotprod" in neon.kernel_features())
+
+
+@needs_dotprod
+def test_neon_dots_match_portable_loops():
+    rng = np.random.default_rng(21)
+    t2, t3, b1 = _wrap(neon.dot_t2), _wrap(neon.dot_t3), _wrap(neon.dot_b1_row)
+    q4, q4f, q8 = _wrap(neon.dot_q4_i8), _wrap(neon.dot_q4f_i8), _wrap(neon.dot_q8)
+    for q in (32, 64, 96, 1728):
+        x = rng.integers(-128, 128, 8 * q + 32).astype(np.int8)
+        x[:8] = -128
+        c2 = rng.integers(0, 256, q).astype(np.uint8)
+        c2[:4] = 0b10101010
+        c3 = rng.integers(0, 243, q).astype(np.uint8)
+        c3[:2] = 242
+        assert t2(c2, x) == simd.dot_t2_generic(c2, x)
+        assert t3(c3, x) == simd.dot_t3_generic(c3, x)
+        for q1 in (q, q + 8, q + 31):  # OneBit rows of any length: a tail buffer for the last bytes
+            c1 = rng.integers(0, 256, q1).astype(np.uint8)
+            x1 = np.zeros(8 * q1 + 32, np.int8)
+            x1[: 8 * q1] = rng.integers(-128, 128, 8 * q1)
+            tail = np.zeros(32, np.uint8)
+            tail[: q1 % 32] = c1[q1 // 32 * 32 :]
+            bits = [(c1.astype(np.int64) >> j) & 1 for j in range(8)]
+            want = int(sum(bits[j] @ x1[j * q1 : (j + 1) * q1] for j in range(8)))
+            assert b1(c1, x1, q1, tail) == want == simd.dot_b1_generic(c1, x1, q1, tail)
+        for group in (32, 64, 128):
+            n = 2 * q // group * group
+            if n == 0:
+                continue
+            c4 = rng.integers(0, 256, n // 2).astype(np.uint8)
+            d = rng.random(n // group).astype(np.float32)
+            sq = rng.integers(1, 256, n // group).astype(np.uint8)
+            np.testing.assert_allclose(q4(c4, x, d, sq, group), simd.dot_q4_i8_generic(c4, x, d, sq, group), rtol=1e-5)
+        ng = 2 * (q // 32)  # q4f G = 32: an even number of groups, x pair-permuted
+        c4f = rng.integers(0, 256, 16 * ng).astype(np.uint8)
+        sd = rng.random(ng).astype(np.float32)
+        np.testing.assert_allclose(q4f(c4f, x, sd), simd.dot_q4f32_i8_generic(c4f, x, sd), rtol=1e-5)
+        for nb in (q // 4, q // 4 - 1):  # q8: even and odd block counts, all of int8
+            c8 = rng.integers(-128, 128, 32 * nb).astype(np.int8)
+            c8[:8] = -128
+            x8 = rng.integers(-127, 128, 32 * nb).astype(np.int8)
+            d8 = rng.random(nb).astype(np.float32)
+            terms = d8.astype(np.float64) * (c8.astype(np.int64) * x8).reshape(nb, 32).sum(1)
+            tol = 1e-5 * float(np.abs(terms).sum()) + 1e-6
+            np.testing.assert_allclose(q8(c8, x8, d8), terms.sum(), rtol=0, atol=tol)
+            np.testing.assert_allclose(q8(c8, x8, d8), simd.dot_q8_generic(c8, x8, d8), rtol=0, atol=tol)
+
+
+@needs_i8mm
+def test_i8mm_2x2_matches_four_dots():
+    mm = _wrap(neon.dot_q8_2x2)
+    rng = np.random.default_rng(5)
+    for nb in (1, 2, 7):
+        w = rng.integers(-128, 128, (2, 32 * nb)).astype(np.int8)
+        x = rng.integers(-127, 128, (2, 32 * nb)).astype(np.int8)
+        d = rng.random((nb, 2, 2)).astype(np.float32)
+        got = mm(w[0], w[1], x[0], x[1], d.reshape(-1))
+        prods = (w[:, None, :].astype(np.int64) * x[None, :, :]).reshape(2, 2, nb, 32).sum(-1)
+        want = (prods * d.transpose(1, 2, 0)).sum(-1).reshape(-1)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@needs_dotprod
+def test_numba_assembly_of_the_neon_dots_has_sdot_and_smmla():
+    """numba's own assembly (the jitted callers, this CPU's target) has the instructions."""
+    u8, i8 = np.zeros(64, np.uint8), np.zeros(8 * 64 + 32, np.int8)
+    f = _wrap(neon.dot_t2)
+    f(u8, i8)
+    assert re.search(r"\bsdot\b", next(iter(f.inspect_asm().values())))
+    if neon.HAVE_I8MM:
+        g = _wrap(neon.dot_q8_2x2)
+        w = np.zeros(32, np.int8)
+        g(w, w, w, w, np.zeros(4, np.float32))
+        assert re.search(r"\bsmmla\b", next(iter(g.inspect_asm().values())))
