@@ -51,22 +51,24 @@ def test_cpuinfo_features():
 
 
 @pytest.mark.parametrize("name,want", [
-    ("dot_t2", {"sdot": 8}), ("dot_t3", {"sdot": 10}), ("dot_b1", {"sdot": 16}),
-    ("dot_q8", {"sdot": 6}), ("dot_q4_i8", {"sdot": 2}), ("dot_q4f_i8", {"sdot": 4}),
-    ("dot_q8_2x2", {"smmla": 4}),
+    ("dot_t2", {"sdot": 8}), ("dot_t3", {"sdot": 10}), ("dot_b1", {"sdot": 16}), ("dot_q8", {"sdot": 4}),
+    ("dot_q4_i8", {"sdot": 4}), ("dot_q4f_i8", {"sdot": 4}), ("dot_q8_2x2", {"smmla": 4}),
 ])
 def test_neon_dots_compile_to_dot_product_instructions(name, want):
-    """Each dot's loop body, compiled for AArch64 (+dotprod, +i8mm), is made of the dot-product
-    instructions: per 32-byte step one `sdot` per stream and half (t2: 4 streams × 2, t3: 5 × 2,
-    b1: 8 × 2, bits unpacked to masks by `cmtst` / `cmlt`; q8: two blocks of two plus the odd
-    block's two)."""
+    """Each dot's inner loop, compiled for AArch64 (+dotprod, +i8mm), runs on the dot-product
+    instructions: per 32 code bytes one `sdot` per stream and 16 bytes (t2: 4 streams × 2,
+    t3: 5 × 2, b1: 8 × 2 with the bits made masks by `cmtst` / `cmlt`), two per 32-block (q8:
+    two blocks per step; q4: 32 code bytes = 64 weights; q4f: two groups), `smmla` for 2×2."""
     asm = neon.aarch64_asm(name)
-    ops = [line.split()[0] for line in asm.splitlines() if line.startswith("\t") and not line.startswith("\t.")]
+    loop = neon.inner_loop(asm)
+    ops = [i.split()[0] for i in loop]
     for op, n in want.items():
-        assert ops.count(op) == n, (op, ops.count(op))
+        assert ops.count(op) == n, (op, ops.count(op), loop)
     if name == "dot_b1":
         assert ops.count("cmtst") + ops.count("cmlt") >= 14  # bit 0 may take and + neg instead
-    assert "udot" not in ops and "bl" not in ops  # no calls: everything inlined
+    assert len(loop) <= 8 * sum(want.values()) + 10  # the unpacking and loads, no scalar detours
+    every = [line.split()[0] for line in asm.splitlines() if line.startswith("\t") and not line.startswith("\t.")]
+    assert "udot" not in every and "bl" not in every  # no calls: everything inlined
 
 
 def _wrap(fn):

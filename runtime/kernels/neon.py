@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 
 from llvmlite import binding as llvm
 from llvmlite import ir
@@ -307,9 +308,10 @@ def _emit_q8(b, codes, x, d, nblocks):
 
 
 def _emit_q4(b, codes, x, d, scales, ngroups, group):
-    """Σ_g sq_g d_g Σ q·x for one q4 row (G % 32 == 0): per 16 code bytes the low nibbles meet
-    x[gG + 16c ..] and the high ones x[gG + G/2 + 16c ..], two `sdot` into two int32
-    accumulators; one convert and FMA by sq_g·d_g per group."""
+    """Σ_g sq_g d_g Σ q·x for one q4 row (G % 32 == 0): code byte k of a group holds the codes of
+    x[gG + k] (low nibble) and x[gG + G/2 + k] (high). 32 code bytes per step, four `sdot` into
+    four int32 accumulators (a last 16 when G/2 % 32 == 16); one convert and FMA by sq_g·d_g per
+    group."""
     ops = _Ops(b)
     half = b.sdiv(group, _const(2))
     fifteen = _splat8(15)
@@ -317,18 +319,25 @@ def _emit_q4(b, codes, x, d, scales, ngroups, group):
     def group_body(g, accs):
         cbase, xbase = b.mul(g, half), b.mul(g, group)
 
-        def chunk(c, ia):
-            o = b.mul(c, _const(16))
+        def chunk16(o, ia):
             v = ops.load(codes, b.add(cbase, o))
             xo = b.add(xbase, o)
             lo = ops.sdot(ia[0], b.and_(v, fifteen), ops.load(x, xo))
             hi = ops.sdot(ia[1], b.lshr(v, _splat8(4)), ops.load(x, b.add(xo, half)))
             return [lo, hi]
 
-        lo, hi = _for(b, b.sdiv(half, _const(16)), [_zero_i, _zero_i], chunk, "neon.q4.chunk")
+        def chunk32(c, ia):
+            o = b.mul(c, _const(32))
+            return chunk16(o, ia[:2]) + chunk16(b.add(o, _const(16)), ia[2:])
+
+        ia = _for(b, b.sdiv(half, _const(32)), [_zero_i] * 4, chunk32, "neon.q4.chunk")
+        last = b.mul(b.sdiv(half, _const(32)), _const(32))
+        ia = _for(b, b.sdiv(b.srem(half, _const(32)), _const(16)), ia[:2],
+                  lambda _, a2: chunk16(last, a2), "neon.q4.last") + ia[2:]
         sq = b.uitofp(ops.scale(scales, g), _f32)
         s = b.fmul(sq, ops.scale(d, g))
-        return [ops.fma(b.sitofp(b.add(lo, hi), _v4f32), ops.splat_f(s), accs[0])]
+        total = b.add(b.add(ia[0], ia[1]), b.add(ia[2], ia[3]))
+        return [ops.fma(b.sitofp(total, _v4f32), ops.splat_f(s), accs[0])]
 
     (acc,) = _for(b, ngroups, [_zero_f], group_body, "neon.q4")
     return ops.faddv(acc)
@@ -517,6 +526,38 @@ SIGNATURES = {  # name: (return type, argument types, emit)
     "dot_q4f_i8": (_f32, [_P8, _P8, _PF, _i64], _emit_q4f),
     "dot_q8_2x2": (_v4f32, [_P8, _P8, _P8, _P8, _PF, _i64], _emit_q8_2x2),
 }
+
+
+MACS = {"sdot": 16, "udot": 16, "smmla": 32}  # int8 multiply-adds per instruction
+
+
+def _loops(asm: str) -> list[list[str]]:
+    """Each loop's instructions: from a label to the branch back to it."""
+    lines = [ln.strip() for ln in asm.splitlines()]
+    loops = []
+    for k, s in enumerate(lines):
+        m = re.match(r"^([.\w$]+):", s)
+        if not m:
+            continue
+        body = []
+        for t in lines[k + 1 :]:
+            if not t or t.startswith((".", "//", "@")) or re.match(r"^[.\w$]+:", t):
+                continue
+            body.append(t)
+            if re.match(r"^b(\.\w+)?\s+" + re.escape(m.group(1)) + "$", t) or re.match(
+                r"^(cbn?z|tbn?z)\b.*" + re.escape(m.group(1)) + "$", t
+            ):
+                loops.append(body)
+                break
+            if t.startswith(("ret", "b\t")) or t == "ret":
+                break
+    return loops
+
+
+def inner_loop(asm: str) -> list[str]:
+    """The innermost loop that holds the dot instructions."""
+    hot = [b for b in _loops(asm) if any(i.split()[0] in MACS for i in b)]
+    return min(hot, key=len) if hot else []
 
 
 def aarch64_asm(name: str, features: str = "+neon,+dotprod,+i8mm") -> str:
