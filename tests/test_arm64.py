@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lowbit.runtime import threads
-from lowbit.runtime.kernels import neon, simd
+from lowbit.runtime.kernels import affine, cpu_features, grouped, neon, onebit, q8, ternary
 
 ON_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
 
@@ -45,9 +45,10 @@ def test_workqueue_warning_names_what_to_install(monkeypatch, caplog):
 
 def test_cpuinfo_features():
     text = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp sha512 i8mm bf16\nCPU part\t: 0xd40\n"
-    assert neon.cpuinfo_features(text) == {"dotprod", "i8mm"}
-    assert neon.cpuinfo_features("Features\t: fp asimd crc32\n") == set()
-    assert neon._parse_features("+neon,-i8mm,+dotprod") == {"neon": True, "i8mm": False, "dotprod": True}
+    assert cpu_features.cpuinfo_features(text) == {"dotprod", "i8mm"}
+    assert cpu_features.cpuinfo_features("Features\t: fp asimd crc32\n") == set()
+    got = cpu_features.parse_features("+neon,-i8mm,+dotprod")
+    assert got == {"neon": True, "i8mm": False, "dotprod": True}
 
 
 @pytest.mark.parametrize("name,want", [
@@ -71,12 +72,10 @@ def test_neon_dots_compile_to_dot_product_instructions(name, want):
     assert "udot" not in every and "bl" not in every  # no calls: everything inlined
 
 
-def _wrap(fn):
+def _wrap(fn, arity: int):
     """A jitted caller of the intrinsic `fn` (intrinsics run only inside numba code)."""
     from numba import njit
 
-    arity = {neon.dot_t2: 2, neon.dot_t3: 2, neon.dot_q8: 3, neon.dot_q4f_i8: 3, neon.dot_b1_row: 4,
-             neon.dot_q4_i8: 5, neon.dot_q8_2x2: 5}[fn]
     callers = {
         2: lambda a, b: fn(a, b),
         3: lambda a, b, c: fn(a, b, c),
@@ -86,24 +85,31 @@ def _wrap(fn):
     return njit(callers[arity])
 
 
-needs_dotprod = pytest.mark.skipif(not neon.HAVE_DOTPROD, reason="needs an ARM64 CPU with dotprod")
-needs_i8mm = pytest.mark.skipif(not neon.HAVE_I8MM, reason="needs an ARM64 CPU with i8mm")
+needs_dotprod = pytest.mark.skipif(not cpu_features.HAVE_NEON_DOTPROD, reason="needs an ARM64 CPU with dotprod")
+needs_i8mm = pytest.mark.skipif(not cpu_features.HAVE_I8MM, reason="needs an ARM64 CPU with i8mm")
 
 
 def test_features_are_found_on_arm64():
-    """Under tools/arm64/run_tests.sh (QEMU_CPU=max) both extensions are there and usable."""
+    """Under tools/arm64/run_tests.sh (QEMU_CPU=max) both extensions are found and used: the
+    encodings' dots are the NEON ones."""
     if not ON_ARM64:
-        assert not neon.HAVE_DOTPROD and not neon.HAVE_I8MM
+        assert not cpu_features.HAVE_NEON_DOTPROD and not cpu_features.HAVE_I8MM
         return
-    assert neon.kernel_features() <= {"dotprod", "i8mm"}
-    assert neon.HAVE_DOTPROD == ("dotprod" in neon.kernel_features())
+    found = cpu_features.kernel_features()
+    assert cpu_features.HAVE_NEON_DOTPROD == ("dotprod" in found)
+    assert cpu_features.HAVE_I8MM == ({"dotprod", "i8mm"} <= found)
+    if cpu_features.HAVE_NEON_DOTPROD:
+        assert ternary.dot_t2 is ternary._dot_t2_neon and ternary.dot_t3 is ternary._dot_t3_neon
+        assert onebit._dot_b1_row is onebit._dot_b1_neon and q8.dot_q8 is q8._dot_q8_neon
+        assert grouped._dot_q4_i8_fast is grouped._dot_q4_i8_neon
+        assert affine._dot_q4f_fast is affine._dot_q4f_neon
 
 
 @needs_dotprod
 def test_neon_dots_match_portable_loops():
     rng = np.random.default_rng(21)
-    t2, t3, b1 = _wrap(neon.dot_t2), _wrap(neon.dot_t3), _wrap(neon.dot_b1_row)
-    q4, q4f, q8 = _wrap(neon.dot_q4_i8), _wrap(neon.dot_q4f_i8), _wrap(neon.dot_q8)
+    t2, t3, b1 = _wrap(ternary._dot_t2_neon, 2), _wrap(ternary._dot_t3_neon, 2), _wrap(onebit._dot_b1_neon, 4)
+    q4, q4f, q8_ = _wrap(grouped._dot_q4_i8_neon, 5), _wrap(affine._dot_q4f_neon, 3), _wrap(q8._dot_q8_neon, 3)
     for q in (32, 64, 96, 1728):
         x = rng.integers(-128, 128, 8 * q + 32).astype(np.int8)
         x[:8] = -128
@@ -111,8 +117,8 @@ def test_neon_dots_match_portable_loops():
         c2[:4] = 0b10101010
         c3 = rng.integers(0, 243, q).astype(np.uint8)
         c3[:2] = 242
-        assert t2(c2, x) == simd.dot_t2_generic(c2, x)
-        assert t3(c3, x) == simd.dot_t3_generic(c3, x)
+        assert t2(c2, x) == ternary.dot_t2_generic(c2, x)
+        assert t3(c3, x) == ternary.dot_t3_generic(c3, x)
         for q1 in (q, q + 8, q + 31):  # OneBit rows of any length: a tail buffer for the last bytes
             c1 = rng.integers(0, 256, q1).astype(np.uint8)
             x1 = np.zeros(8 * q1 + 32, np.int8)
@@ -121,7 +127,7 @@ def test_neon_dots_match_portable_loops():
             tail[: q1 % 32] = c1[q1 // 32 * 32 :]
             bits = [(c1.astype(np.int64) >> j) & 1 for j in range(8)]
             want = int(sum(bits[j] @ x1[j * q1 : (j + 1) * q1] for j in range(8)))
-            assert b1(c1, x1, q1, tail) == want == simd.dot_b1_generic(c1, x1, q1, tail)
+            assert b1(c1, x1, q1, tail) == want == onebit.dot_b1_generic(c1, x1, q1, tail)
         for group in (32, 64, 128):
             n = 2 * q // group * group
             if n == 0:
@@ -129,11 +135,11 @@ def test_neon_dots_match_portable_loops():
             c4 = rng.integers(0, 256, n // 2).astype(np.uint8)
             d = rng.random(n // group).astype(np.float32)
             sq = rng.integers(1, 256, n // group).astype(np.uint8)
-            np.testing.assert_allclose(q4(c4, x, d, sq, group), simd.dot_q4_i8_generic(c4, x, d, sq, group), rtol=1e-5)
+            np.testing.assert_allclose(q4(c4, x, d, sq, group), grouped.dot_q4_i8_generic(c4, x, d, sq, group), rtol=1e-5)
         ng = 2 * (q // 32)  # q4f G = 32: an even number of groups, x pair-permuted
         c4f = rng.integers(0, 256, 16 * ng).astype(np.uint8)
         sd = rng.random(ng).astype(np.float32)
-        np.testing.assert_allclose(q4f(c4f, x, sd), simd.dot_q4f32_i8_generic(c4f, x, sd), rtol=1e-5)
+        np.testing.assert_allclose(q4f(c4f, x, sd), affine.dot_q4f32_i8_generic(c4f, x, sd), rtol=1e-5)
         for nb in (q // 4, q // 4 - 1):  # q8: even and odd block counts, all of int8
             c8 = rng.integers(-128, 128, 32 * nb).astype(np.int8)
             c8[:8] = -128
@@ -141,13 +147,13 @@ def test_neon_dots_match_portable_loops():
             d8 = rng.random(nb).astype(np.float32)
             terms = d8.astype(np.float64) * (c8.astype(np.int64) * x8).reshape(nb, 32).sum(1)
             tol = 1e-5 * float(np.abs(terms).sum()) + 1e-6
-            np.testing.assert_allclose(q8(c8, x8, d8), terms.sum(), rtol=0, atol=tol)
-            np.testing.assert_allclose(q8(c8, x8, d8), simd.dot_q8_generic(c8, x8, d8), rtol=0, atol=tol)
+            np.testing.assert_allclose(q8_(c8, x8, d8), terms.sum(), rtol=0, atol=tol)
+            np.testing.assert_allclose(q8_(c8, x8, d8), q8.dot_q8_generic(c8, x8, d8), rtol=0, atol=tol)
 
 
 @needs_i8mm
 def test_i8mm_2x2_matches_four_dots():
-    mm = _wrap(neon.dot_q8_2x2)
+    mm = _wrap(q8.dot_q8_2x2, 5)
     rng = np.random.default_rng(5)
     for nb in (1, 2, 7):
         w = rng.integers(-128, 128, (2, 32 * nb)).astype(np.int8)
@@ -163,11 +169,11 @@ def test_i8mm_2x2_matches_four_dots():
 def test_numba_assembly_of_the_neon_dots_has_sdot_and_smmla():
     """numba's own assembly (the jitted callers, this CPU's target) has the instructions."""
     u8, i8 = np.zeros(64, np.uint8), np.zeros(8 * 64 + 32, np.int8)
-    f = _wrap(neon.dot_t2)
+    f = _wrap(ternary._dot_t2_neon, 2)
     f(u8, i8)
     assert re.search(r"\bsdot\b", next(iter(f.inspect_asm().values())))
-    if neon.HAVE_I8MM:
-        g = _wrap(neon.dot_q8_2x2)
+    if cpu_features.HAVE_I8MM:
+        g = _wrap(q8.dot_q8_2x2, 5)
         w = np.zeros(32, np.int8)
         g(w, w, w, w, np.zeros(4, np.float32))
         assert re.search(r"\bsmmla\b", next(iter(g.inspect_asm().values())))

@@ -15,20 +15,23 @@ import re
 import numpy as np
 from numba import njit
 
-from lowbit.runtime.kernels import neon
+from lowbit.runtime.kernels import affine, grouped, neon, onebit, q8, ternary
+from lowbit.runtime.kernels.cpu_features import HAVE_I8MM, HAVE_NEON_DOTPROD
 
 
 def _numba_asm(name: str) -> str:
+    """numba's assembly of a jitted caller of the dot (this CPU's target)."""
     u8, i8, f32 = np.uint8, np.int8, np.float32
     z = np.zeros
     calls = {
-        "dot_t2": (lambda a, b: neon.dot_t2(a, b), (z(64, u8), z(4 * 64, i8))),
-        "dot_t3": (lambda a, b: neon.dot_t3(a, b), (z(64, u8), z(5 * 64, i8))),
-        "dot_b1": (lambda a, b, c, d: neon.dot_b1_row(a, b, c, d), (z(64, u8), z(8 * 64 + 32, i8), 64, z(32, u8))),
-        "dot_q8": (lambda a, b, c: neon.dot_q8(a, b, c), (z(64, i8), z(64, i8), z(2, f32))),
-        "dot_q4_i8": (lambda a, b, c, d, e: neon.dot_q4_i8(a, b, c, d, e), (z(64, u8), z(128, i8), z(2, f32), z(2, u8), 64)),
-        "dot_q4f_i8": (lambda a, b, c: neon.dot_q4f_i8(a, b, c), (z(32, u8), z(64, i8), z(2, f32))),
-        "dot_q8_2x2": (lambda a, b, c, d, e: neon.dot_q8_2x2(a, b, c, d, e), (z(32, i8),) * 4 + (z(4, f32),)),
+        "dot_t2": (lambda a, b: ternary._dot_t2_neon(a, b), (z(64, u8), z(4 * 64, i8))),
+        "dot_t3": (lambda a, b: ternary._dot_t3_neon(a, b), (z(64, u8), z(5 * 64, i8))),
+        "dot_b1": (lambda a, b, c, d: onebit._dot_b1_neon(a, b, c, d), (z(64, u8), z(8 * 64 + 32, i8), 64, z(32, u8))),
+        "dot_q8": (lambda a, b, c: q8._dot_q8_neon(a, b, c), (z(64, i8), z(64, i8), z(2, f32))),
+        "dot_q4_i8": (lambda a, b, c, d, e: grouped._dot_q4_i8_neon(a, b, c, d, e),
+                      (z(64, u8), z(128, i8), z(2, f32), z(2, u8), 64)),
+        "dot_q4f_i8": (lambda a, b, c: affine._dot_q4f_neon(a, b, c), (z(32, u8), z(64, i8), z(2, f32))),
+        "dot_q8_2x2": (lambda a, b, c, d, e: q8.dot_q8_2x2(a, b, c, d, e), (z(32, i8),) * 4 + (z(4, f32),)),
     }
     fn, args = calls[name]
     jf = njit(fn)
@@ -40,10 +43,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="print every loop instruction")
     args = ap.parse_args()
-    native = neon.HAVE_DOTPROD
+    native = HAVE_NEON_DOTPROD
     print(f"source: {'numba inspect_asm on this ARM64 CPU' if native else 'LLVM AArch64 cross-compile'}")
-    for name in neon.SIGNATURES:
-        if name == "dot_q8_2x2" and native and not neon.HAVE_I8MM:
+    for name in neon.DOTS:
+        if name == "dot_q8_2x2" and native and not HAVE_I8MM:
             continue
         asm = _numba_asm(name) if native else neon.aarch64_asm(name)
         loop = neon.inner_loop(asm)

@@ -97,6 +97,8 @@ make_root() {
 
 mount_root() {
     cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    # this host's CA bundle, for pip behind a TLS-inspecting proxy as well as without one
+    cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/lowbit-host-ca.crt"
     mount -t proc proc "$ROOT/proc"
     mount --rbind /dev "$ROOT/dev"
     mount -t tmpfs tmpfs "$ROOT/tmp"
@@ -112,7 +114,7 @@ make_venv() {
     if [ "$(cat "$ROOT/.lowbit-venv" 2>/dev/null)" != "$want" ]; then
         log "venv with ${PY_DEPS[*]} (arm64 wheels from PyPI)"
         in_root python3 -m venv "$VENV"
-        in_root "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_DEPS[@]}"
+        in_root "$VENV/bin/pip" install -q --disable-pip-version-check --cert /etc/lowbit-host-ca.crt "${PY_DEPS[@]}"
         echo "$want" > "$ROOT/.lowbit-venv"
     fi
 }
