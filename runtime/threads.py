@@ -51,14 +51,14 @@ def tbb_installed() -> bool:
 
 
 def layer_order(machine: str | None = None, have_tbb: bool | None = None) -> list[str]:
-    """Numba threading layers to try, best first (see the module's docstring): TBB before OpenMP
-    on x86 (numba itself skips a TBB that will not load), OpenMP with the system libgomp first on
-    ARM64, with TBB after it only where it is installed; workqueue last."""
+    """Numba's threading layers in the order to try them (numba wants all three; it skips one
+    that will not load): TBB before OpenMP on x86; on ARM64 OpenMP with the system libgomp
+    first, then TBB where it is installed, else workqueue before a TBB that is not there."""
     machine = (machine if machine is not None else platform.machine()).lower()
     if machine not in ARM64:
         return ["tbb", "omp", "workqueue"]
     tbb = tbb_installed() if have_tbb is None else have_tbb
-    return ["omp", *(["tbb"] if tbb else []), "workqueue"]
+    return ["omp", "tbb", "workqueue"] if tbb else ["omp", "workqueue", "tbb"]
 
 
 WAIT_ENV = {"GOMP_SPINCOUNT": "300", "KMP_BLOCKTIME": "0"}

