@@ -137,8 +137,8 @@ def test_make_linear_matches_dequantized(encoding):
 
 def test_registry_covers_every_encoding():
     """One row per encoding the format defines, naming parts the encoding stores; the converter
-    quantises every family but the affine grids (GGUF-only)."""
-    from lowbit.quant import QUANTIZERS
+    quantises every family but the GGUF-only grids (affine, kquant)."""
+    from lowbit.quant import GGUF_ONLY, QUANTIZERS
 
     assert set(REGISTRY) == set(ENCODINGS)
     rng = np.random.default_rng(4)
@@ -146,7 +146,7 @@ def test_registry_covers_every_encoding():
         assert kernels.spec is ENCODINGS[name]
         stored = set(pack(name, rng, shape=(OUT, in_features(name))).parts)
         assert {p for p in kernels.parts if p} <= stored | {"mins"}, name
-        assert (kernels.spec.family in QUANTIZERS) == (kernels.spec.family != "affine"), name
+        assert (kernels.spec.family in QUANTIZERS) == (kernels.spec.family not in GGUF_ONLY), name
 
 
 def test_from_memory_mapped_file(tmp_path):

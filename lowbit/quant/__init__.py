@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.errors import ConversionError
 from lowbit.formats.encodings import EncodedTensor, get_encoding
 
 
@@ -43,13 +44,17 @@ def _onebit(w: np.ndarray, encoding: str, params: dict[str, Any]) -> EncodedTens
 QUANTIZERS: dict[str, Callable[[np.ndarray, str, dict[str, Any]], EncodedTensor]] = {
     "dense": _dense, "q8": _q8, "grouped": _grouped, "ternary": _ternary, "onebit": _onebit,
 }  # fmt: skip
+GGUF_ONLY = frozenset({"affine", "kquant"})  # families that only `--method keep` writes (GGUF's grids)
 
 
 def quantize(w: np.ndarray, encoding: str, params: dict[str, Any]) -> EncodedTensor:
     """Round-to-nearest / absmean / SVID quantisation of one tensor (no calibration data)."""
     family = get_encoding(encoding).family  # raises UnknownEncoding
-    if family not in QUANTIZERS:
-        raise AssertionError(encoding)
+    if family in GGUF_ONLY:
+        raise ConversionError(
+            f"encoding {encoding} holds GGUF's own grids: it comes from `--method keep` on a GGUF, "
+            "not from float weights"
+        )
     return QUANTIZERS[family](w, encoding, params)
 
 

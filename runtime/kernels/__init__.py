@@ -18,8 +18,11 @@ times them).
 
 Numba's on-disk cache lives outside the installation, keyed and stamped by the kernels' content
 digest (`cache`, imported first so that its locator is registered before any kernel is decorated).
+`cpu_features` comes next: on AArch64 it may add the CPU's DotProd / i8mm to numba's target
+features, which numba reads when the first function is decorated.
 """
 
 from __future__ import annotations
 
 from lowbit.runtime.kernels import cache as _cache  # noqa: F401  (registers the cache locator)
+from lowbit.runtime.kernels import cpu_features as _cpu_features  # noqa: F401  (before any @njit)

@@ -24,7 +24,7 @@ from numba.extending import intrinsic
 from lowbit.formats.encodings.affine import Q1F, Q2F, Q4F
 from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, HAVE_VNNI
 from lowbit.runtime.kernels.grouped import row_dot_q1, row_dot_q2, row_dot_q4
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.q8 import decode_activation_ref
@@ -110,8 +110,55 @@ def dot_q4f32_i8_generic(codes, x, sd):
 _dot_q4f_avx2 = _q4f_i8_dot(vnni=False)
 _dot_q4f_vnni = _q4f_i8_dot(vnni=True)
 
-if HAVE_AVX2:
-    _dot_q4f_fast = _dot_q4f_vnni if HAVE_VNNI else _dot_q4f_avx2
+def emit_q4f_i8_neon(b, codes, x, sd, ngroups):
+    """AArch64: Σ_g sd_g Σ q·x for one q4f G = 32 row, an even group count, x pair-permuted
+    (`permute_pairs`): group 2c's 16 code bytes meet xp[64c ..] (low nibbles) and xp[64c + 32 ..]
+    (high), group 2c + 1's xp[64c + 16 ..] and xp[64c + 48 ..]. Two `sdot` per group, one
+    convert and FMA by sd_g each, the two groups into two accumulators."""
+    dot, fma4 = lir.sdot(b), lir.fma(b, lir.V4F32)
+    fifteen, four = lir.splat(lir.I8, 16, 15), lir.splat(lir.I8, 16, 4)
+
+    def body(c, accs):
+        out = list(accs)
+        for h in range(2):
+            g = b.add(c, lir.const(h))
+            v = lir.load(b, codes, b.mul(g, lir.const(16)), lir.V16I8)
+            xo = b.add(b.mul(c, lir.const(32)), lir.const(16 * h))
+            ints = b.call(dot, [ir.Constant(lir.V4I32, None), b.and_(v, fifteen), lir.load(b, x, xo, lir.V16I8)])
+            ints = b.call(dot, [ints, b.lshr(v, four), lir.load(b, x, b.add(xo, lir.const(32)), lir.V16I8)])
+            s = lir.broadcast(b, b.load(b.gep(sd, [g])), 4)
+            out[h] = b.call(fma4, [b.sitofp(ints, lir.V4F32), s, out[h]])
+        return out
+
+    zero = ir.Constant(lir.V4F32, None)
+    a0, a1 = lir.loop(b, ngroups, 2, [zero, zero], body, "q4fn")
+    return lir.hsum_f32(b, b.fadd(a0, a1))
+
+
+@intrinsic
+def _dot_q4f_neon(typingctx, codes, x, sd):
+    """As _q4f_i8_dot's dots, on AArch64 DotProd (an even number of groups)."""
+    ok = (
+        all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, sd))
+        and codes.dtype == types.uint8
+        and x.dtype == types.int8
+        and sd.dtype == types.float32
+    )
+    if not ok:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ca, xa, sa = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args))
+        return emit_q4f_i8_neon(builder, ca.data, xa.data, sa.data, builder.extract_value(sa.shape, 0))
+
+    return types.float32(codes, x, sd), codegen
+
+
+if HAVE_AVX2 or HAVE_NEON_DOTPROD:
+    if HAVE_AVX2:
+        _dot_q4f_fast = _dot_q4f_vnni if HAVE_VNNI else _dot_q4f_avx2
+    else:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
+        _dot_q4f_fast = _dot_q4f_neon
 
     @helper
     def dot_q4f32_i8(codes, x, sd):
@@ -120,7 +167,7 @@ if HAVE_AVX2:
             return _dot_q4f_fast(codes, x, sd)
         return dot_q4f32_i8_generic(codes, x, sd)
 
-else:  # pragma: no cover - exercised on machines without AVX2
+else:  # pragma: no cover - exercised on machines without AVX2 or DotProd
     dot_q4f32_i8 = dot_q4f32_i8_generic
 
 

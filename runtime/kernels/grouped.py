@@ -38,7 +38,7 @@ from numba.extending import intrinsic
 from lowbit.formats.encodings import Q2, Q3, Q4
 from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, HAVE_VNNI
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.q8 import decode_activation_ref, quantize_runs_into
 
@@ -159,17 +159,74 @@ def dot_q4_i8_generic(codes, x, d, scales, group):
     return acc
 
 
-if HAVE_AVX2:
-    _dot_q4_i8_fast = _dot_q4_i8_vnni if HAVE_VNNI else _dot_q4_i8_avx2
+def emit_q4_i8_neon(b, codes, x, d, scales, ngroups, group):
+    """AArch64: Σ_g sq_g d_g Σ q·x for one q4 row (G % 32 == 0). Code byte k of a group holds
+    the codes of x[gG + k] (low nibble) and x[gG + G/2 + k] (high): 32 code bytes per step,
+    four `sdot` into four int32 accumulators (a last 16 bytes when G/2 % 32 == 16), one convert
+    and FMA by sq_g·d_g per group."""
+    dot, fma4 = lir.sdot(b), lir.fma(b, lir.V4F32)
+    half = b.sdiv(group, lir.const(2))
+    fifteen, four = lir.splat(lir.I8, 16, 15), lir.splat(lir.I8, 16, 4)
+    zero_i = ir.Constant(lir.V4I32, None)
+
+    def group_body(g, accs):
+        cbase, xbase = b.mul(g, half), b.mul(g, group)
+
+        def chunk16(o, ia):
+            v = lir.load(b, codes, b.add(cbase, o), lir.V16I8)
+            xo = b.add(xbase, o)
+            lo = b.call(dot, [ia[0], b.and_(v, fifteen), lir.load(b, x, xo, lir.V16I8)])
+            hi = b.call(dot, [ia[1], b.lshr(v, four), lir.load(b, x, b.add(xo, half), lir.V16I8)])
+            return [lo, hi]
+
+        full = b.mul(b.sdiv(half, lir.const(32)), lir.const(32))
+        ia = lir.loop(b, full, 32, [zero_i] * 4,
+                      lambda o, a: chunk16(o, a[:2]) + chunk16(b.add(o, lir.const(16)), a[2:]), "q4n")
+        ia = lir.when(b, b.icmp_signed("!=", full, half), ia[:2], lambda a: chunk16(full, a), "q4n.last") + ia[2:]
+        s = b.fmul(b.uitofp(b.load(b.gep(scales, [g])), lir.F32), b.load(b.gep(d, [g])))
+        total = b.add(b.add(ia[0], ia[1]), b.add(ia[2], ia[3]))
+        return [b.call(fma4, [b.sitofp(total, lir.V4F32), lir.broadcast(b, s, 4), accs[0]])]
+
+    (acc,) = lir.loop(b, ngroups, 1, [ir.Constant(lir.V4F32, None)], group_body, "q4n.g")
+    return lir.hsum_f32(b, acc)
+
+
+@intrinsic
+def _dot_q4_i8_neon(typingctx, codes, x, d, scales, group):
+    """As _q4_i8_dot's dots, on AArch64 DotProd, for G % 32 == 0."""
+    ok = (
+        all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d, scales))
+        and codes.dtype == scales.dtype == types.uint8
+        and x.dtype == types.int8
+        and d.dtype == types.float32
+        and isinstance(group, types.Integer)
+    )
+    if not ok:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ca, xa, da, sa = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:4], args[:4]))
+        g = context.cast(builder, args[4], sig.args[4], types.int64)
+        ng = builder.extract_value(sa.shape, 0)
+        return emit_q4_i8_neon(builder, ca.data, xa.data, da.data, sa.data, ng, g)
+
+    return types.float32(codes, x, d, scales, group), codegen
+
+
+if HAVE_AVX2 or HAVE_NEON_DOTPROD:
+    if HAVE_AVX2:
+        _dot_q4_i8_fast, _FAST_GROUPS = (_dot_q4_i8_vnni if HAVE_VNNI else _dot_q4_i8_avx2), 64
+    else:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
+        _dot_q4_i8_fast, _FAST_GROUPS = _dot_q4_i8_neon, 32
 
     @helper
     def dot_q4_i8(codes, x, d, scales, group):
-        """Σ_g sq_g d_g Σ q·x_q for one q4 row (vector path when G % 64 == 0)."""
-        if group % 64 == 0:
+        """Σ_g sq_g d_g Σ q·x_q for one q4 row (vector path when G % 64 == 0; NEON: % 32)."""
+        if group % _FAST_GROUPS == 0:
             return _dot_q4_i8_fast(codes, x, d, scales, group)
         return dot_q4_i8_generic(codes, x, d, scales, group)
 
-else:  # pragma: no cover - exercised on machines without AVX2
+else:  # pragma: no cover - exercised on machines without AVX2 or DotProd
     dot_q4_i8 = dot_q4_i8_generic
 
 

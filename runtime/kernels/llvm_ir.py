@@ -8,12 +8,15 @@ row dots are written as vector IR, each in its encoding's module (`ternary`, `on
 - the IR types, constant splats and a scalar broadcast;
 - the intrinsic declarations (x86 `pmaddubsw` / `pmaddwd` / `psign` / `vpdpbusd`, and the
   portable `fmuladd`, `abs` and vector reductions) and the horizontal sums;
-- `loop`, the one counted-loop builder every dot uses;
+- `loop`, the one counted-loop builder every dot uses, and `when` for a step run at most once;
 - `stream_dot`, the u8-codes × int8-activations loop of the ternary and OneBit rows: stream j of
   code byte k pairs with x[k + j·stride]; AVX2 sums the streams' `vpmaddubsw` pairs and widens
   them with one `vpmaddwd` by ones per 32 bytes, VNNI runs one `vpdpbusd` per stream (OneBit
   2B-shaped decode layers: 22.8 → 17.3 ms/token);
-- `vectors` / `codes_and_int8`, the type checks of the dots' array arguments.
+- `vectors` / `codes_and_int8`, the type checks of the dots' array arguments;
+- the AArch64 side: `sdot` / `smmla` declarations and `neon_stream_dot`, the same stream loop on
+  16-byte NEON vectors (one `sdot` per stream and half: 16 int8 products summed four to a lane),
+  built on raw pointers so that `neon.aarch64_asm` can compile it on any host.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ V16I16 = ir.VectorType(I16, 16)
 V8I32 = ir.VectorType(I32, 8)
 V8F32 = ir.VectorType(F32, 8)
 V4F32 = ir.VectorType(F32, 4)
+V16I8 = ir.VectorType(I8, 16)
+V4I32 = ir.VectorType(I32, 4)
 
 VNNI_ACCUMULATORS = 4  # streams j go to accumulator j % 4: two dependent vpdpbusd per step, not 4-8
 
@@ -97,14 +102,25 @@ def fma(builder: ir.IRBuilder, vt: ir.VectorType = V8F32) -> ir.Function:
 
 
 def hsum_i32(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    """Σ of the lanes of a <8 x i32>."""
-    return builder.call(_declare(builder, "llvm.vector.reduce.add.v8i32", I32, [V8I32]), [v])
+    """Σ of the lanes of a <n x i32>."""
+    name = f"llvm.vector.reduce.add.v{v.type.count}i32"
+    return builder.call(_declare(builder, name, I32, [v.type]), [v])
 
 
 def hsum_f32(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    """0.0 + Σ of the lanes of a <8 x float> (reassociation allowed under fastmath)."""
-    fn = _declare(builder, "llvm.vector.reduce.fadd.v8f32", F32, [F32, V8F32])
+    """0.0 + Σ of the lanes of a <n x float> (reassociation allowed under fastmath)."""
+    fn = _declare(builder, f"llvm.vector.reduce.fadd.v{v.type.count}f32", F32, [F32, v.type])
     return builder.call(fn, [ir.Constant(F32, 0.0), v])
+
+
+def sdot(builder: ir.IRBuilder) -> ir.Function:
+    """AArch64 DotProd `sdot`: acc + Σ of four i8 × i8 products per i32 lane (16 bytes)."""
+    return _declare(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
+
+
+def smmla(builder: ir.IRBuilder) -> ir.Function:
+    """AArch64 i8mm `smmla`: acc (2×2 i32) + A (2×8 i8, row-major) × Bᵀ (B: 2×8 i8, row-major)."""
+    return _declare(builder, "llvm.aarch64.neon.smmla.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
 
 
 def tree_sum(builder: ir.IRBuilder, values: Sequence[ir.Value]) -> ir.Value:
@@ -158,6 +174,32 @@ def loop(
         p = builder.phi(v.type)
         p.add_incoming(init, pre)
         p.add_incoming(v, latch)
+        outs.append(p)
+    return outs
+
+
+def when(
+    builder: ir.IRBuilder,
+    cond: ir.Value,
+    values: Sequence[ir.Value],
+    body: Callable[[list[ir.Value]], list[ir.Value]],
+    name: str = "when",
+) -> list[ir.Value]:
+    """`if cond: values = body(values)` (a step that runs at most once: no loop for LLVM to keep)."""
+    pre = builder.block
+    then = builder.append_basic_block(f"{name}.then")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.cbranch(cond, then, done)
+    builder.position_at_end(then)
+    nxt = list(body(list(values)))
+    end = builder.block
+    builder.branch(done)
+    builder.position_at_end(done)
+    outs = []
+    for v0, v1 in zip(values, nxt, strict=True):
+        p = builder.phi(v0.type)
+        p.add_incoming(v0, pre)
+        p.add_incoming(v1, end)
         outs.append(p)
     return outs
 
@@ -224,6 +266,35 @@ def stream_dot(
         return [builder.add(accs[0], builder.call(pmaddwd, [pairs, splat(I16, 16, 1)]))]
 
     totals = loop(builder, q, 32, [ir.Constant(V8I32, None)] * n_acc, body, "tdot")
+    total = totals[0]
+    for t in totals[1:]:
+        total = builder.add(total, t)
+    return hsum_i32(builder, total)
+
+
+def neon_stream_dot(builder, codes, x, q, stride, streams: int, unpack, tail=None) -> ir.Value:
+    """`stream_dot` for AArch64 on raw pointers (codes: i8*, q code bytes; x: i8*; stride: i64):
+    per 32-byte step, two 16-byte halves, `unpack` turning each into `streams` <16 x i8>
+    vectors (unsigned values < 128, or 0/-1 masks) and one `sdot` per stream and half into one
+    <4 x i32> accumulator per stream (each chain then waits on itself only). `tail`: a uint8
+    [32] pointer whose bytes replace the codes in a last partial step. Returns the i32 total."""
+    dot = sdot(builder)
+
+    def body(i, accs):
+        src, off = codes, i
+        if tail is not None:
+            partial = builder.icmp_signed(">", builder.add(i, const(32)), q)
+            src = builder.select(partial, tail, builder.gep(codes, [i]))
+            off = const(0)
+        out = list(accs)
+        for h in range(2):
+            cs = unpack(builder, load(builder, src, builder.add(off, const(16 * h)), V16I8))
+            for j in range(streams):
+                xo = builder.add(builder.add(i, const(16 * h)), builder.mul(stride, const(j)))
+                out[j] = builder.call(dot, [out[j], cs[j], load(builder, x, xo, V16I8)])
+        return out
+
+    totals = loop(builder, q, 32, [ir.Constant(V4I32, None)] * streams, body, "ndot")
     total = totals[0]
     for t in totals[1:]:
         total = builder.add(total, t)

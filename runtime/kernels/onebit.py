@@ -24,7 +24,7 @@ from numba.extending import intrinsic
 from lowbit.formats.encodings import ONEBIT
 from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, HAVE_VNNI
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.ternary import quantize_activation_ref, quantize_into
 
@@ -64,6 +64,38 @@ _dot_b1_avx2 = _onebit_dot(vnni=False)
 _dot_b1_vnni = _onebit_dot(vnni=True)
 
 
+def _masks1(builder, c):
+    """Bit j of each byte as a 0 / -1 byte: one `cmtst` per bit (NEON)."""
+    n = c.type.count
+    zero = lir.splat(lir.I8, n, 0)
+    return [
+        builder.sext(builder.icmp_unsigned("!=", builder.and_(c, lir.splat(lir.I8, n, 1 << j)), zero), c.type)
+        for j in range(8)
+    ]
+
+
+def emit_b1_neon(builder, codes, x, q, stride, tail):
+    """AArch64: `sdot` of each bit's 0/-1 mask with its x stream sums -Σ over set bits: negated."""
+    return builder.neg(lir.neon_stream_dot(builder, codes, x, q, stride, 8, _masks1, tail=tail))
+
+
+@intrinsic
+def _dot_b1_neon(typingctx, codes, x, stride, tail):
+    """As _onebit_dot's dots, on AArch64 DotProd."""
+    ok = lir.codes_and_int8(codes, x) and lir.codes_and_int8(tail, x)
+    if not ok or not isinstance(stride, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ca = context.make_array(sig.args[0])(context, builder, args[0])
+        xa = context.make_array(sig.args[1])(context, builder, args[1])
+        ta = context.make_array(sig.args[3])(context, builder, args[3])
+        st = context.cast(builder, args[2], sig.args[2], types.int64)
+        return emit_b1_neon(builder, ca.data, xa.data, builder.extract_value(ca.shape, 0), st, ta.data)
+
+    return types.int32(codes, x, stride, tail), codegen
+
+
 @helper
 def dot_b1_generic(codes, x, stride, tail):
     """As _dot_b1_avx2, in plain loops (reads the codes directly; `tail` is unused)."""
@@ -82,7 +114,9 @@ if HAVE_VNNI:
     _dot_b1_row = _dot_b1_vnni
 elif HAVE_AVX2:
     _dot_b1_row = _dot_b1_avx2
-else:  # pragma: no cover - exercised on machines without AVX2
+elif HAVE_NEON_DOTPROD:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
+    _dot_b1_row = _dot_b1_neon
+else:  # pragma: no cover - exercised on machines without AVX2 or DotProd
     _dot_b1_row = dot_b1_generic
 
 

@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 from lowbit.formats.encodings import Q8
 from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD
 from lowbit.runtime.kernels.jit import exact, f16_to_f32, helper, kernel
 
 BLOCK = 32
@@ -101,7 +101,107 @@ def dot_q8_generic(codes, x, d):
     return acc
 
 
-dot_q8 = _dot_q8_avx2 if HAVE_AVX2 else dot_q8_generic
+def emit_q8_neon(b, codes, x, d, nblocks):
+    """AArch64: Σ_b d[b] Σ_{k<32} codes·x, two `sdot` per block (any int8 codes and
+    activations: the products sum exactly in int32), one convert and FMA by d[b]; two blocks
+    per step into two float accumulators (the FMA chain's latency), an odd last block after."""
+    dot, fma4 = lir.sdot(b), lir.fma(b, lir.V4F32)
+    zero_i = ir.Constant(lir.V4I32, None)
+
+    def block(blk, acc):
+        off = b.mul(blk, lir.const(BLOCK))
+        ints = zero_i
+        for h in (0, 16):
+            o = b.add(off, lir.const(h))
+            ints = b.call(dot, [ints, lir.load(b, codes, o, lir.V16I8), lir.load(b, x, o, lir.V16I8)])
+        scale = lir.broadcast(b, b.load(b.gep(d, [blk])), 4)
+        return b.call(fma4, [b.sitofp(ints, lir.V4F32), scale, acc])
+
+    def body(s, accs):
+        return [block(s, accs[0]), block(b.add(s, lir.const(1)), accs[1])]
+
+    zero = ir.Constant(lir.V4F32, None)
+    pairs = b.mul(b.sdiv(nblocks, lir.const(2)), lir.const(2))
+    a0, a1 = lir.loop(b, pairs, 2, [zero, zero], body, "q8n")
+    total = b.fadd(a0, a1)
+    odd = b.icmp_signed("!=", pairs, nblocks)
+    (total,) = lir.when(b, odd, [total], lambda acc: [block(pairs, acc[0])], "q8n.odd")
+    return lir.hsum_f32(b, total)
+
+
+def emit_q8_2x2_neon(b, w0, w1, x0, x1, d, nblocks):
+    """i8mm: the four q8 dots of rows (w0, w1) × activations (x0, x1) as <4 x float>
+    [r0·x0, r0·x1, r1·x0, r1·x1], block b scaled by d[4b .. 4b + 4] in that order. Per 16 bytes
+    the two rows' and two activations' 8-byte halves are paired (`zip1`/`zip2` of 64-bit lanes)
+    into `smmla`, which adds the 2×2 products: four `smmla` per block of 32 where `sdot` needs
+    eight, so it pays where two activation vectors meet the same rows (prefill)."""
+    mm, fma4 = lir.smmla(b), lir.fma(b, lir.V4F32)
+    v2i64 = ir.VectorType(lir.I64, 2)
+
+    def pair(p, q, second):
+        idx = ir.Constant(ir.VectorType(lir.I32, 2), [1, 3] if second else [0, 2])
+        return b.bitcast(b.shuffle_vector(b.bitcast(p, v2i64), b.bitcast(q, v2i64), idx), lir.V16I8)
+
+    def body(blk, accs):
+        off = b.mul(blk, lir.const(BLOCK))
+        ints = ir.Constant(lir.V4I32, None)
+        for h in (0, 16):
+            o = b.add(off, lir.const(h))
+            r0, r1, t0, t1 = (lir.load(b, p, o, lir.V16I8) for p in (w0, w1, x0, x1))
+            for second in (False, True):
+                ints = b.call(mm, [ints, pair(r0, r1, second), pair(t0, t1, second)])
+        scales = lir.load(b, d, b.mul(blk, lir.const(4)), lir.V4F32, align=4)
+        return [b.call(fma4, [b.sitofp(ints, lir.V4F32), scales, accs[0]])]
+
+    (acc,) = lir.loop(b, nblocks, 1, [ir.Constant(lir.V4F32, None)], body, "q8mm")
+    return acc
+
+
+def _int8_arrays(*arrays) -> bool:
+    return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.int8
+               for a in arrays)
+
+
+@intrinsic
+def _dot_q8_neon(typingctx, codes, x, d):
+    """As _dot_q8_avx2, on AArch64 DotProd."""
+    f32_1d = isinstance(d, types.Array) and d.ndim == 1 and d.layout == "C" and d.dtype == types.float32
+    if not (_int8_arrays(codes, x) and f32_1d):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ca, xa, da = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args))
+        nb = builder.sdiv(builder.extract_value(ca.shape, 0), lir.const(BLOCK))
+        return emit_q8_neon(builder, ca.data, xa.data, da.data, nb)
+
+    return types.float32(codes, x, d), codegen
+
+
+@intrinsic
+def dot_q8_2x2(typingctx, w0, w1, x0, x1, d):
+    """i8mm (HAVE_I8MM only): (r0·x0, r0·x1, r1·x0, r1·x1) over len(w0) // 32 blocks of rows w0,
+    w1 and activations x0, x1 (int8), block b's four products scaled by d[4b : 4b + 4]."""
+    f32_1d = isinstance(d, types.Array) and d.ndim == 1 and d.layout == "C" and d.dtype == types.float32
+    if not (_int8_arrays(w0, w1, x0, x1) and f32_1d):
+        return None
+    ret = types.UniTuple(types.float32, 4)
+
+    def codegen(context, builder, sig, args):
+        arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args)]
+        nb = builder.sdiv(builder.extract_value(arrs[0].shape, 0), lir.const(BLOCK))
+        acc = emit_q8_2x2_neon(builder, *(a.data for a in arrs), nb)
+        lanes = [builder.extract_element(acc, ir.Constant(lir.I32, k)) for k in range(4)]
+        return context.make_tuple(builder, ret, lanes)
+
+    return ret(w0, w1, x0, x1, d), codegen
+
+
+if HAVE_AVX2:
+    dot_q8 = _dot_q8_avx2
+elif HAVE_NEON_DOTPROD:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
+    dot_q8 = _dot_q8_neon
+else:  # pragma: no cover - exercised on machines without AVX2 or DotProd
+    dot_q8 = dot_q8_generic
 
 
 @exact

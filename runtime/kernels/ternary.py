@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 
 from lowbit.formats.encodings import TERNARY, TERNARY_1P6
 from lowbit.runtime.kernels import llvm_ir as lir
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, HAVE_VNNI
 from lowbit.runtime.kernels.jit import exact, helper, kernel
 
 ACT_PAD = 640  # lcm(128, 160): quantised activations fit both ternary layouts
@@ -61,17 +61,18 @@ i32 = np.int32
 
 
 def _unpack2(builder, c):
-    three = lir.splat(lir.I8, 32, 3)
+    n = c.type.count  # 32 bytes (AVX2) or 16 (NEON)
+    three = lir.splat(lir.I8, n, 3)
     return [
         builder.and_(c, three),
-        builder.and_(builder.lshr(c, lir.splat(lir.I8, 32, 2)), three),
-        builder.and_(builder.lshr(c, lir.splat(lir.I8, 32, 4)), three),
-        builder.lshr(c, lir.splat(lir.I8, 32, 6)),
+        builder.and_(builder.lshr(c, lir.splat(lir.I8, n, 2)), three),
+        builder.and_(builder.lshr(c, lir.splat(lir.I8, n, 4)), three),
+        builder.lshr(c, lir.splat(lir.I8, n, 6)),
     ]
 
 
 def _unpack3(builder, c):
-    three = lir.splat(lir.I8, 32, 3)
+    three = lir.splat(lir.I8, c.type.count, 3)
     digits = []
     for _ in range(4):
         nxt = builder.udiv(c, three)
@@ -99,6 +100,36 @@ _dot_ternary_avx2 = _ternary_dot(4, _unpack2, vnni=False)
 _dot_ternary_1p6_avx2 = _ternary_dot(5, _unpack3, vnni=False)
 _dot_ternary_vnni = _ternary_dot(4, _unpack2, vnni=True)
 _dot_ternary_1p6_vnni = _ternary_dot(5, _unpack3, vnni=True)
+
+
+# AArch64 (DotProd): one `sdot` per stream and 16 code bytes; the base-3 digits by a vector
+# divide by 3, which LLVM makes a multiply-high (`umull`/`umull2` + shift) per digit.
+def emit_ternary_neon(builder, codes, x, q):
+    return lir.neon_stream_dot(builder, codes, x, q, q, 4, _unpack2)
+
+
+def emit_ternary_1p6_neon(builder, codes, x, q):
+    return lir.neon_stream_dot(builder, codes, x, q, q, 5, _unpack3)
+
+
+def _neon_ternary_dot(emit):
+    @intrinsic
+    def dot(typingctx, codes, x):
+        if not lir.codes_and_int8(codes, x):
+            return None
+
+        def codegen(context, builder, sig, args):
+            ca = context.make_array(sig.args[0])(context, builder, args[0])
+            xa = context.make_array(sig.args[1])(context, builder, args[1])
+            return emit(builder, ca.data, xa.data, builder.extract_value(ca.shape, 0))
+
+        return types.int32(codes, x), codegen
+
+    return dot
+
+
+_dot_ternary_neon = _neon_ternary_dot(emit_ternary_neon)
+_dot_ternary_1p6_neon = _neon_ternary_dot(emit_ternary_1p6_neon)
 
 _RUN = 32
 
@@ -161,7 +192,10 @@ if HAVE_VNNI:
 elif HAVE_AVX2:
     dot_ternary = _dot_ternary_avx2
     dot_ternary_1p6 = _dot_ternary_1p6_avx2
-else:  # pragma: no cover - exercised on machines without AVX2
+elif HAVE_NEON_DOTPROD:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
+    dot_ternary = _dot_ternary_neon
+    dot_ternary_1p6 = _dot_ternary_1p6_neon
+else:  # pragma: no cover - exercised on machines without AVX2 or DotProd
     dot_ternary = dot_ternary_generic
     dot_ternary_1p6 = dot_ternary_1p6_generic
 
