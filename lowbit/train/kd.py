@@ -1,0 +1,108 @@
+"""OneBit knowledge distillation (seed 000/002) and the same recipe for BitNet-style ternary
+students: the quantised student is trained against the float teacher with
+
+    L = KL(P_teacher ‖ P_student) + α Σ_layers mean_tokens ‖ q_T/‖q_T‖ − q_S/‖q_S‖ ‖²,
+
+the paper's loss (its cross-entropy on the teacher's soft labels differs from this KL by the
+teacher's entropy, a constant), from SVID (onebit) or absmean (ternary) initialisation, with
+straight-through estimators on signs and trits.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowbit.train import TrainingError
+from lowbit.train.config import TrainConfig, TrainResult
+from lowbit.train.loop import Budget, Run
+from lowbit.train.students import KD_ENCODINGS, export_student, make_student, replace_linears
+from lowbit.train.teacher import Source, linear_modules, quantise_embeddings
+
+DEFAULT_LR = 2e-4
+VALUE_LR_SCALE = 5.0  # g, h and row scales move faster than the latent weights behind the signs
+
+
+def kd_loss(t_out, s_out, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+    lt = torch.log_softmax(t_out.logits.float(), -1)
+    ls = torch.log_softmax(s_out.logits.float(), -1)
+    kl = (lt.exp() * (lt - ls)).sum(-1).mean()
+    mse = torch.zeros((), device=kl.device)
+    for ht, hs in zip(t_out.hidden_states[1:], s_out.hidden_states[1:]):
+        mse = mse + (nn.functional.normalize(ht.float(), dim=-1) - nn.functional.normalize(hs.float(), dim=-1)).pow(2).sum(-1).mean()
+    return kl + alpha * mse, {"kl": float(kl.detach()), "mse": float(mse.detach())}
+
+
+def batch_ids(windows: np.ndarray, step: int, batch: int, seed: int) -> np.ndarray:
+    """The windows of one step: epoch-wise permutations from the seed, so a resumed run sees
+    exactly the batches an uninterrupted one would."""
+    n = len(windows)
+    picks = []
+    for k in range(step * batch, (step + 1) * batch):
+        epoch, pos = divmod(k, n)
+        picks.append(np.random.default_rng([seed, epoch]).permutation(n)[pos])
+    return windows[picks]
+
+
+def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows: np.ndarray,
+             meta: dict) -> TrainResult:
+    device = next(teacher.parameters()).device
+    student = copy.deepcopy(teacher)
+    quantise_embeddings(student, choose)
+    mods = linear_modules(student, src, choose)
+    bad = sorted({enc for _, enc, _ in mods.values() if enc not in KD_ENCODINGS})
+    if bad:
+        raise TrainingError(f"--train kd distils into {', '.join(KD_ENCODINGS)}; this conversion asks for {', '.join(bad)} "
+                            "(use --train lsi for q2/q3/q4)")
+    enc_of = {name: (enc, params) for name, enc, params in mods.values()}
+    students = replace_linears(student, {p: n for p, (n, _, _) in mods.items()},
+                               lambda lin, name: make_student(lin, enc_of[name][0]))
+    params, latent, values = {}, [], []
+    for name, m in students.items():
+        for attr, p in m.named_parameters():
+            if p.requires_grad:
+                params[f"{name}:{attr}"] = p
+                (latent if attr == "latent" else values).append(p)
+    lr = cfg.lr or DEFAULT_LR
+    groups = [{"params": latent, "base_lr": lr}, {"params": values, "base_lr": lr * VALUE_LR_SCALE}]
+    run = Run(params, groups, Budget(cfg.budget_minutes * 60, cfg.max_steps), cfg.checkpoint, meta,
+              every=cfg.every, desc=f"distilling ({', '.join(sorted({e for e, _ in enc_of.values()}))})")
+    if cfg.resume:
+        from lowbit.train.checkpoint import load_checkpoint
+
+        tensors, saved = load_checkpoint(cfg.checkpoint)
+        from lowbit.train.checkpoint import check_compatible
+
+        check_compatible(cfg.checkpoint, saved, meta)
+        run.restore(tensors, saved, cfg.checkpoint)
+    student.train()
+
+    def step_fn(step: int):
+        ids = torch.from_numpy(batch_ids(windows, step, cfg.batch, cfg.seed)).to(device)
+        with torch.no_grad():
+            t_out = teacher(input_ids=ids, output_hidden_states=True)
+        s_out = student(input_ids=ids, output_hidden_states=True)
+        return kd_loss(t_out, s_out, cfg.alpha)
+
+    run.run(step_fn)
+    tensors = {name: export_student(m, *enc_of[name]) for name, m in students.items()}
+    return TrainResult(tensors, _provenance(run, cfg, lr, windows))
+
+
+def _provenance(run: Run, cfg: TrainConfig, lr: float, windows: np.ndarray) -> dict:
+    losses = [h[2] for h in run.history]
+    k = max(1, min(10, len(losses) // 4))
+    return {
+        "loss": "KL(teacher || student) + alpha * sum_layers |q_T/|q_T| - q_S/|q_S||^2 (OneBit)",
+        "init": "SVID (onebit) / absmean (ternary)",
+        "alpha": cfg.alpha,
+        "lr": lr,
+        "steps": run.step,
+        "seconds": round(run.elapsed, 1),
+        "tokens_seen": run.step * cfg.batch * int(windows.shape[1]),
+        "loss_first": round(float(np.mean(losses[:k])), 5) if losses else None,
+        "loss_last": round(float(np.mean(losses[-k:])), 5) if losses else None,
+    }
