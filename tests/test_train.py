@@ -111,7 +111,7 @@ def test_kd_interrupted_run_resumes_to_the_same_result(tiny, tmp_path, monkeypat
 
 
 def test_lsi_interrupted_in_its_second_block_resumes(tiny, tmp_path, monkeypatch):
-    import lowbit.train.lsi as lsi
+    import lowbit.train.blockwise as blockwise
     from lowbit.train.api import learn
     from lowbit.train.checkpoint import load_checkpoint
     from lowbit.train.loop import Interrupted
@@ -119,7 +119,7 @@ def test_lsi_interrupted_in_its_second_block_resumes(tiny, tmp_path, monkeypatch
     whole = learn(str(tiny), "q2", _cfg("lsi", tmp_path / "whole.safetensors", max_steps=6))
     ckpt = tmp_path / "cut.safetensors"
     with monkeypatch.context() as m:
-        _interrupt_at(m, lsi, "batch_ids", 6 + 3)  # block 0's 6 steps, then the 3rd of block 1
+        _interrupt_at(m, blockwise, "batch_ids", 6 + 3)  # block 0's 6 steps, then the 3rd of block 1
         with pytest.raises(Interrupted):
             learn(str(tiny), "q2", _cfg("lsi", ckpt, max_steps=6))
     meta = load_checkpoint(ckpt)[1]

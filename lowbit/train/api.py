@@ -25,6 +25,8 @@ def learn(source: str, method: str, cfg: TrainConfig, recipe: str | Path | None 
     ckpt = Path(cfg.checkpoint)
     if ckpt.exists() and not cfg.resume:
         raise TrainingError(f"{ckpt} exists: pass --resume to continue from it, or delete it")
+    if cfg.resume and not ckpt.is_file():
+        raise TrainingError(f"{ckpt}: no training checkpoint to resume from")
     src = open_source(source, revision)
     rec = load_recipe(recipe, method)
     device = pick_device(cfg.device)

@@ -23,6 +23,7 @@ class TrainConfig:
     sequences: int = 64
     batch: int = 1
     alpha: float = 1.0  # OneBit: weight of the normalised hidden-state MSE
+    block_fraction: float = 0.5  # kd: share of the budget for block-by-block reconstruction first
     band: int = 8  # DESV: off-diagonals on each side of the singular values
     every: int = 25  # checkpoint every N steps
     threads: int | None = None
@@ -33,7 +34,7 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed checkpoint must agree on."""
         return {"mode": self.mode, "seq_len": self.seq_len, "sequences": self.sequences, "batch": self.batch,
-                "alpha": self.alpha, "band": self.band, "seed": self.seed, "max_steps": self.max_steps}
+                "alpha": self.alpha, "block_fraction": self.block_fraction, "band": self.band, "seed": self.seed, "max_steps": self.max_steps}
 
 
 @dataclass

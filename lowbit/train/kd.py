@@ -1,5 +1,7 @@
 """OneBit knowledge distillation (seed 000/002) and the same recipe for BitNet-style ternary
-students: the quantised student is trained against the float teacher with
+students. A first share of the budget (--kd-block-fraction) reconstructs block by block
+(`lowbit.train.blockwise`: cheap per update, so every layer leaves the destroyed SVID start
+quickly); the rest trains the whole student against the float teacher with
 
     L = KL(P_teacher ‖ P_student) + α Σ_layers mean_tokens ‖ q_T/‖q_T‖ − q_S/‖q_S‖ ‖²,
 
@@ -19,7 +21,7 @@ from torch import nn
 from lowbit.train import TrainingError
 from lowbit.train.config import TrainConfig, TrainResult
 from lowbit.train.loop import Budget, Run
-from lowbit.train.students import KD_ENCODINGS, export_student, make_student, replace_linears
+from lowbit.train.students import KD_ENCODINGS, make_student, replace_linears
 from lowbit.train.teacher import Source, linear_modules, quantise_embeddings
 
 DEFAULT_LR = 2e-4
@@ -49,35 +51,48 @@ def batch_ids(windows: np.ndarray, step: int, batch: int, seed: int) -> np.ndarr
 
 def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows: np.ndarray,
              meta: dict) -> TrainResult:
+    from lowbit.train.checkpoint import check_compatible, load_checkpoint
+
     device = next(teacher.parameters()).device
-    student = copy.deepcopy(teacher)
-    quantise_embeddings(student, choose)
-    mods = linear_modules(student, src, choose)
+    mods = linear_modules(teacher, src, choose)
     bad = sorted({enc for _, enc, _ in mods.values() if enc not in KD_ENCODINGS})
     if bad:
         raise TrainingError(f"--train kd distils into {', '.join(KD_ENCODINGS)}; this conversion asks for {', '.join(bad)} "
                             "(use --train lsi for q2/q3/q4)")
     enc_of = {name: (enc, params) for name, enc, params in mods.values()}
-    students = replace_linears(student, {p: n for p, (n, _, _) in mods.items()},
-                               lambda lin, name: make_student(lin, enc_of[name][0]))
-    params, latent, values = {}, [], []
-    for name, m in students.items():
-        for attr, p in m.named_parameters():
-            if p.requires_grad:
-                params[f"{name}:{attr}"] = p
-                (latent if attr == "latent" else values).append(p)
     lr = cfg.lr or DEFAULT_LR
-    groups = [{"params": latent, "base_lr": lr}, {"params": values, "base_lr": lr * VALUE_LR_SCALE}]
-    run = Run(params, groups, Budget(cfg.budget_minutes * 60, cfg.max_steps), cfg.checkpoint, meta,
-              every=cfg.every, desc=f"distilling ({', '.join(sorted({e for e, _ in enc_of.values()}))})")
+
+    def groups(params: dict[str, nn.Parameter]) -> list[dict]:
+        latent = [p for k, p in params.items() if k.endswith(":latent")]
+        values = [p for k, p in params.items() if not k.endswith(":latent")]
+        return [{"params": latent, "base_lr": lr}, {"params": values, "base_lr": lr * VALUE_LR_SCALE}]
+
+    saved_tensors, saved = ({}, {})
     if cfg.resume:
-        from lowbit.train.checkpoint import load_checkpoint
-
-        tensors, saved = load_checkpoint(cfg.checkpoint)
-        from lowbit.train.checkpoint import check_compatible
-
+        saved_tensors, saved = load_checkpoint(cfg.checkpoint)
         check_compatible(cfg.checkpoint, saved, meta)
-        run.restore(tensors, saved, cfg.checkpoint)
+    total = cfg.budget_minutes * 60
+    trained: dict[str, nn.Module] = {}
+    block_stage = None
+    stage1 = float(saved.get("stage1_seconds", 0.0))
+    if cfg.block_fraction > 0 and saved.get("stage") != "kd":
+        from lowbit.train.blockwise import train_blocks
+
+        blocks = train_blocks(src, teacher, choose, cfg, windows, {**meta, "stage": "blocks"},
+                              lambda lin, name, enc, params: make_student(lin, enc, params), groups,
+                              total * cfg.block_fraction, "reconstructing")
+        trained, stage1 = blocks.modules, blocks.seconds
+        block_stage = {"seconds": round(stage1, 1), "blocks": blocks.summary}
+    student = copy.deepcopy(teacher)
+    quantise_embeddings(student, choose)
+    students = replace_linears(student, {p: n for p, (n, _, _) in mods.items()},
+                               lambda lin, name: trained[name] if name in trained else make_student(lin, *enc_of[name]))
+    params = {f"{name}:{a}": p for name, m in students.items() for a, p in m.named_parameters() if p.requires_grad}
+    run = Run(params, groups(params), Budget(max(0.0, total - stage1), cfg.max_steps), cfg.checkpoint,
+              {**meta, "stage": "kd", "stage1_seconds": stage1}, every=cfg.every,
+              desc=f"distilling ({', '.join(sorted({e for e, _ in enc_of.values()}))})")
+    if saved.get("stage") == "kd":
+        run.restore(saved_tensors, saved, cfg.checkpoint)
     student.train()
 
     def step_fn(step: int):
@@ -88,8 +103,11 @@ def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows:
         return kd_loss(t_out, s_out, cfg.alpha)
 
     run.run(step_fn)
-    tensors = {name: export_student(m, *enc_of[name]) for name, m in students.items()}
-    return TrainResult(tensors, _provenance(run, cfg, lr, windows))
+    tensors = {name: m.export() for name, m in students.items()}
+    prov = _provenance(run, cfg, lr, windows)
+    prov["block_stage"] = block_stage if block_stage is not None else {"seconds": round(stage1, 1)}
+    prov["seconds"] = round(stage1 + run.elapsed, 1)
+    return TrainResult(tensors, prov)
 
 
 def _provenance(run: Run, cfg: TrainConfig, lr: float, windows: np.ndarray) -> dict:
@@ -101,7 +119,7 @@ def _provenance(run: Run, cfg: TrainConfig, lr: float, windows: np.ndarray) -> d
         "alpha": cfg.alpha,
         "lr": lr,
         "steps": run.step,
-        "seconds": round(run.elapsed, 1),
+        "kd_seconds": round(run.elapsed, 1),
         "tokens_seen": run.step * cfg.batch * int(windows.shape[1]),
         "loss_first": round(float(np.mean(losses[:k])), 5) if losses else None,
         "loss_last": round(float(np.mean(losses[-k:])), 5) if losses else None,

@@ -129,8 +129,9 @@ class Run:
         from tqdm import tqdm
 
         total = self.budget.max_steps if self.budget.max_steps is not None else None
-        bar = tqdm(total=total or round(self.budget.seconds), initial=self.step if total else round(self.elapsed),
-                   desc=self.desc, unit="step" if total else "s", dynamic_ncols=True, leave=False)
+        fmt = None if total else "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
+        bar = tqdm(total=total or round(self.budget.seconds), initial=self.step if total else min(self.elapsed, self.budget.seconds),
+                   desc=self.desc, unit="step" if total else "s", dynamic_ncols=True, leave=False, bar_format=fmt)
         try:
             with sigint_flag() as interrupted:
                 while self.budget.progress(self.step, self.elapsed) < 1.0:

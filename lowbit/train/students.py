@@ -23,10 +23,11 @@ KD_ENCODINGS = ("onebit", "ternary", "ternary-1.6")
 class OneBitStudent(nn.Module):
     """y = h ⊙ (sign(W) (g ⊙ x)) (seed 002, eq. 5 without its LayerNorm), from SVID."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, params: dict[str, Any]) -> None:
         super().__init__()
         from lowbit.quant.onebit import svid
 
+        self.params = dict(params)
         w = linear.weight.detach().float()
         _, h, g = svid(w.cpu().numpy())
         self.latent = nn.Parameter(w.clone())
@@ -38,19 +39,20 @@ class OneBitStudent(nn.Module):
         y = nn.functional.linear(x * self.g, sign_ste(self.latent)) * self.h
         return y if self.bias is None else y + self.bias
 
-    def export(self, params: dict[str, Any]) -> EncodedTensor:
+    def export(self) -> EncodedTensor:
         from lowbit.formats.encodings.onebit import ONEBIT
 
         signs = np.where(self.latent.detach().cpu().numpy() >= 0, 1, -1).astype(np.int8)
-        return ONEBIT.pack(signs, _np(self.g), _np(self.h), layernorm=bool(params.get("layernorm", False)))
+        return ONEBIT.pack(signs, _np(self.g), _np(self.h), layernorm=bool(self.params.get("layernorm", False)))
 
 
 class TernaryStudent(nn.Module):
     """y = s ⊙ (RoundClip(W/γ) · int8(x)): BitNet b1.58 absmean trits, a learned scale per row,
     activations fake-quantised per token as the runtime's ternary kernels quantise them."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, base3: bool = False) -> None:
         super().__init__()
+        self.base3 = base3
         w = linear.weight.detach().float()
         self.latent = nn.Parameter(w.clone())
         gamma = absmean(w)
@@ -64,29 +66,24 @@ class TernaryStudent(nn.Module):
         y = nn.functional.linear(int8_activations(x), self.trits()) * self.scale
         return y if self.bias is None else y + self.bias
 
-    def export(self, params: dict[str, Any], base3: bool = False) -> EncodedTensor:
+    def export(self) -> EncodedTensor:
         from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
 
         trits = torch.round(self.trits().detach()).cpu().numpy().astype(np.int8)
-        return (TERNARY_1P6 if base3 else TERNARY).pack(trits, _np(self.scale))
+        return (TERNARY_1P6 if self.base3 else TERNARY).pack(trits, _np(self.scale))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def make_student(linear: nn.Linear, encoding: str) -> nn.Module:
+def make_student(linear: nn.Linear, encoding: str, params: dict[str, Any]) -> nn.Module:
+    """The trainable stand-in for one linear layer; its export() packs what it learned."""
     if encoding == "onebit":
-        return OneBitStudent(linear)
+        return OneBitStudent(linear, params)
     if encoding in ("ternary", "ternary-1.6"):
-        return TernaryStudent(linear)
+        return TernaryStudent(linear, base3=encoding == "ternary-1.6")
     raise ValueError(encoding)
-
-
-def export_student(module: nn.Module, encoding: str, params: dict[str, Any]) -> EncodedTensor:
-    if isinstance(module, TernaryStudent):
-        return module.export(params, base3=encoding == "ternary-1.6")
-    return module.export(params)
 
 
 def replace_linears(
