@@ -28,6 +28,7 @@ from lowbit.train.loop import Budget, Run
 from lowbit.train.students import replace_linears
 from lowbit.train.teacher import Source, linear_modules, quantise_embeddings
 
+SAVE_SECONDS = 60.0  # between block-end checkpoints (each holds every finished block; SIGINT saves at once)
 Build = Callable[[nn.Linear, str, str, dict], nn.Module]  # (linear, name, encoding, params) -> module with export()
 Groups = Callable[[dict[str, nn.Parameter]], list[dict[str, Any]]]
 
@@ -100,7 +101,7 @@ def train_blocks(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, wind
 
     device = next(teacher.parameters()).device
     mods = linear_modules(teacher, src, choose)
-    ids = torch.from_numpy(windows).to(device)
+    ids = torch.from_numpy(windows[: cfg.block_sequences]).to(device)
     kwargs = layer_kwargs(teacher, ids[: cfg.batch])
     with torch.no_grad():
         x_fp = teacher.get_input_embeddings()(ids).float()
@@ -117,6 +118,7 @@ def train_blocks(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, wind
     layers = teacher.model.layers
     spent = sum(secs[:start_block])
     result = BlocksResult({}, {}, 0.0)
+    last_save = time.perf_counter()
     done: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(layers):
         t0 = time.perf_counter()
@@ -138,7 +140,7 @@ def train_blocks(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, wind
             run = Run(params, groups(params), Budget(share, cfg.max_steps), cfg.checkpoint,
                       {**meta, "block": i, "in_block": True, "block_seconds": secs[:i]}, every=cfg.every,
                       desc=f"{desc} block {i + 1}/{len(layers)}",
-                      extra=lambda: {f"done.{k}": v for k, v in done.items()})
+                      extra=lambda: {f"done.{k}": v for k, v in done.items()}, save_at_end=False)
             if i == start_block and saved.get("in_block"):
                 run.restore(saved_tensors, saved, cfg.checkpoint)
             qlayer.train()
@@ -166,6 +168,8 @@ def train_blocks(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, wind
         if i >= start_block:
             secs = secs[:i] + [time.perf_counter() - t0]
             spent += secs[-1]
+        if i >= start_block and (time.perf_counter() - last_save > SAVE_SECONDS or i + 1 == len(layers)):
+            last_save = time.perf_counter()
             save_checkpoint(cfg.checkpoint, {f"done.{k}": v for k, v in done.items()},
                             {**meta, "block": i + 1, "in_block": False, "block_seconds": secs})
         result.summary.append({"block": i, "loss_first": first, "loss_last": last, "packed_loss": round(packed, 5)})

@@ -23,6 +23,8 @@ class TrainConfig:
     sequences: int = 64
     batch: int = 1
     alpha: float = 1.0  # OneBit: weight of the normalised hidden-state MSE
+    block_sequences: int = 16  # block stages: windows streamed through the blocks (each pass over them costs
+    # two block forwards per window, which on a CPU budget must stay small next to the training steps)
     block_fraction: float = 0.5  # kd: share of the budget for block-by-block reconstruction first
     band: int = 8  # DESV: off-diagonals on each side of the singular values
     every: int = 25  # checkpoint every N steps
@@ -34,7 +36,8 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed checkpoint must agree on."""
         return {"mode": self.mode, "seq_len": self.seq_len, "sequences": self.sequences, "batch": self.batch,
-                "alpha": self.alpha, "block_fraction": self.block_fraction, "band": self.band, "seed": self.seed, "max_steps": self.max_steps}
+                "alpha": self.alpha, "block_fraction": self.block_fraction,
+                "block_sequences": self.block_sequences, "band": self.band, "seed": self.seed, "max_steps": self.max_steps}
 
 
 @dataclass

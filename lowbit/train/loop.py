@@ -96,6 +96,7 @@ class Run:
     elapsed: float = 0.0
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (step, seconds, loss)
     extra: Callable[[], dict[str, torch.Tensor]] | None = None  # more tensors for the checkpoint
+    save_at_end: bool = True  # False when the caller saves its own state after run()
 
     def __post_init__(self) -> None:
         self.opt = torch.optim.Adam(self.groups, lr=self.groups[0]["base_lr"])
@@ -159,6 +160,7 @@ class Run:
                                           "run the same command with --resume to continue")
                     if self.every and self.step % self.every == 0:
                         self.save()
-            self.save(finished=True)
+            if self.save_at_end:
+                self.save(finished=True)
         finally:
             bar.close()

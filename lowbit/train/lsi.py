@@ -2,8 +2,9 @@
 
 Each linear weight W = U diag(S) Vᵀ gets learned increments on its singular values (LSI) and on
 `band` off-diagonals around them (DESV): W' = W + U D Vᵀ with D banded. Its grouped codes come from
-W' with a learned range factor per group (clip = sigmoid(θ), OmniQuant's LWC, which trains alone
-for the first LWC_FRACTION of each block's steps: the starting point LSI refines). Each block is
+W' with a learned range factor per group (clip = sigmoid(θ), OmniQuant's LWC, initialised at the
+factor lowbit's RTN clip search picks and trained alone for the first LWC_FRACTION of each block's
+steps: the starting point LSI refines). Each block is
 trained so that, fed the output of the already-quantised blocks before it, it reproduces the float
 block's output on the float stream; then W' is merged and packed with the ordinary encoders, so
 inference costs nothing extra.
@@ -26,8 +27,20 @@ from lowbit.train.teacher import Source, linear_modules
 LSI_ENCODINGS = ("q2", "q3", "q4", "ternary", "ternary-1.6")
 DEFAULT_LR = 1e-3  # increments; the paper's 1.5e-4 is for epochs over far more data
 CLIP_LR = 5e-3
-CLIP_INIT = 4.0  # sigmoid(4) = 0.982, OmniQuant's initialisation
+CLIP_MAX = 0.999  # the clip search's 1.0, kept inside sigmoid's range
 LWC_FRACTION = 0.25
+
+
+def searched_clip(w: np.ndarray, bits: int, group: int) -> np.ndarray:
+    """The range factor per group that lowbit's RTN clip search picks (rtn.choose_group_params),
+    read back from the scales it stores: the learned clipping starts where RTN ends."""
+    from lowbit.quant.rtn import _pad_groups, choose_group_params
+
+    sq, _, rs = choose_group_params(w, bits, group)
+    wg, _ = _pad_groups(w, group)
+    span = np.maximum(wg.max(-1), 0) - np.minimum(wg.min(-1), 0)
+    stored = rs.astype(np.float32)[:, None] * sq.astype(np.float32) * ((1 << bits) - 1)
+    return np.clip(stored / np.where(span > 0, span, 1), 0.5, CLIP_MAX).astype(np.float32)
 
 
 class LSILinear(nn.Module):
@@ -61,8 +74,8 @@ class LSILinear(nn.Module):
             self.rows = None
         if encoding in ("q2", "q3", "q4"):
             self.bits, self.group = int(encoding[1]), int(params.get("group_size", 128))
-            ng = -(-w.shape[1] // self.group)
-            self.clip_logit = nn.Parameter(torch.full((w.shape[0], ng), CLIP_INIT, device=dev))
+            clip = torch.from_numpy(searched_clip(linear.weight.detach().float().cpu().numpy(), self.bits, self.group))
+            self.clip_logit = nn.Parameter(torch.logit(clip).float().to(dev))
         elif encoding in ("ternary", "ternary-1.6"):
             self.bits = 0
         else:
@@ -123,6 +136,6 @@ def train_lsi(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows
                           lambda lin, name, enc, params: LSILinear(lin, enc, params, cfg.band), groups,
                           cfg.budget_minutes * 60, "LSI")
     prov = {"loss": "per block: mean |block_q(x_q) - block_fp(x_fp)|^2 / mean |block_fp(x_fp)|^2",
-            "init": "W (zero increments), clip sigmoid(4) = 0.982", "band": cfg.band, "lr": lr, "clip_lr": CLIP_LR,
+            "init": "W (zero increments), clip from lowbit's RTN clip search", "band": cfg.band, "lr": lr, "clip_lr": CLIP_LR,
             "seconds": round(blocks.seconds, 1), "blocks": blocks.summary}
     return TrainResult(blocks.tensors, prov)
