@@ -42,7 +42,7 @@ def _list_methods() -> None:
 @click.option("--resume", is_flag=True, help="--train: continue from the training checkpoint.")
 @click.option("--train-checkpoint", type=click.Path(dir_okay=False), help="--train: checkpoint file (default: OUTPUT.train.safetensors).")
 @click.option("--keep-checkpoint", is_flag=True, help="--train: keep the checkpoint after the file is written (to resume with a larger budget).")
-@click.option("--train-steps", type=click.IntRange(min=1), help="--train: at most this many steps (per block for lsi).")
+@click.option("--train-steps", type=click.IntRange(min=1), help="--train: at most this many steps (per block in the block-by-block stages).")
 @click.option("--lr", type=Finite(min=0, min_open=True), help="--train: learning rate (default 2e-4 kd, 1e-3 lsi).")
 @click.option("--kd-alpha", type=Finite(min=0), default=1.0, show_default=True, help="--train kd: weight of the hidden-state MSE.")
 @click.option("--kd-block-fraction", type=Finite(min=0, max=1), default=0.5, show_default=True, help="--train kd: share of the budget for block-by-block reconstruction before end-to-end distillation.")
