@@ -25,7 +25,7 @@ class TrainConfig:
     alpha: float = 1.0  # OneBit: weight of the normalised hidden-state MSE
     block_sequences: int = 16  # block stages: windows streamed through the blocks (each pass over them costs
     # two block forwards per window, which on a CPU budget must stay small next to the training steps)
-    block_fraction: float = 0.5  # kd: share of the budget for block-by-block reconstruction first
+    block_fraction: float = 0.25  # kd: share of the budget for block-by-block reconstruction first
     band: int = 8  # DESV: off-diagonals on each side of the singular values
     every: int = 25  # checkpoint every N steps
     threads: int | None = None
