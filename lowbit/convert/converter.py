@@ -203,8 +203,13 @@ def convert(
     progress: ProgressFn | None = None,
     calibration: CalibrationConfig | None = None,
     target_bpw: float | None = None,
+    trained: dict[str, EncodedTensor] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> ConvertResult:
-    """Convert a checkpoint into a .lowbit file and report what was written."""
+    """Convert a checkpoint into a .lowbit file and report what was written.
+
+    `trained` (from `lowbit.train`) holds tensors already packed by a learned method: they are
+    written as they are instead of quantised here; `training` is its provenance record."""
     start = time.perf_counter()
     output = Path(output)
     if output.exists() and not force:
@@ -269,6 +274,10 @@ def convert(
         )
     reports: list[TensorReport] = []
     calibrate = calibration is not None and not native
+    if trained is not None and (calibrate or native or rec.method == "keep"):
+        raise ConversionError("learned tensors (--train) combine with neither --calibrate, --method keep nor BitNet input")
+    if training is not None:
+        metadata["provenance"]["training"] = training
     with LowbitWriter(output, metadata, overwrite=force) as writer:
         writer.add_blob(blob_name, blob)
         total = len(names)
@@ -303,6 +312,14 @@ def convert(
                     write(name, w, encoded, err)
                     continue
                 check_weight(name, w)
+                if trained is not None and name in trained:
+                    w = np.asarray(w, dtype=np.float32)
+                    encoded = trained[name]
+                    if tuple(encoded.shape) != tuple(w.shape):
+                        raise ConversionError(f"tensor {name}: learned shape {list(encoded.shape)} is not the checkpoint's {list(w.shape)}")
+                    write(name, w, encoded, relative_error(w, encoded.dequantize()))
+                    del w, encoded
+                    continue
                 if native and is_linear_weight(name):
                     encoded = _native_ternary(ckpt, src_name, w, spec, base3=rec.method == "ternary-1.6")
                     err = 0.0 if spec.ternary_weights == "packed" else relative_error(w, encoded.dequantize())
@@ -319,13 +336,17 @@ def convert(
                 if hasattr(ckpt, "release"):
                     ckpt.release(src_name)
                 del w, encoded
+        if trained is not None:
+            unwritten = sorted(set(trained) - {r.name for r in reports})
+            if unwritten:
+                raise ConversionError(f"learned tensor {unwritten[0]} is not in the checkpoint")
         # what the runtime will check at load, on what is about to be written (an exception
         # here aborts the writer: no file)
         check_tensors(args, {r["name"]: r for r in writer.tensor_records})
         if any(r.source_type for r in reports):
             metadata["provenance"]["source_types"] = _source_types(reports)
     lin_err = [t.rel_error for t in reports if is_linear_weight(t.name)]
-    warning = weight_error_warning(lin_err)
+    warning = None if trained else weight_error_warning(lin_err)  # learned tensors: measure them, not their weight error
     if warning:
         warnings.append(warning)
     return ConvertResult(output, time.perf_counter() - start, output.stat().st_size, reports, warnings)
