@@ -35,6 +35,7 @@ from lowbit.formats.constants import (
 )
 from lowbit.formats.encodings import EncodedTensor, get_encoding
 from lowbit.formats.errors import FormatError, HeaderTooLarge, InvalidHeader, WriteError
+from lowbit.formats.reader import LowbitReader
 
 try:
     import fcntl
@@ -270,3 +271,15 @@ class LowbitWriter:
             self.finish()
         elif self._state == "open":
             self.abort()
+
+
+def rewrite(src: str | os.PathLike, dst: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    """A copy of the .lowbit file `src` at `dst` with these top-level metadata keys replaced;
+    tensors (with their info) and blobs streamed as they are. `dst` may be `src`: the header sits
+    before the data, so it cannot grow in place, and the copy replaces the file atomically."""
+    with LowbitReader(src) as reader, LowbitWriter(dst, {**reader.metadata, **metadata}) as writer:
+        for name in reader.blob_names():
+            writer.add_blob(name, reader.blob(name))
+        for name, e in reader.tensors.items():
+            writer.add_tensor(name, EncodedTensor(e.encoding, e.shape, e.params, e.parts), info=e.info)
+    return Path(dst)

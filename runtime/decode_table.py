@@ -9,11 +9,9 @@ integers (buffer, byte offset, rows, bytes per row) into one of two uint8 buffer
 - buffer 1: a small side arena for arrays that are not views into the file (norms and biases
   converted to float32, parts of in-memory tensors).
 
-Table row per layer: 15 entries (input norm, post norm, attention sub-norm, MLP sub-norm, then
-q, k, v, o, gate, up, down, then q norm, k norm, attention-output norm, MLP-output norm), each `ENTRY` ints: kind, group, flags, then the specs of the
-descriptor's a, b, c, d and bias, then of the linear's input norm (Falcon-E; empty when none);
-norms use only the first spec. See `kernels.matvec` for what
-a..d hold per encoding.
+Table row per layer: one entry per norm and linear, each the descriptor's kind, group and flags,
+then the specs of its arrays; `kernels.table_layout` names the entries and fields, and
+`kernels.matvec` says what a..d hold per encoding.
 """
 
 from __future__ import annotations
@@ -22,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-SPEC = 4  # (buffer, byte offset, rows, bytes per row)
-ENTRY = 3 + 6 * SPEC  # kind, group, flags; a, b, c, d, bias; the linear's own input norm
-ROW = 15  # entries per layer
+from lowbit.runtime.kernels import table_layout as tl
+from lowbit.runtime.kernels.table_layout import ENTRY, ROW, SPEC
+
 ALIGN = 64
 
 
@@ -68,25 +66,29 @@ def build_decode_table(blocks: list[Any], file_buffer: np.ndarray | None) -> tup
     table = np.zeros((len(blocks), ROW, ENTRY), dtype=np.int64)
     for i, b in enumerate(blocks):
         a, m = b.attn, b.mlp
-        norms = {0: b.input_norm, 1: b.post_norm, 2: a.sub_norm, 3: m.sub_norm, 11: getattr(a, "q_norm", None),
-                 12: getattr(a, "k_norm", None), 13: getattr(b, "attn_output_norm", None),
-                 14: getattr(b, "mlp_output_norm", None)}
+        norms = {
+            tl.INPUT_NORM: b.input_norm, tl.POST_NORM: b.post_norm, tl.ATTN_SUB_NORM: a.sub_norm,
+            tl.MLP_SUB_NORM: m.sub_norm, tl.Q_NORM: getattr(a, "q_norm", None),
+            tl.K_NORM: getattr(a, "k_norm", None), tl.ATTN_OUT_NORM: getattr(b, "attn_output_norm", None),
+            tl.MLP_OUT_NORM: getattr(b, "mlp_output_norm", None),
+        }  # fmt: skip
         for j, norm in norms.items():
             if norm is not None:
-                table[i, j, 3 : 3 + SPEC] = buffers.spec(np.ascontiguousarray(norm, dtype=np.float32))
+                table[i, j, tl.NORM : tl.NORM + SPEC] = buffers.spec(np.ascontiguousarray(norm, dtype=np.float32))
             else:
-                table[i, j, 3 : 3 + SPEC] = (1, 0, 1, 0)
+                table[i, j, tl.NORM : tl.NORM + SPEC] = (1, 0, 1, 0)
         linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
-        for j, lin in enumerate(linears, start=4):
+        for j, lin in zip(tl.LINEARS, linears, strict=True):
             desc = getattr(lin, "descriptor", None)
             if desc is None:
                 return None
-            kind, *arrays, group, flags = desc
-            table[i, j, :3] = (kind, group, flags)
+            kind, a_, b_, c_, d_, bias, group, flags = desc
+            table[i, j, [tl.KIND, tl.GROUP, tl.FLAGS]] = (kind, group, flags)
             norm = getattr(lin, "input_norm", None)
-            arrays = [*arrays, np.ascontiguousarray(norm, dtype=np.float32) if norm is not None else np.zeros(0, np.float32)]
-            for k, arr in enumerate(arrays):
-                table[i, j, 3 + k * SPEC : 3 + (k + 1) * SPEC] = buffers.spec(arr)
+            own = np.ascontiguousarray(norm, dtype=np.float32) if norm is not None else np.zeros(0, np.float32)
+            arrays = {tl.A: a_, tl.B: b_, tl.C: c_, tl.D: d_, tl.BIAS: bias, tl.IN_NORM: own}
+            for at, arr in arrays.items():
+                table[i, j, at : at + SPEC] = buffers.spec(arr)
     if not len(blocks):
         return None
     file = file_buffer if file_buffer is not None else np.zeros(ALIGN, np.uint8)

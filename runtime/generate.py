@@ -55,7 +55,7 @@ class TokenStream:
         """Take the next token; returns the newly settled text (sets self.finish at the end)."""
         self.generated.append(token)
         self.history.append(token)
-        if token in self.tokenizer.eos_token_ids:
+        if self.stop.is_eos(token):
             self.finish = "stop"
         else:
             self.detok.add_token(token)

@@ -18,14 +18,16 @@ activation:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from lowbit.formats.encodings import ENCODINGS, Encoding
 from lowbit.formats.encodings.q8 import group_size_of
-from lowbit.runtime.kernels import affine, dense, grouped, onebit, q8, ternary
+from lowbit.runtime.kernels import affine, dense, grouped, kquant, matvec, onebit, q8, ternary
 from lowbit.runtime.kernels.matvec import layer_norm as layer_norm_row
-from lowbit.runtime.kernels.matvec import make_descriptor, matvec, matvec_rows
+from lowbit.runtime.kernels.matvec import matvec_rows
 from lowbit.runtime.kernels.ternary import QuantizedActivation, quantize_activation
 
 
@@ -71,6 +73,7 @@ class Linear:
                     f"bias has {b.shape[0]} values, the layer has {self.out_features} outputs"
                 )
             self.bias = b
+        self.kernels = REGISTRY[entry.encoding]
         self.descriptor = make_descriptor(
             entry.encoding, entry.parts, self._group(), self._layernorm(), self.bias, self._flags()
         )
@@ -97,7 +100,7 @@ class Linear:
             )
         y = self._output(x2.shape[0], out)
         if x2.shape[0] == 1:
-            matvec(self.descriptor, x2[0], y[0])  # bias and LayerNorm included
+            matvec.matvec(self.descriptor, x2[0], y[0])  # bias and LayerNorm included
         elif x2.shape[0] > 1:
             self._prefill(x2, y)
             self._finish(y)
@@ -162,16 +165,10 @@ class Linear:
 class DenseLinear(Linear):
     """f32, f16 (raw u16 bits) and bf16 weights."""
 
-    _KERNELS = {
-        "f32": (dense.f32_prefill, np.float32),
-        "f16": (dense.f16_prefill, np.uint16),
-        "bf16": (dense.bf16_prefill, np.uint16),
-    }
-
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
-        pre, dt = self._KERNELS[entry.encoding]
-        self.w = _readonly(entry.parts["data"], dt)
+        pre = self.kernels.prefill
+        self.w = _readonly(entry.parts["data"], np.float32 if entry.encoding == "f32" else np.uint16)
         w = self.w
         self._prefill = lambda x, y: pre(x, w, y)
 
@@ -185,7 +182,8 @@ class Q8Linear(Linear):
         codes = _readonly(entry.parts["codes"], np.int8)
         scales = _readonly(entry.parts["scales"], np.uint16)
         group = self._group()
-        self._prefill = lambda x, y: q8.q8_prefill(x, codes, scales, group, y)
+        pre = self.kernels.prefill
+        self._prefill = lambda x, y: pre(x, codes, scales, group, y)
 
 
 class GroupedLinear(Linear):
@@ -196,7 +194,7 @@ class GroupedLinear(Linear):
 
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
-        bits = int(entry.encoding[1:])
+        bits = self.kernels.spec.bits
         group = self._group()
         p = entry.parts
         args = (
@@ -207,7 +205,8 @@ class GroupedLinear(Linear):
             bits,
             group,
         )
-        self._prefill = lambda x, y: grouped.grouped_prefill(x, *args, y)
+        pre = self.kernels.prefill
+        self._prefill = lambda x, y: pre(x, *args, y)
 
 
 class AffineLinear(Linear):
@@ -231,7 +230,27 @@ class AffineLinear(Linear):
             int(self.params["zero"]),
             self._group(),
         )
-        self._prefill = lambda x, y: affine.affine_prefill(x, *args, y)
+        pre = self.kernels.prefill
+        self._prefill = lambda x, y: pre(x, *args, y)
+
+
+class Q4KLinear(Linear):
+    """q4k: GGUF's Q4_K super-blocks (f16 d / dmin per 256, u8 sub-scales / minimums per 32)."""
+
+    def _group(self) -> int:
+        return 32
+
+    def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
+        super().__init__(entry, bias)
+        p = entry.parts
+        args = (
+            _readonly(p["codes"], np.uint8),
+            _readonly(p["sub_scales"], np.uint8),
+            _readonly(p["sub_mins"], np.uint8),
+            _readonly(p["super"], np.uint16),
+        )
+        pre = self.kernels.prefill
+        self._prefill = lambda x, y: pre(x, *args, y)
 
 
 class TernaryLinear(Linear):
@@ -242,12 +261,8 @@ class TernaryLinear(Linear):
         super().__init__(entry, bias)
         self.codes = _readonly(entry.parts["codes"], np.uint8)
         self.scale = _readonly(entry.parts["scale"], np.float32)
-        per_byte = 4 if entry.encoding == "ternary" else 5
-        self.padded_in = self.codes.shape[1] * per_byte
-        if entry.encoding == "ternary":
-            self._pre = ternary.ternary_prefill
-        else:
-            self._pre = ternary.ternary16_prefill
+        self.padded_in = self.codes.shape[1] * self.kernels.spec.trits_per_byte
+        self._pre = self.kernels.prefill
 
     def tiles(self, x: np.ndarray) -> np.ndarray:
         return self(self.quantize(x))
@@ -300,7 +315,8 @@ class OneBitLinear(Linear):
             _readonly(entry.parts["h"], np.uint16),
         )
         self.layernorm = self._layernorm()
-        self._prefill = lambda x, y: onebit.onebit_prefill(x, *args, y)
+        pre = self.kernels.prefill
+        self._prefill = lambda x, y: pre(x, *args, y)
 
     def _finish(self, y: np.ndarray) -> None:
         if self.layernorm:  # normalises h ⊙ (S (g ⊙ x)); a bias (if any) is added after it
@@ -316,27 +332,57 @@ def layer_norm(y: np.ndarray) -> np.ndarray:
     return y
 
 
-_CLASSES: dict[str, type[Linear]] = {
-    "f32": DenseLinear,
-    "f16": DenseLinear,
-    "bf16": DenseLinear,
-    "q8": Q8Linear,
-    "q2": GroupedLinear,
-    "q3": GroupedLinear,
-    "q4": GroupedLinear,
-    "ternary": TernaryLinear,
-    "ternary-1.6": TernaryLinear,
-    "onebit": OneBitLinear,
-    "q1f": AffineLinear,
-    "q2f": AffineLinear,
-    "q4f": AffineLinear,
-}
+class EncodingKernels(NamedTuple):
+    """Everything the runtime runs one encoding with (a row of `REGISTRY`)."""
+
+    spec: Encoding  # lowbit.formats: the parts, the header checks, pack() and dequantize()
+    kind: int  # the matvec descriptor's kind: the decode branch
+    parts: tuple[str | None, ...]  # the parts that become the descriptor's a..d (None: empty)
+    linear: type[Linear]  # the class make_linear builds
+    prefill: Callable  # the T > 1 kernel
+    reference: Callable[[np.ndarray, Any], np.ndarray]  # numpy: (x [T, in], entry) -> [T, out], no bias
+
+
+_GROUPED = ("codes", "scales", "zeros", "row_scale")
+_TERNARY = ("codes", None, None, "scale")
+_AFFINE = ("codes", "scales", "mins")
+_KQUANT = ("codes", "sub_scales", "sub_mins", "super")
+
+# encoding name (as in the file) -> its kernels; lowbit.formats' ENCODINGS holds the same names
+REGISTRY: dict[str, EncodingKernels] = {
+    name: EncodingKernels(ENCODINGS[name], *row)
+    for name, row in {
+        "f32": (matvec.F32, ("data",), DenseLinear, dense.f32_prefill, dense.entry_ref),
+        "f16": (matvec.F16, ("data",), DenseLinear, dense.f16_prefill, dense.entry_ref),
+        "bf16": (matvec.BF16, ("data",), DenseLinear, dense.bf16_prefill, dense.entry_ref),
+        "q8": (matvec.Q8, ("codes", "scales"), Q8Linear, q8.q8_prefill, q8.entry_ref),
+        "q2": (matvec.Q2, _GROUPED, GroupedLinear, grouped.grouped_prefill, grouped.entry_ref),
+        "q3": (matvec.Q3, _GROUPED, GroupedLinear, grouped.grouped_prefill, grouped.entry_ref),
+        "q4": (matvec.Q4, _GROUPED, GroupedLinear, grouped.grouped_prefill, grouped.entry_ref),
+        "ternary": (matvec.TERNARY, _TERNARY, TernaryLinear, ternary.ternary_prefill, ternary.entry_ref),
+        "ternary-1.6": (matvec.TERNARY_1P6, _TERNARY, TernaryLinear, ternary.ternary_1p6_prefill, ternary.entry_ref),
+        "onebit": (matvec.ONEBIT, ("signs", "g", "h"), OneBitLinear, onebit.onebit_prefill, onebit.entry_ref),
+        "q1f": (matvec.AFFINE, _AFFINE, AffineLinear, affine.affine_prefill, affine.entry_ref),
+        "q2f": (matvec.AFFINE, _AFFINE, AffineLinear, affine.affine_prefill, affine.entry_ref),
+        "q4f": (matvec.AFFINE, _AFFINE, AffineLinear, affine.affine_prefill, affine.entry_ref),
+        "q4k": (matvec.KQ4, _KQUANT, Q4KLinear, kquant.q4k_prefill, kquant.entry_ref),
+    }.items()
+}  # fmt: skip
+
+
+def make_descriptor(
+    encoding: str, parts: dict[str, np.ndarray], group: int = 0, layernorm: bool = False,
+    bias: np.ndarray | None = None, flags: int = 0,
+) -> tuple:
+    """The matvec descriptor of one linear layer of `encoding` (its parts by name)."""
+    k = REGISTRY[encoding]
+    return matvec.make_descriptor(k.kind, k.parts, parts, group, layernorm, bias, flags)
 
 
 def make_linear(entry: Any, bias: np.ndarray | None = None) -> Linear:
     """The linear layer for a tensor entry (`.encoding, .shape, .params, .parts`)."""
     try:
-        cls = _CLASSES[entry.encoding]
+        cls = REGISTRY[entry.encoding].linear
     except KeyError:
         raise ValueError(f"no linear kernel for encoding {entry.encoding!r}") from None
     return cls(entry, bias)
@@ -345,7 +391,6 @@ def make_linear(entry: Any, bias: np.ndarray | None = None) -> Linear:
 def warmup() -> None:
     """Compile (or load from numba's cache) every kernel with the argument types the layers use:
     read-only weights, decode and prefill."""
-    from lowbit.formats.encodings import ENCODINGS
 
     rng = np.random.default_rng(0)
     out, n = 4, 40
@@ -369,6 +414,8 @@ def warmup() -> None:
     q32 = np.ones((out, 64), np.uint8)
     entries.append(ENCODINGS["q4f"].pack(q32, np.ones((out, 2)), 32, 8))
     entries.append(ENCODINGS["q4f"].pack(q32, np.ones((out, 2)), 32, 0, np.ones((out, 2))))
+    q256 = np.ones((out, 256), np.uint8)
+    entries.append(ENCODINGS["q4k"].pack(q256, q256[:, :8], q256[:, :8], np.ones((out, 1)), np.ones((out, 1))))
     for e in entries:
         lin = make_linear(e)
         xe = x if lin.in_features == n else rng.standard_normal((2, lin.in_features)).astype(np.float32)

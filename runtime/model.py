@@ -6,6 +6,10 @@ Gemma's output norms and per-linear input norms are used when their tensors exis
 activation, attention scale and soft-capping, per-layer sliding window and RoPE table, partial
 RoPE and the embedding multiplier come from the config (ModelArgs); ternary layers quantise their
 own activations to int8 inside their kernels. Activations and accumulation are float32.
+
+`block_forward` is the one block forward: prefill and batched steps run it, calibration runs it
+with its own linears (`load_block`'s `make` hook; lowbit.quant.calibrate), and the fused decode
+step (kernels.decode_step) is its fast twin, held to it by tests for every feature.
 """
 
 from __future__ import annotations
@@ -141,6 +145,9 @@ def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 
 Lookup = Callable[[str], Any]  # tensor name -> TensorEntry / EncodedTensor, or None if absent
+# (weight name, its lookup entry, bias) -> the layer x [T, in] -> [T, out]; None: make_linear.
+# Calibration passes its own, which quantises the weight on the inputs of its first call.
+MakeLinear = Callable[[str, Any, np.ndarray | None], Any]
 
 
 class NormedLinear:
@@ -160,36 +167,56 @@ def _dense(lookup: Lookup, name: str) -> np.ndarray | None:
     return None if entry is None else np.ascontiguousarray(entry.dequantize(), dtype=np.float32)
 
 
-def _linear(lookup: Lookup, prefix: str, norm_eps: float | None = None) -> Any:
+def _linear(lookup: Lookup, prefix: str, norm_eps: float | None = None, make: MakeLinear | None = None) -> Any:
     entry = lookup(prefix + ".weight")
     if entry is None:
         raise KeyError(f"missing tensor {prefix}.weight")
-    linear = make_linear(entry, _dense(lookup, prefix + ".bias"))
+    bias = _dense(lookup, prefix + ".bias")
+    linear = make_linear(entry, bias) if make is None else make(prefix + ".weight", entry, bias)
     norm = _dense(lookup, prefix + ".input_norm.weight") if norm_eps is not None else None
     return linear if norm is None else NormedLinear(linear, norm, norm_eps)
 
 
-def load_attention(lookup: Lookup, i: int, norm_eps: float | None = None) -> Attention:
+def load_attention(lookup: Lookup, i: int, norm_eps: float | None = None, make: MakeLinear | None = None) -> Attention:
     p = f"model.layers.{i}.self_attn."
-    return Attention(*(_linear(lookup, p + f"{x}_proj", norm_eps) for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"),
+    return Attention(*(_linear(lookup, p + f"{x}_proj", norm_eps, make) for x in "qkvo"), sub_norm=_dense(lookup, p + "attn_sub_norm.weight"),
                      q_norm=_dense(lookup, p + "q_norm.weight"), k_norm=_dense(lookup, p + "k_norm.weight"))
 
 
-def load_mlp(lookup: Lookup, i: int, norm_eps: float | None = None) -> MLP:
+def load_mlp(lookup: Lookup, i: int, norm_eps: float | None = None, make: MakeLinear | None = None) -> MLP:
     p = f"model.layers.{i}.mlp."
-    return MLP(*(_linear(lookup, p + f"{x}_proj", norm_eps) for x in ("gate", "up", "down")), sub_norm=_dense(lookup, p + "ffn_sub_norm.weight"))
+    return MLP(*(_linear(lookup, p + f"{x}_proj", norm_eps, make) for x in ("gate", "up", "down")), sub_norm=_dense(lookup, p + "ffn_sub_norm.weight"))
 
 
-def load_block(lookup: Lookup, i: int, norm_eps: float | None = None) -> Block:
+def load_block(lookup: Lookup, i: int, norm_eps: float | None = None, make: MakeLinear | None = None) -> Block:
+    """Layer i from its tensors; `make` builds each linear layer (default: make_linear)."""
     p = f"model.layers.{i}."
     return Block(
         _dense(lookup, p + "input_layernorm.weight"),
-        load_attention(lookup, i, norm_eps),
+        load_attention(lookup, i, norm_eps, make),
         _dense(lookup, p + "post_attention_layernorm.weight"),
-        load_mlp(lookup, i, norm_eps),
+        load_mlp(lookup, i, norm_eps, make),
         _dense(lookup, p + "attn_output_norm.weight"),
         _dense(lookup, p + "mlp_output_norm.weight"),
     )
+
+
+def rope_tables(args: ModelArgs, context_length: int | None = None) -> tuple[list[RotaryEmbedding], list[RotaryEmbedding]]:
+    """The model's RoPE tables (the global one, then sliding layers' own if any) and each layer's."""
+    p, rot = args.max_position_embeddings, args.rotary_dim
+    ropes = [RotaryEmbedding(args.head_dim, p, args.rope_theta, args.rope_scaling, rot, context_length)]
+    if args.rope_local_base_freq is not None:  # sliding layers' own, unscaled RoPE (Gemma 3)
+        ropes.append(RotaryEmbedding(args.head_dim, p, args.rope_local_base_freq, None, rot, context_length))
+    return ropes, [ropes[int(args.uses_local_rope(i))] for i in range(args.num_hidden_layers)]
+
+
+def embed(args: ModelArgs, table: Any, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` of the embedding table (a TensorEntry / EncodedTensor) as float32 [T, hidden],
+    times the embedding multiplier (Gemma)."""
+    x = np.ascontiguousarray(table.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+    if args.embedding_multiplier != 1.0:
+        x *= np.float32(args.embedding_multiplier)
+    return x
 
 
 class Transformer:
@@ -205,12 +232,8 @@ class Transformer:
         self.blocks: list[Block] = [load_block(lookup, i, args.linear_norm_eps) for i in range(args.num_hidden_layers)]
         self.norm = _dense(lookup, "model.norm.weight")
         self.lm_head = make_linear(lookup("lm_head.weight") or self.embed)
-        p, rot = args.max_position_embeddings, args.rotary_dim
-        self.rope = RotaryEmbedding(args.head_dim, p, args.rope_theta, args.rope_scaling, rot, context_length)
-        self.ropes = [self.rope]
-        if args.rope_local_base_freq is not None:  # sliding layers' own, unscaled RoPE (Gemma 3)
-            self.ropes.append(RotaryEmbedding(args.head_dim, p, args.rope_local_base_freq, None, rot, context_length))
-        self.layer_ropes = [self.ropes[int(args.uses_local_rope(i))] for i in range(args.num_hidden_layers)]
+        self.ropes, self.layer_ropes = rope_tables(args, context_length)
+        self.rope = self.ropes[0]
         self._stack_ropes()
         self.layer_info = np.array(
             [(args.layer_window(i), int(args.uses_local_rope(i))) for i in range(args.num_hidden_layers)], dtype=np.int64
@@ -228,10 +251,7 @@ class Transformer:
                       a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0, self.down_block)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(self.embed.dequantize(rows=np.asarray(ids, dtype=np.int64)), dtype=np.float32)
-        if self.args.embedding_multiplier != 1.0:
-            x *= np.float32(self.args.embedding_multiplier)
-        return x
+        return embed(self.args, self.embed, ids)
 
     def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run ids [T] at positions cache.length.. and return logits [T or 1, vocab]."""

@@ -12,16 +12,21 @@ busy loop (SmolLM2 q4, decode tok/s at threads 1 -> 2, medians of 5, 2026-12-01)
 - no busy loop: TBB 78.7 -> 105.6 and 83.9 -> 123.1; OpenMP (300 spins) 80.7 -> 30.2, OMP_WAIT_POLICY=ACTIVE 86.1 -> 35.2.
 (Issue 20's report, TBB 86.5 -> 9.8, came from a machine loaded by other work; in runs while
 other test suites loaded this VM, OpenMP with 300 spins read 21 -> 86 and TBB 24 -> 20.)
-So lowbit asks numba for TBB first, then OpenMP with a short spin wait (GOMP_SPINCOUNT=300,
-KMP_BLOCKTIME=0: ARM64 has no tbb wheel), then workqueue, unless the user chose a layer or a wait
-policy (NUMBA_THREADING_LAYER, NUMBA_THREADING_LAYER_PRIORITY, OMP_WAIT_POLICY, GOMP_SPINCOUNT,
+So on x86 lowbit asks numba for TBB first, then OpenMP with a short spin wait (GOMP_SPINCOUNT=300,
+KMP_BLOCKTIME=0), then workqueue, unless the user chose a layer or a wait policy
+(NUMBA_THREADING_LAYER, NUMBA_THREADING_LAYER_PRIORITY, OMP_WAIT_POLICY, GOMP_SPINCOUNT,
 KMP_BLOCKTIME). With a busy neighbour, `--threads 2` is then ~0.9 x `--threads 1`, not 8 x slower.
+On ARM64 (and wherever the tbb library is missing) OpenMP comes first: PyPI has no ARM64 wheel of
+tbb, numba's ARM64 wheels have an OpenMP pool, and the system's libgomp (Debian `libgomp1`) runs it.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
 import os
+import platform
 
 import numba
 import numpy as np
@@ -31,7 +36,29 @@ import lowbit.runtime.kernels.cache  # noqa: F401  (numba's cache outside the in
 log = logging.getLogger(__name__)
 
 ENV = "LOWBIT_THREADS"
-LAYER_ORDER = "tbb omp workqueue"
+ARM64 = ("aarch64", "arm64")
+
+
+def tbb_installed() -> bool:
+    """Whether numba's TBB pool could load: its extension and the tbb package's library."""
+    if importlib.util.find_spec("numba.np.ufunc.tbbpool") is None:
+        return False
+    try:
+        importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def layer_order(machine: str | None = None, have_tbb: bool | None = None) -> list[str]:
+    """Numba's threading layers in the order to try them (numba wants all three; it skips one
+    that will not load): TBB before OpenMP on x86; on ARM64 OpenMP with the system libgomp
+    first, then TBB where it is installed, else workqueue before a TBB that is not there."""
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine not in ARM64:
+        return ["tbb", "omp", "workqueue"]
+    tbb = tbb_installed() if have_tbb is None else have_tbb
+    return ["omp", "tbb", "workqueue"] if tbb else ["omp", "workqueue", "tbb"]
 
 
 WAIT_ENV = {"GOMP_SPINCOUNT": "300", "KMP_BLOCKTIME": "0"}
@@ -39,13 +66,15 @@ CHOICES = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY", "OMP_WAIT_
 
 
 def choose_threading_layer() -> None:
-    """Ask numba for TBB, else OpenMP with short spin waits (see the module's docstring), unless
-    the user chose a layer or a wait policy; must run before the first parallel call starts the pool."""
+    """Ask numba for the layers of `layer_order()` with OpenMP's short spin waits (see the module's
+    docstring), unless the user chose a layer or a wait policy; must run before the first
+    parallel call starts the pool."""
     if any(os.environ.get(k, "").strip() for k in CHOICES):
         return
+    order = layer_order()
     os.environ.update(WAIT_ENV)  # read by the OpenMP runtime when numba's omp pool loads it
-    os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = LAYER_ORDER  # numba re-reads its env at compiles
-    numba.config.THREADING_LAYER_PRIORITY = LAYER_ORDER.split()
+    os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = " ".join(order)  # numba re-reads its env at compiles
+    numba.config.THREADING_LAYER_PRIORITY = order
 
 
 choose_threading_layer()
@@ -116,6 +145,13 @@ def _tiny_parallel(a):
         a[i] += 1.0
 
 
+def workqueue_hint(machine: str | None = None) -> str:
+    """What to install for a real thread pool on this machine."""
+    if (machine if machine is not None else platform.machine()).lower() in ARM64:
+        return "install the OpenMP runtime (Debian/Ubuntu: `apt install libgomp1`; there is no tbb for ARM64)"
+    return "install TBB (`pip install tbb`) or an OpenMP runtime"
+
+
 def check_threading_layer() -> str:
     """Run a tiny parallel kernel and return numba's threading layer; warn on `workqueue`."""
     _tiny_parallel(np.zeros(4, dtype=np.float32))
@@ -123,6 +159,7 @@ def check_threading_layer() -> str:
     if layer == "workqueue":
         log.warning(
             "numba is using its 'workqueue' threading layer (~100 µs per parallel call, much "
-            "slower decoding); install TBB (`pip install tbb`) or an OpenMP runtime"
+            "slower decoding); %s",
+            workqueue_hint(),
         )
     return layer

@@ -373,16 +373,6 @@ def check_generation(meta: Any) -> dict[str, Any]:
     return meta
 
 
-# -- the one entry point -------------------------------------------------------------------------
-
-
-def validate_model(config: Any, tensors: Mapping[str, Any]) -> ModelArgs:
-    """check_config then check_tensors: what the runtime and the converter both run."""
-    args = check_config(config)
-    check_tensors(args, tensors)
-    return args
-
-
 def check_context(args: ModelArgs, context_length: Any) -> None:
     """A caller's context_length: a positive integer (above the model's limit it is clamped to it)."""
     if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)):

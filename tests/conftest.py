@@ -1,4 +1,5 @@
-"""Shared fixtures."""
+"""Session-wide fixtures for the real models: SmolLM2-135M-Instruct (HF folder, its GGUF, one
+conversion per method shared by every test) and the Gemma 3 270M GGUF, each built once."""
 
 from __future__ import annotations
 

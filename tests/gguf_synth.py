@@ -30,10 +30,14 @@ LAYOUT: dict[int, tuple[int, int, tuple[int, ...]]] = {
     gq.Q2_0: (64, 18, (0,)),
     int(T.Q4_K): (256, 144, (0, 2)),
     int(T.Q6_K): (256, 210, (208,)),
+    int(T.Q5_0): (32, 22, (0,)),
+    int(T.Q5_K): (256, 176, (0, 2)),
+    int(T.IQ4_NL): (32, 18, (0,)),
 }
 NAMES = {int(T.Q4_0): "Q4_0", int(T.Q4_1): "Q4_1", int(T.Q8_0): "Q8_0", int(T.TQ1_0): "TQ1_0",
          int(T.TQ2_0): "TQ2_0", gq.Q1_0: "Q1_0", gq.Q2_0: "Q2_0", gq.I2_S: "I2_S",
-         int(T.Q4_K): "Q4_K", int(T.Q6_K): "Q6_K", int(T.F16): "F16"}  # fmt: skip
+         int(T.Q4_K): "Q4_K", int(T.Q6_K): "Q6_K", int(T.F16): "F16", int(T.Q5_0): "Q5_0",
+         int(T.Q5_K): "Q5_K", int(T.IQ4_NL): "IQ4_NL"}  # fmt: skip
 BY_NAME = {v: k for k, v in NAMES.items()}
 
 
@@ -106,11 +110,15 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
                      ffn: int = 512, heads: int = 4, kv_heads: int = 2, vocab: int = 64,
                      embed_type: int | None = None, seed: int = 0, ternary: bool = True,
                      tokenizer_model: str = "gpt2", overrides: dict[str, int] | None = None,
-                     block_scale: float | None = None) -> dict[str, tuple[int | None, np.ndarray]]:
+                     block_scale: float | None = None, arch: str = "llama",
+                     ) -> dict[str, tuple[int | None, np.ndarray]]:
     """A Llama-shaped GGUF whose linear layers are random raw blocks of `linear_type` (None: F32).
-    Returns GGUF name -> (type id or None, raw rows or float32 values)."""
+    `arch` "qwen3": Qwen3's shape (a per-head RMSNorm on q and k, `attn_{q,k}_norm` [head_dim]),
+    as PrismML's Bonsai GGUFs are written; "bitnet": llama.cpp's BitNet (sub-norms before o_proj
+    and down_proj, `attn_sub_norm` [hidden] and `ffn_sub_norm` [ffn]). Returns GGUF name -> (type id or None, raw rows or
+    float32 values)."""
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(layers)
     w.add_context_length(256)
     w.add_embedding_length(hidden)
@@ -149,8 +157,8 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
             w.add_tensor(name, a)
             tensors[name] = (None, a)
             return
-        if type_id == int(T.Q8_0):  # codes span ±127: d ≈ max|w| / 127, as llama.cpp writes it
-            scale /= 40
+        if type_id in (int(T.Q8_0), int(T.Q4_K)):  # Q8_0 codes span ±127 (d ≈ max|w| / 127, as
+            scale /= 40  # llama.cpp writes it), Q4_K's d multiplies sub-scales up to 63
         raw = random_raw(type_id, shape[0], shape[1], rng, scale, ternary)
         if block_scale is not None and type_id in (int(T.TQ1_0), int(T.TQ2_0)):
             at = LAYOUT[type_id][2][0]  # one scale for the whole tensor, as BitNet's weights have
@@ -162,8 +170,13 @@ def write_tiny_llama(path: Path, linear_type: int | None, *, layers: int = 2, hi
 
     add("token_embd.weight", (vocab, hidden), embed_type, 0.5)
     for i in range(layers):
-        for short in ("attn_norm", "ffn_norm"):
-            a = (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32)
+        norms = {"attn_norm": hidden, "ffn_norm": hidden}
+        if arch == "qwen3":
+            norms.update(attn_q_norm=hd, attn_k_norm=hd)
+        if arch == "bitnet":
+            norms.update(attn_sub_norm=hidden, ffn_sub_norm=ffn)
+        for short, size in norms.items():
+            a = (1 + 0.1 * rng.standard_normal(size)).astype(np.float32)
             w.add_tensor(f"blk.{i}.{short}.weight", a)
             tensors[f"blk.{i}.{short}.weight"] = (None, a)
         for short, shape in shapes.items():

@@ -26,23 +26,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from tiny_models import COMMON  # noqa: E402  (the tiny shape every test model shares)
+
 BASE_CONFIG: dict[str, Any] = dict(
-    hidden_size=64,
-    intermediate_size=176,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
+    COMMON,
     head_dim=16,
-    vocab_size=384,
-    rms_norm_eps=1e-5,
     rope_theta=10000.0,
     rope_scaling=None,
-    max_position_embeddings=256,
     tie_word_embeddings=False,
     attention_bias=False,
     sliding_window=None,
     hidden_act="silu",
-    bos_token_id=1,
     eos_token_id=[2],
     source_architecture="LlamaForCausalLM",
 )

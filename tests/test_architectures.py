@@ -171,17 +171,9 @@ def test_model_type_without_architectures(checkpoints, tmp_path):
 
 def _rewrite_with_features(src, dst, features):
     """A copy of a .lowbit file whose metadata.features is `features` (tensors and blobs as they are)."""
-    from lowbit.formats import LowbitWriter
-    from lowbit.formats.encodings import EncodedTensor
+    from lowbit.formats.writer import rewrite
 
-    with LowbitReader(src) as r:
-        meta = {**r.metadata, "features": features}
-        with LowbitWriter(dst, meta) as w:
-            for name in r.blob_names():
-                w.add_blob(name, r.blob(name))
-            for name, e in r.tensors.items():
-                w.add_tensor(name, EncodedTensor(e.encoding, e.shape, e.params, {k: np.array(v) for k, v in e.parts.items()}))
-    return dst
+    return rewrite(src, dst, {"features": features})
 
 
 def test_a_feature_this_runtime_lacks_is_refused(checkpoints, tmp_path):

@@ -21,22 +21,23 @@ from lowbit.file_info import summarize
 from lowbit.formats import LowbitReader
 from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime.kernels.affine import affine_ref
+from lowbit.runtime.kernels.kquant import q4k_ref
 from lowbit.runtime.kernels.q8 import decode_activation_ref
 from lowbit.runtime.linear import make_linear
 
 EXPECTED = {  # GGML type -> the lowbit encoding keep gives a linear layer (random block scales)
     "Q8_0": "q8", "Q4_0": "q4f", "Q4_1": "q4f", "Q1_0": "q1f", "Q2_0": "q2f",
-    "TQ1_0": "q2f", "TQ2_0": "q2f", "I2_S": "ternary", "F16": "f16",
+    "TQ1_0": "q2f", "TQ2_0": "q2f", "I2_S": "ternary", "F16": "f16", "Q5_0": "q8", "Q4_K": "q4k",
 }  # fmt: skip
 
 
 class KeepReference(ReferenceLinear):
-    """ReferenceLinear, with q4f G = 32's decode on int8 activations per group of 32 (as the
-    kernel runs GGUF's Q4_0 / Q4_1 grids)."""
+    """ReferenceLinear, with q4f G = 32's and q4k's decode on int8 activations per group of 32
+    (as the kernels run GGUF's Q4_0 / Q4_1 / Q4_K grids)."""
 
     def __init__(self, entry, bias=None) -> None:
         super().__init__(entry, bias)
-        self.int8 = entry.encoding == "q4f" and entry.params["group_size"] == 32
+        self.int8 = entry.encoding == "q4k" or (entry.encoding == "q4f" and entry.params["group_size"] == 32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.int8 and x.shape[0] == 1:
@@ -94,7 +95,7 @@ def test_ternary_blocks_with_one_scale_become_ternary(tmp_path: Path, name: str)
         assert np.array_equal(_bits(e.dequantize()), _bits(ref))
 
 
-@pytest.mark.parametrize("name", ["Q1_0", "TQ2_0", "I2_S", "Q4_1", "Q8_0", "Q2_0"])
+@pytest.mark.parametrize("name", ["Q1_0", "TQ2_0", "I2_S", "Q4_1", "Q8_0", "Q2_0", "Q4_K", "Q5_0"])
 def test_logits_equal_numpy_forward(kept, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runtime on the kept file against a numpy forward over the dequantised weights
     (ternary and q8 layers quantise their inputs to int8 as the encodings define)."""
@@ -105,7 +106,7 @@ def test_logits_equal_numpy_forward(kept, name: str, monkeypatch: pytest.MonkeyP
     ref = _logits(path, ids, 10)
     err = np.abs(ours - ref).max(axis=1) / np.abs(ref).max()
     assert err[:11].max() <= 1e-4, err  # the prompt and the first decode step
-    assert err.max() <= (3e-2 if name in ("TQ2_0", "I2_S", "Q8_0", "Q4_1") else 1e-4), err
+    assert err.max() <= (3e-2 if name in ("TQ2_0", "I2_S", "Q8_0", "Q4_1", "Q4_K", "Q5_0") else 1e-4), err
 
 
 @pytest.mark.parametrize(
@@ -132,26 +133,50 @@ def test_affine_kernels_equal_reference(enc: str, bits: int, zero: int, group: i
         assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max(), t
 
 
+def test_q4k_kernels_equal_reference() -> None:
+    """q4k decode (the matvec descriptor, int8 activations) and prefill against the numpy
+    reference; 37 rows so that the last prefill block and decode task are partial."""
+    rng = np.random.default_rng(44)
+    out, n = 37, 768
+    q = rng.integers(0, 16, (out, n)).astype(np.uint8)
+    sc, mn = (rng.integers(0, 64, (out, n // 32)).astype(np.uint8) for _ in range(2))
+    d, dmin = ((rng.standard_normal((out, n // 256)) * 0.01).astype(np.float16) for _ in range(2))
+    e = ENCODINGS["q4k"].pack(q, sc, mn, d, dmin)
+    assert ENCODINGS["q4k"].bits_per_weight(e.shape, e.params) == 4.625
+    w = e.dequantize()
+    i = np.arange(n)
+    expect = (d.astype(np.float32)[:, i // 256] * sc[:, i // 32]) * q - dmin.astype(np.float32)[:, i // 256] * mn[:, i // 32]
+    assert np.array_equal(_bits(w), _bits(expect))
+    lin = make_linear(e)
+    p = e.parts
+    for t in (1, 3, 17):
+        x = rng.standard_normal((t, n)).astype(np.float32)
+        ref = q4k_ref(x, p["codes"], p["sub_scales"], p["sub_mins"], p["super"].view(np.uint16))
+        assert np.abs(lin(x) - ref).max() <= 1e-5 * np.abs(ref).max(), t
+
+
 def test_kquants_requantised_and_reported(tmp_path: Path) -> None:
     from lowbit.cli import cli as main
 
     gguf_path = tmp_path / "k.gguf"
-    overrides = {"blk.0.ffn_down.weight": BY_NAME["Q6_K"], "blk.1.attn_q.weight": BY_NAME["Q4_K"]}
+    overrides = {"blk.0.ffn_down.weight": BY_NAME["Q6_K"], "blk.1.attn_q.weight": BY_NAME["IQ4_NL"],
+                 "blk.1.attn_k.weight": BY_NAME["Q4_K"]}
     write_tiny_llama(gguf_path, BY_NAME["Q4_1"], overrides=overrides)
     res = CliRunner().invoke(main, ["convert", str(gguf_path), "-m", "keep", "-o", str(tmp_path / "k.lowbit")])
     assert res.exit_code == 0, res.output
-    assert "kept losslessly: 13 tensors, 12 x Q4_1 -> q4f, 1 x F32 -> f32" in res.output
-    assert "re-quantised: 2 tensors, 1 x Q6_K -> q8, 1 x Q4_K -> q4" in res.output
+    assert "kept losslessly: 13 tensors, 11 x Q4_1 -> q4f, 1 x F32 -> f32, 1 x Q4_K -> q4k" in res.output
+    assert "re-quantised: 2 tensors, 1 x Q6_K -> q8, 1 x IQ4_NL -> q4" in res.output
     assert "model.layers.0.mlp.down_proj.weight" in res.output
     with LowbitReader(tmp_path / "k.lowbit") as r:
         e = r.tensors["model.layers.0.mlp.down_proj.weight"]
         assert e.encoding == "q8" and e.info["source_type"] == "Q6_K" and e.info["kept"] is False  # > 5 bits: q8
-        assert r.tensors["model.layers.1.self_attn.q_proj.weight"].params["group_size"] == 32  # Q4_K's sub-blocks
+        assert r.tensors["model.layers.1.self_attn.q_proj.weight"].params["group_size"] == 32  # IQ4_NL's blocks
     s = summarize(tmp_path / "k.lowbit")
-    assert s["encodings"]["q4f"]["source_types"] == {"Q4_1 kept": 12}
-    assert s["encodings"]["q4"]["source_types"] == {"Q4_K re-quantised": 1}
+    assert s["encodings"]["q4f"]["source_types"] == {"Q4_1 kept": 11}
+    assert s["encodings"]["q4k"]["source_types"] == {"Q4_K kept": 1}
+    assert s["encodings"]["q4"]["source_types"] == {"IQ4_NL re-quantised": 1}
     info = CliRunner().invoke(main, ["info", str(tmp_path / "k.lowbit")])
-    assert "from GGUF Q4_1 kept ×12" in info.output, info.output
+    assert "from GGUF Q4_1 kept ×11" in info.output and "from GGUF Q4_K kept ×1" in info.output, info.output
 
 
 def test_lower_bit_methods_quantise_from_the_dequantised_source(kept, tmp_path: Path) -> None:

@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -327,32 +325,9 @@ def write_tiny_gguf(
 def sp_model() -> Any:
     """A tiny BPE SentencePiece model with byte fallback, as Llama/Mistral vocabularies are."""
     import sentencepiece as spm
+    from tiny_models import sentencepiece_model
 
-    rng = random.Random(0)
-    words = (
-        "the quick brown fox jumps over lazy dog hello world tokenizer model byte fallback "
-        "runtime python numpy stream text space naïve café déjà vu"
-    ).split()
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) for _ in range(2000)]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=buf,
-        vocab_size=400,
-        model_type="bpe",
-        byte_fallback=True,
-        character_coverage=1.0,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        add_dummy_prefix=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        minloglevel=2,
-        num_threads=1,
-    )
-    return spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    return spm.SentencePieceProcessor(model_proto=sentencepiece_model(2000))
 
 
 def sp_vocab(sp: Any) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import pytest
 
 from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
-from lowbit.runtime.kernels.matvec import make_descriptor, matvec
+from lowbit.runtime.kernels.matvec import matvec
+from lowbit.runtime.linear import make_descriptor
 
 SHAPES = [(1, 1), (1, 577), (7, 1), (33, 577), (19, 5460), (5, 8640), (64, 128)]
 TOKENS = (1, 3, 17)
@@ -200,7 +201,7 @@ def test_grouped(shape, bits, group, threads):
 # -- ternary ------------------------------------------------------------------------------
 
 
-TERNARY = {"ternary": ternary.ternary_prefill, "ternary-1.6": ternary.ternary16_prefill}
+TERNARY = {"ternary": ternary.ternary_prefill, "ternary-1.6": ternary.ternary_1p6_prefill}
 
 
 def ternary_entry(rng, encoding: str, shape: tuple[int, int], mode: str):
@@ -378,25 +379,24 @@ def test_threads_bit_identical():
 
 
 def _simd_variants() -> list[str]:
-    from lowbit.runtime.kernels import simd
+    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
 
-    return (["avx2"] if simd.HAVE_AVX2 else []) + (["vnni"] if simd.HAVE_VNNI else [])
+    return (["avx2"] if HAVE_AVX2 else []) + (["vnni"] if HAVE_VNNI else [])
 
 
 @pytest.mark.parametrize("variant", _simd_variants() or ["selected"])
 def test_simd_dots_match_portable_loops(variant):
     """Every vector dot product this CPU can run (AVX2 vpmaddubsw, VNNI vpdpbusd) equals the
-    portable numba loops, whichever one the runtime selected."""
+    portable numba loops, whichever one the runtime selected: ternary and ternary-1.6, OneBit,
+    q4 on int8 activations and q8 (q4f: test_affine_dots_match_portable_loops)."""
     from numba import njit
-
-    from lowbit.runtime.kernels import simd
 
     # q8 has no VNNI dot: a VNNI CPU runs the AVX2 one, so "vnni" checks it again
     pick = {
-        "avx2": (simd._dot_t2_avx2, simd._dot_t3_avx2, simd._dot_b1_avx2, simd._dot_q4_i8_avx2, simd._dot_q8_avx2),
-        "vnni": (simd._dot_t2_vnni, simd._dot_t3_vnni, simd._dot_b1_vnni, simd._dot_q4_i8_vnni, simd._dot_q8_avx2),
+        "avx2": (ternary._dot_ternary_avx2, ternary._dot_ternary_1p6_avx2, onebit._dot_b1_avx2, grouped._dot_q4_i8_avx2, q8._dot_q8_avx2),
+        "vnni": (ternary._dot_ternary_vnni, ternary._dot_ternary_1p6_vnni, onebit._dot_b1_vnni, grouped._dot_q4_i8_vnni, q8._dot_q8_avx2),
     }.get(variant)
-    t2, t3, b1, q4, q8 = pick or (simd.dot_t2, simd.dot_t3, simd._dot_b1_row, simd.dot_q4_i8_generic, simd.dot_q8)
+    t2, t3, b1, q4, q8_dot = pick or (ternary.dot_ternary, ternary.dot_ternary_1p6, onebit._dot_b1_row, grouped.dot_q4_i8_generic, q8.dot_q8)
 
     @njit
     def run(codes2, codes3, x, codes1, x1, q1, tail, c4, d, sq, group):
@@ -404,7 +404,7 @@ def test_simd_dots_match_portable_loops(variant):
 
     @njit
     def run_q8(codes, x, d):
-        return q8(codes, x, d)
+        return q8_dot(codes, x, d)
 
     rng = np.random.default_rng(13)
     for q in (32, 64, 1728):
@@ -431,10 +431,10 @@ def test_simd_dots_match_portable_loops(variant):
         d = rng.random(n // group).astype(np.float32)
         sq = rng.integers(1, 256, n // group).astype(np.uint8)
         got = run(codes2, codes3, x, codes1, x1, q1, tail, c4, d, sq, group)
-        assert got[0] == want2 == simd.dot_t2_generic(codes2, x)
-        assert got[1] == want3 == simd.dot_t3_generic(codes3, x)
-        assert got[2] == want1 == simd.dot_b1_generic(codes1, x1, q1, tail)
-        want4 = simd.dot_q4_i8_generic(c4, x, d, sq, group)
+        assert got[0] == want2 == ternary.dot_ternary_generic(codes2, x)
+        assert got[1] == want3 == ternary.dot_ternary_1p6_generic(codes3, x)
+        assert got[2] == want1 == onebit.dot_b1_generic(codes1, x1, q1, tail)
+        want4 = grouped.dot_q4_i8_generic(c4, x, d, sq, group)
         np.testing.assert_allclose(got[3], want4, rtol=1e-5)
         # q8 rows of an even and an odd number of 32-blocks (the AVX2 loop runs blocks in pairs);
         # codes span all of int8, activations ±127 as the quantizer makes them
@@ -446,10 +446,49 @@ def test_simd_dots_match_portable_loops(variant):
             d8 = rng.random(nb).astype(np.float32)
             terms = d8.astype(np.float64) * (c8.astype(np.int64) * x8).reshape(nb, 32).sum(1)
             got8 = run_q8(c8, x8, d8)
-            want8 = simd.dot_q8_generic(c8, x8, d8)
+            want8 = q8.dot_q8_generic(c8, x8, d8)
             tol = 1e-5 * float(np.abs(terms).sum())
             np.testing.assert_allclose(got8, terms.sum(), rtol=0, atol=tol)
             np.testing.assert_allclose(got8, want8, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("variant", _simd_variants() or ["selected"])
+def test_affine_dots_match_portable_loops(variant):
+    """q4f's int8 dot (GGUF Q4_0 / Q4_1 decode: AVX2 vpmaddubsw, VNNI vpdpbusd) equals its
+    portable loops; the float vector-IR rows (`grouped.row_dot_q1/q2/q4` with f16 scales) equal
+    `affine_row_loops`."""
+    from numba import njit
+
+    from lowbit.runtime.kernels import affine
+
+    q4f = {"avx2": affine._dot_q4f_avx2, "vnni": affine._dot_q4f_vnni}.get(variant, affine.dot_q4f32_i8)
+
+    @njit
+    def run(codes, x, sd):
+        return q4f(codes, x, sd)
+
+    rng = np.random.default_rng(14)
+    for ng in (2, 8, 54):  # q4f G = 32 rows: 16 code bytes per group, an even group count
+        codes = rng.integers(0, 256, 16 * ng).astype(np.uint8)
+        x = rng.integers(-127, 128, 32 * ng).astype(np.int8)
+        sd = rng.random(ng).astype(np.float32)
+        want = affine.dot_q4f32_i8_generic(codes, x, sd)
+        got = run(codes, x, sd)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * 15 * 127 * 32 * float(sd.sum()))
+    for bits, group in ((1, 128), (2, 64), (4, 32), (4, 128)):
+        ng = 6
+        n = ng * group
+        codes = rng.integers(0, 256, n * bits // 8).astype(np.uint8)
+        x = rng.standard_normal(n).astype(np.float32)
+        xs = x.reshape(ng, group).sum(1).astype(np.float32)
+        scales = (rng.random(ng) * 0.1).astype(np.float16).view(np.uint16)
+        mins = (rng.standard_normal(ng) * 0.01).astype(np.float16).view(np.uint16)
+        zero = 0 if bits == 1 else 1 << (bits - 1)
+        for has_min in (False, True):
+            no_zeros = np.zeros(ng, np.uint8)
+            got = affine.affine_row(codes, x, xs, scales, mins, has_min, bits, zero, group, no_zeros)
+            want = affine.affine_row_loops(codes, x, xs, scales, mins, has_min, bits, zero, group)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"q{bits}f G{group}")
 
 
 def test_one_signature_per_kernel():

@@ -17,24 +17,18 @@ from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime import threads
 from lowbit.runtime.kernels.q8 import decode_activation_ref
 from lowbit.runtime.kernels.ternary import quantize_activation_ref
-from lowbit.runtime.linear import (
-    AffineLinear,
-    DenseLinear,
-    GroupedLinear,
-    OneBitLinear,
-    Q8Linear,
-    TernaryLinear,
-    layer_norm,
-    make_linear,
-)
+from lowbit.runtime.linear import REGISTRY, layer_norm, make_linear
 
 OUT, IN = 24, 300
 AFFINE_GROUPS = {"q4f": 32, "q2f": 64, "q1f": 128}  # group sizes as GGUF's Q4_1, Q2_0 and Q1_0 have them
 AFFINE_IN = 384  # the affine encodings need whole groups
 
 
+Q4K_IN = 512  # q4k: whole 256-weight super-blocks
+
+
 def in_features(encoding: str) -> int:
-    return AFFINE_IN if encoding in AFFINE_GROUPS else IN
+    return Q4K_IN if encoding == "q4k" else AFFINE_IN if encoding in AFFINE_GROUPS else IN
 
 
 def pack(encoding: str, rng: np.random.Generator, shape=(OUT, IN), layernorm: bool = False):
@@ -60,6 +54,15 @@ def pack(encoding: str, rng: np.random.Generator, shape=(OUT, IN), layernorm: bo
         )
     if encoding in ("ternary", "ternary-1.6"):
         return enc.pack(rng.integers(-1, 2, shape), (rng.random(out) + 0.5).astype(np.float32))
+    if encoding == "q4k":  # GGUF's Q4_K: u8 sub-scales / minimums under f16 super-block ones
+        ng = n // 32
+        return enc.pack(
+            rng.integers(0, 16, shape).astype(np.uint8),
+            rng.integers(0, 64, (out, ng)).astype(np.uint8),
+            rng.integers(0, 64, (out, ng)).astype(np.uint8),
+            np.full((out, ng // 8), 1e-3, np.float16),
+            np.full((out, ng // 8), 5e-4, np.float16),
+        )
     if encoding in AFFINE_GROUPS:  # GGUF's grids: f16 scale (and minimum) per group, zero point
         group = AFFINE_GROUPS[encoding]
         ng = n // group
@@ -92,8 +95,8 @@ def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
     elif entry.encoding in ("q8", "q4"):  # decode: int8 activations, q8 per 32 values, q4 per group
         block = entry.params["group_size"] if entry.encoding == "q4" else 32
         y = decode_activation_ref(x, block) @ entry.dequantize().astype(np.float64).T
-    elif entry.encoding == "q4f" and entry.params["group_size"] == 32 and x.shape[0] == 1:
-        # decode of GGUF's Q4_0 / Q4_1 grids: int8 activations per group of 32, as llama.cpp runs them
+    elif (entry.encoding == "q4k" or entry.encoding == "q4f" and entry.params["group_size"] == 32) and x.shape[0] == 1:
+        # decode of GGUF's Q4_0 / Q4_1 / Q4_K grids: int8 activations per group of 32, as llama.cpp runs them
         y = decode_activation_ref(x, 32) @ entry.dequantize().astype(np.float64).T
     else:
         y = x.astype(np.float64) @ entry.dequantize().astype(np.float64).T
@@ -108,23 +111,6 @@ def close(y, ref, rtol=2e-5):
     np.testing.assert_allclose(y, ref, rtol=0, atol=rtol * max(np.abs(ref).max(), 1e-6))
 
 
-CLASSES = {
-    "f32": DenseLinear,
-    "f16": DenseLinear,
-    "bf16": DenseLinear,
-    "q8": Q8Linear,
-    "q2": GroupedLinear,
-    "q3": GroupedLinear,
-    "q4": GroupedLinear,
-    "ternary": TernaryLinear,
-    "ternary-1.6": TernaryLinear,
-    "onebit": OneBitLinear,
-    "q1f": AffineLinear,
-    "q2f": AffineLinear,
-    "q4f": AffineLinear,
-}
-
-
 @pytest.mark.parametrize("encoding", list(ENCODINGS))
 def test_make_linear_matches_dequantized(encoding):
     rng = np.random.default_rng(3)
@@ -132,12 +118,14 @@ def test_make_linear_matches_dequantized(encoding):
     entry = pack(encoding, rng, shape=(OUT, n_in))
     bias = rng.standard_normal(OUT).astype(np.float32)
     lin = make_linear(entry, bias=bias)
-    assert isinstance(lin, CLASSES[encoding]) and lin.shape == (OUT, n_in)
+    kernels = REGISTRY[encoding]
+    assert type(lin) is kernels.linear and lin.shape == (OUT, n_in)
     for t in (1, 2, 9):
         x = rng.standard_normal((t, n_in)).astype(np.float32)
         y = lin(x)
         assert y.dtype == np.float32 and y.shape == (t, OUT)
         close(y, expected(entry, x, bias))
+        close(y, kernels.reference(x, entry) + bias)  # the registry's numpy reference
     # a 1-D input gives a 1-D output; out= is filled and returned
     x1 = rng.standard_normal(n_in).astype(np.float32)
     assert lin(x1).shape == (OUT,)
@@ -147,11 +135,25 @@ def test_make_linear_matches_dequantized(encoding):
     close(buf, expected(entry, x3, bias))
 
 
+def test_registry_covers_every_encoding():
+    """One row per encoding the format defines, naming parts the encoding stores; the converter
+    quantises every family but the GGUF-only grids (affine, kquant)."""
+    from lowbit.quant import GGUF_ONLY, QUANTIZERS
+
+    assert set(REGISTRY) == set(ENCODINGS)
+    rng = np.random.default_rng(4)
+    for name, kernels in REGISTRY.items():
+        assert kernels.spec is ENCODINGS[name]
+        stored = set(pack(name, rng, shape=(OUT, in_features(name))).parts)
+        assert {p for p in kernels.parts if p} <= stored | {"mins"}, name
+        assert (kernels.spec.family in QUANTIZERS) == (kernels.spec.family not in GGUF_ONLY), name
+
+
 def test_from_memory_mapped_file(tmp_path):
     """Parts of an open file are read-only views of the mapping; the layers run on them as is."""
     rng = np.random.default_rng(4)
     path = tmp_path / "m.lowbit"
-    entries = {name: pack(name, rng, shape=(17, AFFINE_IN if name in AFFINE_GROUPS else 577)) for name in ENCODINGS}
+    entries = {name: pack(name, rng, shape=(17, 577 if in_features(name) == IN else in_features(name))) for name in ENCODINGS}
     with LowbitWriter(path, {"architecture": "llama"}) as w:
         for name, e in entries.items():
             w.add_tensor(name, e)

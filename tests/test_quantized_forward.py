@@ -147,3 +147,19 @@ def test_fused_decode_step_equals_layer_by_layer(tiny_qwen2, tmp_path, method):
     # int8 activations (ternary) are discontinuous: a 1-ulp difference in a norm's float sum can
     # move one code by 1 and that step's K/V by ~1e-3, which later steps attend to
     assert err.max() <= (3e-2 if method in ("ternary", "ternary-1.6", "mixed") else 1e-5), err
+
+
+def test_fused_decode_step_equals_layer_by_layer_bitnet(tmp_path):
+    """BitNet b1.58's relu² MLP and attention / FFN sub-norms in the fused decode step against
+    block_forward (the other architecture features: tests/test_architectures.py)."""
+    folder = save_tiny("bitnet", tmp_path / "bitnet", seed=4)
+    out = convert(folder, tmp_path / "bitnet.lowbit", method="f32")  # linear layers: ternary
+    llm = load(out.path)
+    assert llm.args.hidden_act == "relu2" and llm.model.blocks[0].attn.sub_norm is not None
+    assert llm.model.blocks[0].mlp.sub_norm is not None and llm.model.fused_decode
+    ids = random_ids(24, seed=6)
+    fused = _decode_logits(out.path, ids, 16, True)
+    layered = _decode_logits(out.path, ids, 16, False)
+    err = np.abs(fused - layered).max(axis=1) / np.abs(layered).max()
+    assert err[0] <= 1e-5
+    assert err.max() <= 3e-2, err  # int8 activations: see test_fused_decode_step_equals_layer_by_layer

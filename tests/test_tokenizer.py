@@ -8,7 +8,6 @@ below are cached per process and imported by test_chat_template.py and test_deto
 from __future__ import annotations
 
 import functools
-import io
 import json
 import random
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_models import sentencepiece_model
 
 from lowbit.runtime.tokenizer import Tokenizer, TokenizerError
 
@@ -68,25 +68,12 @@ def hf_smollm2() -> Any:
 
 
 def spec_config(folder: Path) -> dict[str, Any]:
-    """metadata.tokenizer as SPEC.md 3.2 describes it, from a saved transformers folder."""
-    cfg = json.loads((folder / "tokenizer_config.json").read_text())
-    template = cfg.get("chat_template")
-    if template is None and (folder / "chat_template.jinja").exists():
-        template = (folder / "chat_template.jinja").read_text()
+    """metadata.tokenizer as the converter writes it (SPEC.md 3.2), from a saved transformers folder."""
+    from lowbit.convert.converter import tokenizer_section
+    from lowbit.convert.hf_source import TOKENIZER_FILES
 
-    def s(v: Any) -> str | None:
-        return v.get("content") if isinstance(v, dict) else v
-
-    return {
-        "chat_template": template,
-        "bos_token": s(cfg.get("bos_token")),
-        "eos_token": s(cfg.get("eos_token")),
-        "pad_token": s(cfg.get("pad_token")),
-        "unk_token": s(cfg.get("unk_token")),
-        "add_bos_token": cfg.get("add_bos_token"),
-        "add_eos_token": cfg.get("add_eos_token"),
-        "special_tokens": [],
-    }
+    files = {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).is_file()}
+    return tokenizer_section(files)[2]
 
 
 @functools.cache
@@ -103,34 +90,7 @@ def our_smollm2() -> Tokenizer:
 @functools.cache
 def sp_model_bytes() -> bytes:
     """A tiny BPE SentencePiece model with byte fallback, trained on generated text."""
-    import sentencepiece as spm
-
-    rng = random.Random(0)
-    words = (
-        "the quick brown fox jumps over lazy dog hello world tokenizer model byte fallback runtime "
-        "python numpy stream text space naïve café déjà vu"
-    ).split()
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) for _ in range(3000)]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=buf,
-        vocab_size=400,
-        model_type="bpe",
-        byte_fallback=True,
-        character_coverage=1.0,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        add_dummy_prefix=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        split_digits=True,
-        minloglevel=2,
-        num_threads=1,
-    )
-    return buf.getvalue()
+    return sentencepiece_model(3000, split_digits=True)
 
 
 SP_CONFIG = {

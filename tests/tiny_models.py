@@ -44,6 +44,42 @@ def tokenizer_json(vocab_size: int = 384) -> str:
     return tok.to_str()
 
 
+def sentencepiece_model(lines: int, **options) -> bytes:
+    """A tiny BPE SentencePiece model with byte fallback, as Llama/Mistral vocabularies are,
+    trained on `lines` generated lines (`options`: more trainer settings)."""
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    words = (
+        "the quick brown fox jumps over lazy dog hello world tokenizer model byte fallback runtime "
+        "python numpy stream text space naïve café déjà vu"
+    ).split()
+    text = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) for _ in range(lines)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text),
+        model_writer=buf,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        minloglevel=2,
+        num_threads=1,
+        **options,
+    )
+    return buf.getvalue()
+
+
 def write_tokenizer(folder: Path) -> None:
     (folder / "tokenizer.json").write_text(tokenizer_json())
     cfg = {

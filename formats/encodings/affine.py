@@ -16,14 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.formats.encodings.base import (
-    EncodedTensor,
-    Encoding,
-    PartSpecs,
-    Shape,
-    require,
-    select_rows,
-)
+from lowbit.formats.encodings.base import EncodedTensor, Encoding, PartSpecs, Shape, select_rows
 from lowbit.formats.encodings.grouped import pack_groups, unpack_groups
 
 GROUP_SIZES = (32, 64, 128, 256)
@@ -51,6 +44,8 @@ def unpack_codes(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
 
 
 class AffineEncoding(Encoding):
+    family = "affine"
+
     def __init__(self, bits: int) -> None:
         self.bits = bits
         self.name = f"q{bits}f"
@@ -58,14 +53,14 @@ class AffineEncoding(Encoding):
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         super().check(shape, params)
         group = params.get("group_size")
-        require(group in GROUP_SIZES, f"{self.name}: group_size must be one of {GROUP_SIZES}, got {group!r}")
-        require(shape[1] % group == 0, f"{self.name}: {shape[1]} inputs is not a multiple of group_size {group}")
-        require(isinstance(params.get("has_min"), bool), f"{self.name}: params.has_min must be a boolean")
+        self.require(group in GROUP_SIZES, f"group_size must be one of {GROUP_SIZES}, got {group!r}")
+        self.require(shape[1] % group == 0, f"{shape[1]} inputs is not a multiple of group_size {group}")
+        self.require(isinstance(params.get("has_min"), bool), "params.has_min must be a boolean")
         zero = params.get("zero")
         limit = 0 if self.bits == 1 else (1 << self.bits) - 1
-        require(
+        self.require(
             isinstance(zero, int) and not isinstance(zero, bool) and 0 <= zero <= limit,
-            f"{self.name}: params.zero must be an integer in [0, {limit}], got {zero!r}",
+            f"params.zero must be an integer in [0, {limit}], got {zero!r}",
         )
 
     def part_specs(self, shape: Shape, params: dict[str, Any]) -> PartSpecs:

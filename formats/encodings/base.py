@@ -39,7 +39,13 @@ class Encoding:
     """Base class: subclasses define part_specs(), bits_per_weight() and dequantize()."""
 
     name: str = ""
+    family: str = ""  # the kernel family that runs it (runtime/kernels/<family>.py, lowbit.quant)
     matrix_only: bool = True  # quantised encodings need a 2-D [out, in] tensor
+
+    def require(self, cond: bool, what: str) -> None:
+        """Raise InvalidTensor("<name>: <what>") unless cond: a header value this encoding rejects."""
+        if not cond:
+            raise InvalidTensor(f"{self.name}: {what}")
 
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         """Raise InvalidTensor if shape or params are not valid for this encoding."""
@@ -81,8 +87,3 @@ class Encoding:
 
 def select_rows(arr: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return arr if rows is None else arr[rows]
-
-
-def require(cond: bool, message: str) -> None:
-    if not cond:
-        raise InvalidTensor(message)

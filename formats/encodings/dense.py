@@ -23,6 +23,7 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 
 class DenseEncoding(Encoding):
+    family = "dense"
     matrix_only = False
 
     def __init__(self, name: str, dtype: str) -> None:

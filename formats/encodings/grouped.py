@@ -13,14 +13,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats.constants import ceil_div
-from lowbit.formats.encodings.base import (
-    EncodedTensor,
-    Encoding,
-    PartSpecs,
-    Shape,
-    require,
-    select_rows,
-)
+from lowbit.formats.encodings.base import EncodedTensor, Encoding, PartSpecs, Shape, select_rows
 
 GROUP_SIZES = (32, 64, 128)
 
@@ -79,15 +72,17 @@ def unpack_groups(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
 
 
 class GroupedEncoding(Encoding):
+    family = "grouped"
+
     def __init__(self, bits: int) -> None:
         self.bits = bits
         self.name = f"q{bits}"
 
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         super().check(shape, params)
-        require(
+        self.require(
             params.get("group_size") in GROUP_SIZES,
-            f"{self.name}: group_size must be one of {GROUP_SIZES}, got {params.get('group_size')!r}",
+            f"group_size must be one of {GROUP_SIZES}, got {params.get('group_size')!r}",
         )
 
     def part_specs(self, shape: Shape, params: dict[str, Any]) -> PartSpecs:

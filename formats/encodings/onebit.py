@@ -11,19 +11,13 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats.constants import ceil_div
-from lowbit.formats.encodings.base import (
-    EncodedTensor,
-    Encoding,
-    PartSpecs,
-    Shape,
-    require,
-    select_rows,
-)
+from lowbit.formats.encodings.base import EncodedTensor, Encoding, PartSpecs, Shape, select_rows
 
 ROW_BLOCK = 64  # rows padded to 64 bits
 
 
 class OneBitEncoding(Encoding):
+    family = "onebit"
     name = "onebit"
 
     def padded_in(self, n_in: int) -> int:
@@ -31,7 +25,7 @@ class OneBitEncoding(Encoding):
 
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         super().check(shape, params)
-        require(isinstance(params.get("layernorm"), bool), "onebit: params.layernorm must be a boolean")
+        self.require(isinstance(params.get("layernorm"), bool), "params.layernorm must be a boolean")
 
     def part_specs(self, shape: Shape, params: dict[str, Any]) -> PartSpecs:
         out, n_in = shape

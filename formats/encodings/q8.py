@@ -1,4 +1,4 @@
-"""q8: symmetric int8 codes with one f16 scale per row or per group (SPEC.md 2.2)."""
+"""symmetric int8 codes with one f16 scale per row or per group (SPEC.md 2.2)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats.constants import ceil_div
-from lowbit.formats.encodings.base import (
-    EncodedTensor,
-    Encoding,
-    PartSpecs,
-    Shape,
-    require,
-    select_rows,
-)
+from lowbit.formats.encodings.base import EncodedTensor, Encoding, PartSpecs, Shape, select_rows
 
 GROUP_SIZES = (0, 32, 64, 128, 256)
 
@@ -25,11 +18,12 @@ def group_size_of(shape: Shape, params: dict[str, Any]) -> int:
 
 
 class Q8Encoding(Encoding):
+    family = "q8"
     name = "q8"
 
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         super().check(shape, params)
-        require(params.get("group_size") in GROUP_SIZES, f"q8: group_size must be one of {GROUP_SIZES}")
+        self.require(params.get("group_size") in GROUP_SIZES, f"group_size must be one of {GROUP_SIZES}")
 
     def part_specs(self, shape: Shape, params: dict[str, Any]) -> PartSpecs:
         out, n_in = shape

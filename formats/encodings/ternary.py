@@ -12,19 +12,14 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats.constants import ceil_div
-from lowbit.formats.encodings.base import (
-    EncodedTensor,
-    Encoding,
-    PartSpecs,
-    Shape,
-    require,
-    select_rows,
-)
+from lowbit.formats.encodings.base import EncodedTensor, Encoding, PartSpecs, Shape, select_rows
 
 SCALE_MODES = ("tensor", "row")
 
 
 class TernaryEncoding(Encoding):
+    family = "ternary"
+
     def __init__(self, name: str, trits_per_byte: int, row_block: int) -> None:
         self.name = name
         self.trits_per_byte = trits_per_byte
@@ -35,7 +30,7 @@ class TernaryEncoding(Encoding):
 
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         super().check(shape, params)
-        require(params.get("scale_mode") in SCALE_MODES, f"{self.name}: scale_mode must be one of {SCALE_MODES}")
+        self.require(params.get("scale_mode") in SCALE_MODES, f"scale_mode must be one of {SCALE_MODES}")
 
     def part_specs(self, shape: Shape, params: dict[str, Any]) -> PartSpecs:
         out, n_in = shape

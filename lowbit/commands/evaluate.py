@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -73,7 +74,7 @@ def ppl(model, text_file, ctx, threads, method, as_json, kv_cache) -> None:
     finally:
         bar.close()
     if as_json:
-        click.echo(json.dumps(r.to_json()))
+        click.echo(json.dumps(asdict(r)))
     else:
         click.echo(f"PPL = {r.ppl:.4f} ± {r.ppl_error:.4f} ({r.tokens_scored} tokens scored in {r.windows} windows of {ctx})")
 
@@ -100,7 +101,7 @@ def kl(model, ref, text_file, ctx, threads, method, as_json, kv_cache) -> None:
     finally:
         bar.close()
     if as_json:
-        click.echo(json.dumps(r.to_json()))
+        click.echo(json.dumps(asdict(r)))
     else:
         click.echo(
             f"KL mean {r.kl_mean:.5f}, median {r.kl_median:.5f}, p99 {r.kl_p99:.5f}; "

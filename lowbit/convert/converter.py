@@ -7,7 +7,6 @@ dequantised one at a time (GGUF), quantised, appended to the writer and dropped.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from lowbit.convert.architectures import (
     model_spec,
 )
 from lowbit.convert.bitnet import ternary_scale, unpack_hf_ternary
+from lowbit.convert.hf_source import sha256_file
 from lowbit.convert.models import FEATURE_VERSIONS, CheckpointView, required_features
 from lowbit.convert.models.base import llama_names, llama_optional
 from lowbit.convert.recipe import METHODS, Recipe, load_recipe
@@ -142,11 +142,7 @@ def _provenance(ckpt: Any, source: str, recipe: Recipe) -> dict[str, Any]:
         hashes = ckpt.file_hashes()
     else:
         p = Path(source)
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        hashes = {p.name: h.hexdigest()}
+        hashes = {p.name: sha256_file(p)}
     return {
         "source": getattr(ckpt, "source_id", None) or str(source),
         "revision": getattr(ckpt, "revision", None),
@@ -208,9 +204,15 @@ def convert(
     calibration: CalibrationConfig | None = None,
     target_bpw: float | None = None,
     rotate: int | None = None,
+    trained: dict[str, EncodedTensor] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> ConvertResult:
-    """Convert a checkpoint into a .lowbit file and report what was written; `rotate` (a seed)
-    folds random orthogonal rotations into the weights first (`lowbit.quant.rotation`)."""
+    """Convert a checkpoint into a .lowbit file and report what was written.
+
+    `rotate` (a seed) folds random orthogonal rotations into the weights first
+    (`lowbit.quant.rotation`). `trained` (from `lowbit.train`) holds tensors already packed by a
+    learned method: they are written as they are instead of quantised here; `training` is its
+    provenance record."""
     start = time.perf_counter()
     output = Path(output)
     if output.exists() and not force:
@@ -283,7 +285,7 @@ def convert(
     if rotate is not None:
         metadata["provenance"]["rotation"] = ckpt.rot.provenance(ckpt.residual, ckpt.online)
     warnings: list[str] = []
-    if native and METHODS[rec.method].encoding not in ("ternary", "ternary-1.6"):
+    if native and rec.method != "keep" and METHODS[rec.method].encoding not in ("ternary", "ternary-1.6"):
         warnings.append(
             f"{spec.source_architecture} is a ternary (BitNet) model: its linear layers are stored "
             f"losslessly as ternary, not {rec.method}"
@@ -296,6 +298,10 @@ def convert(
             f"calibrated conversion does not support {spec.source_architecture} yet "
             f"(model feature {unsupported[0]!r}); convert without --calibrate"
         )
+    if trained is not None and (calibrate or native or rec.method == "keep"):
+        raise ConversionError("learned tensors (--train) combine with neither --calibrate, --method keep nor BitNet input")
+    if training is not None:
+        metadata["provenance"]["training"] = training
     with LowbitWriter(output, metadata, overwrite=force) as writer:
         writer.add_blob(blob_name, blob)
         total = len(names)
@@ -330,6 +336,14 @@ def convert(
                     write(name, w, encoded, err)
                     continue
                 check_weight(name, w)
+                if trained is not None and name in trained:
+                    w = np.asarray(w, dtype=np.float32)
+                    encoded = trained[name]
+                    if tuple(encoded.shape) != tuple(w.shape):
+                        raise ConversionError(f"tensor {name}: learned shape {list(encoded.shape)} is not the checkpoint's {list(w.shape)}")
+                    write(name, w, encoded, relative_error(w, encoded.dequantize()))
+                    del w, encoded
+                    continue
                 if native and is_linear_weight(name):
                     encoded = _native_ternary(ckpt, src_name, w, spec, base3=rec.method == "ternary-1.6")
                     err = 0.0 if spec.ternary_weights == "packed" else relative_error(w, encoded.dequantize())
@@ -346,13 +360,17 @@ def convert(
                 if hasattr(ckpt, "release"):
                     ckpt.release(src_name)
                 del w, encoded
+        if trained is not None:
+            unwritten = sorted(set(trained) - {r.name for r in reports})
+            if unwritten:
+                raise ConversionError(f"learned tensor {unwritten[0]} is not in the checkpoint")
         # what the runtime will check at load, on what is about to be written (an exception
         # here aborts the writer: no file)
         check_tensors(args, {r["name"]: r for r in writer.tensor_records})
         if any(r.source_type for r in reports):
             metadata["provenance"]["source_types"] = _source_types(reports)
     lin_err = [t.rel_error for t in reports if is_linear_weight(t.name)]
-    warning = weight_error_warning(lin_err)
+    warning = None if trained else weight_error_warning(lin_err)  # learned tensors: measure them, not their weight error
     if warning:
         warnings.append(warning)
     return ConvertResult(output, time.perf_counter() - start, output.stat().st_size, reports, warnings)
@@ -563,8 +581,7 @@ def _write_calibrated(
         write(name, w, encoded[name], relative_error(w, encoded[name].dequantize()))
     tokenizer = Tokenizer.from_bytes(tok_meta["kind"], tokenizer_blob, tok_meta)
     ids = calibration_batches(tokenizer.encode(cfg.text, add_special_tokens=False), cfg.seq_len, cfg.sequences)
-    embedded = encoded["model.embed_tokens.weight"].dequantize(rows=ids.reshape(-1)).reshape(*ids.shape, -1)
-    for name, w, enc in calibrate_layers(args, get, rec.choose, embedded, cfg):
+    for name, w, enc in calibrate_layers(args, get, rec.choose, ids, encoded["model.embed_tokens.weight"], cfg):
         write(name, w, enc, relative_error(w, enc.dequantize()))
     return cfg.provenance(int(ids.size))
 

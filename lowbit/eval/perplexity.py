@@ -54,9 +54,6 @@ class PerplexityResult:
     windows: int
     ctx: int
 
-    def to_json(self) -> dict:
-        return self.__dict__.copy()
-
 
 def _ppl_from_nll(nll: np.ndarray) -> tuple[float, float, float]:
     mean = float(nll.mean())
@@ -102,9 +99,6 @@ class KLResult:
     tokens_scored: int
     windows: int
     ctx: int
-
-    def to_json(self) -> dict:
-        return self.__dict__.copy()
 
 
 def kl_divergence(llm, ref, text: str, ctx: int = 512, progress: Progress | None = None) -> KLResult:

@@ -7,8 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from lowbit.formats import LowbitReader, LowbitWriter
-from lowbit.formats.encodings import EncodedTensor
+from lowbit.formats.writer import rewrite
 
 
 def measure_quality(path: Path, reference: Path, text: str, text_name: str, ctx: int = 256,
@@ -34,12 +33,5 @@ def measure_quality(path: Path, reference: Path, text: str, text_name: str, ctx:
 
 
 def store_quality(path: Path, quality: dict[str, Any]) -> None:
-    """Rewrite `path` with metadata.quality set: a streamed copy into a temp file, then an
-    atomic rename (the header sits before the data, so it cannot grow in place)."""
-    with LowbitReader(path) as reader:
-        metadata = {**reader.metadata, "quality": quality}
-        with LowbitWriter(path, metadata) as writer:
-            for name in reader.blob_names():
-                writer.add_blob(name, reader.blob(name))
-            for name, e in reader.tensors.items():
-                writer.add_tensor(name, EncodedTensor(e.encoding, e.shape, e.params, e.parts), info=e.info)
+    """Rewrite `path` with metadata.quality set (a streamed copy, then an atomic rename)."""
+    rewrite(path, path, {"quality": quality})

@@ -2,36 +2,61 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from lowbit.errors import ConversionError
 from lowbit.formats.encodings import EncodedTensor, get_encoding
+
+
+def _dense(w: np.ndarray, encoding: str, params: dict[str, Any]) -> EncodedTensor:
+    return get_encoding(encoding).pack(w)
+
+
+def _q8(w: np.ndarray, encoding: str, params: dict[str, Any]) -> EncodedTensor:
+    from lowbit.quant.rtn import quantize_q8
+
+    return quantize_q8(w, int(params.get("group_size", 0)))
+
+
+def _grouped(w: np.ndarray, encoding: str, params: dict[str, Any]) -> EncodedTensor:
+    from lowbit.quant.rtn import quantize_grouped
+
+    return quantize_grouped(w, get_encoding(encoding).bits, int(params.get("group_size", 128)),
+                            refine=bool(params.get("refine", False)))
+
+
+def _ternary(w: np.ndarray, encoding: str, params: dict[str, Any]) -> EncodedTensor:
+    from lowbit.quant.ternary import quantize_ternary
+
+    return quantize_ternary(w, params.get("scale_mode") == "row", base3=encoding == "ternary-1.6")
+
+
+def _onebit(w: np.ndarray, encoding: str, params: dict[str, Any]) -> EncodedTensor:
+    from lowbit.quant.onebit import quantize_onebit
+
+    return quantize_onebit(w, bool(params.get("layernorm", False)))
+
+
+# encoding family (`Encoding.family`) -> its quantiser; the affine grids (q1f/q2f/q4f) come
+# from GGUF files only and have none
+QUANTIZERS: dict[str, Callable[[np.ndarray, str, dict[str, Any]], EncodedTensor]] = {
+    "dense": _dense, "q8": _q8, "grouped": _grouped, "ternary": _ternary, "onebit": _onebit,
+}  # fmt: skip
+GGUF_ONLY = frozenset({"affine", "kquant"})  # families that only `--method keep` writes (GGUF's grids)
 
 
 def quantize(w: np.ndarray, encoding: str, params: dict[str, Any]) -> EncodedTensor:
     """Round-to-nearest / absmean / SVID quantisation of one tensor (no calibration data)."""
-    if encoding in ("f32", "f16", "bf16"):
-        return get_encoding(encoding).pack(w)
-    if encoding == "q8":
-        from lowbit.quant.rtn import quantize_q8
-
-        return quantize_q8(w, int(params.get("group_size", 0)))
-    if encoding in ("q2", "q3", "q4"):
-        from lowbit.quant.rtn import quantize_grouped
-
-        return quantize_grouped(w, int(encoding[1]), int(params.get("group_size", 128)),
-                                refine=bool(params.get("refine", False)))
-    if encoding in ("ternary", "ternary-1.6"):
-        from lowbit.quant.ternary import quantize_ternary
-
-        return quantize_ternary(w, params.get("scale_mode") == "row", base3=encoding == "ternary-1.6")
-    if encoding == "onebit":
-        from lowbit.quant.onebit import quantize_onebit
-
-        return quantize_onebit(w, bool(params.get("layernorm", False)))
-    get_encoding(encoding)  # raises UnknownEncoding
-    raise AssertionError(encoding)
+    family = get_encoding(encoding).family  # raises UnknownEncoding
+    if family in GGUF_ONLY:
+        raise ConversionError(
+            f"encoding {encoding} holds GGUF's own grids: it comes from `--method keep` on a GGUF, "
+            "not from float weights"
+        )
+    return QUANTIZERS[family](w, encoding, params)
 
 
 def relative_error(w: np.ndarray, w_hat: np.ndarray) -> float:

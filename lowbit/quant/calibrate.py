@@ -2,9 +2,12 @@
 real inputs, produced by running the *already quantised* earlier layers through the runtime's
 own forward, so later layers compensate earlier errors (as GPTQ's reference code does).
 
-Per layer: q/k/v see norm(x); o_proj sees the attention output computed with the quantised
-q/k/v; gate/up see norm(x + o(attn)) with the quantised o; down sees the MLP hidden state computed
-with the quantised gate/up. Only H = XᵀX per input is kept (the quantisers need nothing else).
+The block is the runtime's (`model.load_block` + `model.block_forward`, every architecture
+feature included); only its linears are calibration's own (`_Calibrating`, through load_block's
+`make` hook), each quantised on the inputs of its first call. So per layer: q/k/v see norm(x);
+o_proj sees the attention output computed with the quantised q/k/v; gate/up see norm(x + o(attn))
+with the quantised o; down sees the MLP hidden state computed with the quantised gate/up. Only
+H = XᵀX per input is kept (the quantisers need nothing else).
 """
 
 from __future__ import annotations
@@ -16,18 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.formats.encodings import EncodedTensor, get_encoding
+from lowbit.convert.models.base import is_linear_weight
+from lowbit.formats.encodings import EncodedTensor
 from lowbit.quant import quantize
 from lowbit.runtime.config import ModelArgs
-from lowbit.runtime.model import (
-    KVCache,
-    attention_forward,
-    load_attention,
-    load_mlp,
-    mlp_forward,
-    rms_norm,
-)
-from lowbit.runtime.rope import RotaryEmbedding
+from lowbit.runtime.kv_cache import KVCache, Segment, Segments
+from lowbit.runtime.linear import make_linear
+from lowbit.runtime.llm import DEFAULT_CONTEXT
+from lowbit.runtime.model import block_forward, embed, load_block, rope_tables
 
 Getter = Callable[[str], np.ndarray | None]
 Chooser = Callable[[str, tuple[int, ...]], tuple[str, dict[str, Any]]]
@@ -84,8 +83,8 @@ class InputStats:
     """H = XᵀX / N of one layer input, shared by the matrices that read it (q/k/v, gate/up);
     GPTQ's factorisation of it is computed once and reused."""
 
-    def __init__(self, xs: list[np.ndarray]) -> None:
-        x = np.concatenate(xs).astype(np.float32)
+    def __init__(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float32)
         self.h = (x.T @ x).astype(np.float64) / len(x)
         self._prepared = None
 
@@ -121,102 +120,95 @@ def quantize_calibrated(
     return quantize(w, encoding, params)
 
 
-class _Capture:
-    """Stands in for a linear layer: records its inputs, returns zeros."""
+class _SharedInput:
+    """The statistics of the last input seen, so linears called on the same array (q/k/v,
+    gate/up) share one H and one GPTQ factorisation."""
 
-    def __init__(self, out_features: int) -> None:
-        self.out_features = out_features
-        self.inputs: list[np.ndarray] = []
+    def __init__(self) -> None:
+        self.x: np.ndarray | None = None
+        self.stats: InputStats | None = None
+
+    def of(self, x: np.ndarray) -> InputStats:
+        if x is not self.x:
+            self.x, self.stats = x, InputStats(x)
+        return self.stats
+
+
+class _Calibrating:
+    """Stands for a linear layer in the runtime's own block forward: its first call (all the
+    calibration tokens at once) quantises the float weight on those inputs, then it runs as the
+    runtime's Linear of the result, so every later layer sees the quantised layer's outputs."""
+
+    def __init__(self, name: str, w: np.ndarray, bias: np.ndarray | None,
+                 quantise: Callable[[str, np.ndarray, InputStats], EncodedTensor], shared: _SharedInput) -> None:
+        self.name, self.w, self.bias, self.quantise, self.shared = name, w, bias, quantise, shared
+        self.encoded: EncodedTensor | None = None
+        self.linear: Any = None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.inputs.append(np.array(x, dtype=np.float32))
-        return np.zeros((x.shape[0], self.out_features), dtype=np.float32)
-
-
-class _Layer(dict):
-    """name -> EncodedTensor for one layer, with `lookup` for the runtime's block loaders."""
-
-    def lookup(self, name: str) -> Any:
-        return self.get(name)
+        if self.linear is None:
+            self.encoded = self.quantise(self.name, self.w, self.shared.of(x))
+            self.linear = make_linear(self.encoded, self.bias)
+        return self.linear(x)
 
 
 def calibrate_layers(
     args: ModelArgs,
     get: Getter,
     choose: Chooser,
-    embedded: np.ndarray,
+    ids: np.ndarray,
+    embedding: EncodedTensor,
     cfg: CalibrationConfig,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[str, np.ndarray, EncodedTensor]]:
     """Yield (name, float weight, encoded) for every tensor of every layer, in order.
 
-    `embedded` holds the calibration sequences after the (quantised) embedding: [n, T, hidden].
+    `ids` [n, T] are the calibration sequences, `embedding` the (quantised) embedding table. Each
+    layer runs once through `model.block_forward` on all n·T tokens, its linears built by
+    `_Calibrating`: the block's own order of calls quantises q/k/v on norm(x), o on the attention
+    output of the quantised q/k/v, gate/up on norm(x + o(attn)) and down on the MLP hidden state of
+    the quantised gate/up; the layer's output, computed with all of them quantised, is the next
+    layer's input. Norms, biases and other small tensors are quantised by `choose` as they are read.
     """
-    rope = RotaryEmbedding(args.head_dim, max(args.max_position_embeddings, embedded.shape[1]), args.rope_theta, args.rope_scaling)
-    cache = KVCache(args, embedded.shape[1])
-    xs = [x.astype(np.float32) for x in embedded]
-    eps = args.rms_norm_eps
+    n, t = ids.shape
+    ropes = rope_tables(args, max(t, min(DEFAULT_CONTEXT, args.max_position_embeddings)))[1]
+    cache = KVCache(args, t)
+    # one cache for all: Segments attends each sequence in turn, every one from position 0
+    sequences = Segments([Segment(cache, [int(v) for v in row], 0) for row in ids])
+    x = embed(args, embedding, ids.reshape(-1))
+
+    def quantise(name: str, w: np.ndarray, stats: InputStats) -> EncodedTensor:
+        enc, params = choose(name, tuple(w.shape))
+        return quantize_calibrated(w, enc, params, stats, cfg)
+
     for i in range(args.num_hidden_layers):
-        p = f"model.layers.{i}."
-        layer = _Layer()
+        weights: dict[str, np.ndarray] = {}
+        encoded: dict[str, EncodedTensor] = {}
+        linears: dict[str, _Calibrating] = {}
+        shared = _SharedInput()
 
-        def put(name: str, w: np.ndarray, stats: InputStats | None = None, layer: _Layer = layer) -> None:
-            enc, params = choose(name, tuple(w.shape))
-            if stats is None or len(w.shape) != 2:
-                layer[name] = quantize(w, enc, params)
-            else:
-                layer[name] = quantize_calibrated(w, enc, params, stats, cfg)
+        def lookup(name: str, weights=weights, encoded=encoded) -> Any:
+            if name not in weights:
+                w = get(name)
+                if w is None:
+                    return None
+                weights[name] = w
+                if not is_linear_weight(name):
+                    encoded[name] = quantize(w, *choose(name, tuple(w.shape)))
+            return encoded.get(name, weights[name])
 
-        plain = [p + "input_layernorm.weight", p + "post_attention_layernorm.weight",
-                 p + "self_attn.attn_sub_norm.weight", p + "mlp.ffn_sub_norm.weight"]
-        plain += [p + f"self_attn.{x}_proj.bias" for x in "qkvo"]
-        weights = {n: get(n) for n in plain}
-        for n, w in weights.items():
-            if w is not None:
-                put(n, w)
-        norm1 = layer[p + "input_layernorm.weight"].dequantize()
-        norm2 = layer[p + "post_attention_layernorm.weight"].dequantize()
-        # q, k, v: inputs are norm(x)
-        h1 = [np.ascontiguousarray(rms_norm(x, norm1, eps), dtype=np.float32) for x in xs]
-        stats = InputStats(h1)
-        for x in "qkv":
-            n = p + f"self_attn.{x}_proj.weight"
-            weights[n] = get(n)
-            put(n, weights[n], stats)
-        # o_proj: input is the attention output with quantised q/k/v
-        o_name = p + "self_attn.o_proj.weight"
-        weights[o_name] = get(o_name)
-        layer[o_name] = get_encoding("f32").pack(weights[o_name])  # placeholder shape for the loader
-        attn = load_attention(layer.lookup, i)
-        capture = _Capture(args.hidden_size)
-        attn.o_proj = capture
-        for x in h1:
-            cache.reset()
-            attention_forward(args, rope, attn, x, cache, i, 0)
-        put(o_name, weights[o_name], InputStats(capture.inputs))
-        o_lin = load_attention(layer.lookup, i).o_proj
-        xs = [x + o_lin(a) for x, a in zip(xs, capture.inputs)]
-        del capture, h1
-        # gate, up: inputs are norm(x + attn)
-        h2 = [np.ascontiguousarray(rms_norm(x, norm2, eps), dtype=np.float32) for x in xs]
-        stats = InputStats(h2)
-        for x in ("gate", "up"):
-            n = p + f"mlp.{x}_proj.weight"
-            weights[n] = get(n)
-            put(n, weights[n], stats)
-        d_name = p + "mlp.down_proj.weight"
-        weights[d_name] = get(d_name)
-        layer[d_name] = get_encoding("f32").pack(weights[d_name])
-        mlp = load_mlp(layer.lookup, i)
-        capture = _Capture(args.hidden_size)
-        mlp.down_proj = capture
-        for x in h2:
-            mlp_forward(args, mlp, x)
-        put(d_name, weights[d_name], InputStats(capture.inputs))
-        down = load_mlp(layer.lookup, i).down_proj
-        xs = [x + down(m) for x, m in zip(xs, capture.inputs)]
-        del capture, h2
-        for name, enc in layer.items():
-            yield name, weights[name], enc
+        def make(name: str, w: np.ndarray, bias: np.ndarray | None, linears=linears, shared=shared) -> _Calibrating:
+            linears[name] = _Calibrating(name, w, bias, quantise, shared)
+            return linears[name]
+
+        block = load_block(lookup, i, args.linear_norm_eps, make)
+        x = block_forward(args, ropes[i], block, x, sequences, i, 0)
+        shared.x = shared.stats = None  # the layer's last input: not needed past its forward
+        for name, lin in linears.items():
+            if lin.encoded is None:
+                raise AssertionError(f"{name} was never called by the block forward")
+            encoded[name] = lin.encoded
+        for name, w in weights.items():
+            yield name, w, encoded[name]
         if progress is not None:
             progress(i + 1)

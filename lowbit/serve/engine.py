@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,14 +53,12 @@ class Job:
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
-    arrived: float = field(default_factory=time.perf_counter)
     # engine-side state
     cache: KVCache | None = None
     pos: int = 0  # prompt tokens already in the cache
     stream: TokenStream | None = None
     constraint: JsonConstraint | None = None
     last: int = -1
-    first_token_at: float = 0.0
 
     def emit(self, event: tuple) -> None:
         if self.loop is not None and self.events is not None:
@@ -250,7 +247,6 @@ class Engine:
                 j.pos += len(seg.ids)
                 if j.pos < len(j.prompt_ids):
                     continue  # more prompt to run
-                j.first_token_at = time.perf_counter()
             try:
                 done = self._advance(j, row)
             except Exception as e:  # noqa: BLE001 - fails this request only

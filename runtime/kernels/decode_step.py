@@ -23,6 +23,8 @@ import math
 import numpy as np
 from numba import prange
 
+from lowbit.runtime.kernels import matvec as mv
+from lowbit.runtime.kernels import table_layout as tl
 from lowbit.runtime.kernels.attention import attend, visible
 from lowbit.runtime.kernels.hadamard import transform
 from lowbit.runtime.kernels.jit import helper, kernel
@@ -112,23 +114,23 @@ def _view(file, side, entry, j):
 
 @helper
 def _norm(file, side, entry):
-    return _view(file, side, entry, 3)[0].view(np.float32)
+    return _view(file, side, entry, tl.NORM)[0].view(np.float32)
 
 
 @helper
 def _descriptor(file, side, entry):
     """The matvec descriptor (kind, a, b, c, d, bias, group, flags) of one table entry."""
-    bias = _view(file, side, entry, 19)[0].view(np.float32)
+    bias = _view(file, side, entry, tl.BIAS)[0].view(np.float32)
     return (
-        entry[0], _view(file, side, entry, 3), _view(file, side, entry, 7),
-        _view(file, side, entry, 11), _view(file, side, entry, 15), bias, entry[1], entry[2],
+        entry[tl.KIND], _view(file, side, entry, tl.A), _view(file, side, entry, tl.B),
+        _view(file, side, entry, tl.C), _view(file, side, entry, tl.D), bias, entry[tl.GROUP], entry[tl.FLAGS],
     )  # fmt: skip
 
 
 @helper
 def _input_norm(file, side, entry):
     """The linear's own input-norm weight (empty when it has none)."""
-    return _view(file, side, entry, 23)[0].view(np.float32)
+    return _view(file, side, entry, tl.IN_NORM)[0].view(np.float32)
 
 
 @helper
@@ -150,7 +152,7 @@ def _project_add(desc, inp, x, out_norm, eps, in_norm, lin_eps):
     """x += W inp, RMS-normed by out_norm first when it is not empty (o_proj, down_proj: the
     residual adds); inlined, so its prange is one of the caller's parallel regions."""
     act = prepare(desc, _inp(inp, in_norm, lin_eps))
-    out = np.empty(desc[1].shape[0], dtype=np.float32)
+    out = np.empty(desc[mv.A].shape[0], dtype=np.float32)
     for t in prange(task_count(out.shape[0])):
         _rows(desc, act, out, t)
     finish(desc, out)
@@ -179,25 +181,25 @@ def decode_layers(x, file, side, table, keys, values, key_scales, value_scales, 
         row = table[li]
         first, n_ctx = visible(pos, layer_info[li, 0])
         ri = layer_info[li, 1]
-        lq = _descriptor(file, side, row[4])
-        lk = _descriptor(file, side, row[5])
-        lv = _descriptor(file, side, row[6])
-        lo = _descriptor(file, side, row[7])
-        lg = _descriptor(file, side, row[8])
-        lu = _descriptor(file, side, row[9])
-        ld = _descriptor(file, side, row[10])
-        attn_sub = _norm(file, side, row[2])
-        ffn_sub = _norm(file, side, row[3])
-        q_norm = _norm(file, side, row[11])
-        k_norm = _norm(file, side, row[12])
-        attn_out = _norm(file, side, row[13])
-        mlp_out = _norm(file, side, row[14])
+        lq = _descriptor(file, side, row[tl.Q_PROJ])
+        lk = _descriptor(file, side, row[tl.K_PROJ])
+        lv = _descriptor(file, side, row[tl.V_PROJ])
+        lo = _descriptor(file, side, row[tl.O_PROJ])
+        lg = _descriptor(file, side, row[tl.GATE_PROJ])
+        lu = _descriptor(file, side, row[tl.UP_PROJ])
+        ld = _descriptor(file, side, row[tl.DOWN_PROJ])
+        attn_sub = _norm(file, side, row[tl.ATTN_SUB_NORM])
+        ffn_sub = _norm(file, side, row[tl.MLP_SUB_NORM])
+        q_norm = _norm(file, side, row[tl.Q_NORM])
+        k_norm = _norm(file, side, row[tl.K_NORM])
+        attn_out = _norm(file, side, row[tl.ATTN_OUT_NORM])
+        mlp_out = _norm(file, side, row[tl.MLP_OUT_NORM])
 
-        nq = _input_norm(file, side, row[4])
-        nk = _input_norm(file, side, row[5])
-        nv = _input_norm(file, side, row[6])
+        nq = _input_norm(file, side, row[tl.Q_PROJ])
+        nk = _input_norm(file, side, row[tl.K_PROJ])
+        nv = _input_norm(file, side, row[tl.V_PROJ])
         own = nq.shape[0] + nk.shape[0] + nv.shape[0] > 0  # each linear normalises its own input
-        xn = rms_norm(x, _norm(file, side, row[0]), eps)
+        xn = rms_norm(x, _norm(file, side, row[tl.INPUT_NORM]), eps)
         aq = prepare(lq, _inp(xn, nq, lin_eps))
         ak = aq if shares_input(lq, lk) and not own else prepare(lk, _inp(xn, nk, lin_eps))
         av = ak if shares_input(lk, lv) and not own else prepare(lv, _inp(xn, nv, lin_eps))
@@ -232,12 +234,12 @@ def decode_layers(x, file, side, table, keys, values, key_scales, value_scales, 
                    first, n_ctx, scale, att[h * d : (h + 1) * d], softcap)
         if attn_sub.shape[0]:
             att = rms_norm(att, attn_sub, eps)
-        _project_add(lo, att, x, attn_out, eps, _input_norm(file, side, row[7]), lin_eps)
+        _project_add(lo, att, x, attn_out, eps, _input_norm(file, side, row[tl.O_PROJ]), lin_eps)
 
-        ng = _input_norm(file, side, row[8])
-        nu = _input_norm(file, side, row[9])
+        ng = _input_norm(file, side, row[tl.GATE_PROJ])
+        nu = _input_norm(file, side, row[tl.UP_PROJ])
         own = ng.shape[0] + nu.shape[0] > 0
-        xn = rms_norm(x, _norm(file, side, row[1]), eps)
+        xn = rms_norm(x, _norm(file, side, row[tl.POST_NORM]), eps)
         ag = prepare(lg, _inp(xn, ng, lin_eps))
         au = ag if shares_input(lg, lu) and not own else prepare(lu, _inp(xn, nu, lin_eps))
         gate = np.empty(lg[1].shape[0], dtype=np.float32)
@@ -255,5 +257,5 @@ def decode_layers(x, file, side, table, keys, values, key_scales, value_scales, 
             hidden = rms_norm(hidden, ffn_sub, eps)
         if down_block.shape[0]:
             transform(hidden, down_block)
-        _project_add(ld, hidden, x, mlp_out, eps, _input_norm(file, side, row[10]), lin_eps)
+        _project_add(ld, hidden, x, mlp_out, eps, _input_norm(file, side, row[tl.DOWN_PROJ]), lin_eps)
 

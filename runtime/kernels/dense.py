@@ -17,7 +17,7 @@ from numba import prange
 
 from lowbit.formats.encodings import BF16, F16, F32
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
-from lowbit.runtime.kernels.jit import bf16_to_f32, f16_to_f32, kernel
+from lowbit.runtime.kernels.jit import bf16_to_f32, f16_to_f32, helper, kernel
 
 
 @kernel
@@ -31,9 +31,9 @@ def f32_prefill(x, w, y):
         rows_times_tokens(w[r0 : r0 + nr], nr, x, y, r0)
 
 
-@kernel
-def f16_prefill(x, w, y):
-    """x f32 [T, in], w u16 [out, in] (f16 bits), y f32 [T, out]."""
+@helper
+def _half_prefill(x, w, y, bf16):
+    """f16 or bf16 rows (u16 bits; `bf16` a constant of the caller, folded after inlining)."""
     out, n = w.shape
     nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
     for b in prange(nblocks):
@@ -44,25 +44,20 @@ def f16_prefill(x, w, y):
             src = w[r0 + i]
             dst = scratch[i]
             for k in range(n):
-                dst[k] = f16_to_f32(src[k])
+                dst[k] = bf16_to_f32(src[k]) if bf16 else f16_to_f32(src[k])
         rows_times_tokens(scratch, nr, x, y, r0)
+
+
+@kernel
+def f16_prefill(x, w, y):
+    """x f32 [T, in], w u16 [out, in] (f16 bits), y f32 [T, out]."""
+    _half_prefill(x, w, y, False)
 
 
 @kernel
 def bf16_prefill(x, w, y):
     """x f32 [T, in], w u16 [out, in] (bf16 bits), y f32 [T, out]."""
-    out, n = w.shape
-    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
-    for b in prange(nblocks):
-        r0 = b * ROW_BLOCK
-        nr = min(ROW_BLOCK, out - r0)
-        scratch = np.empty((ROW_BLOCK, n), dtype=np.float32)
-        for i in range(nr):
-            src = w[r0 + i]
-            dst = scratch[i]
-            for k in range(n):
-                dst[k] = bf16_to_f32(src[k])
-        rows_times_tokens(scratch, nr, x, y, r0)
+    _half_prefill(x, w, y, True)
 
 
 # -- numpy references (the test oracle) -------------------------------------------------------
@@ -85,3 +80,9 @@ def bf16_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float64).T).astype(np.float32)
+
+
+def entry_ref(x: np.ndarray, entry) -> np.ndarray:
+    """x [T, in] -> [T, out] for a dense tensor entry (`.encoding, .parts`)."""
+    ref = {"f32": f32_ref, "f16": f16_ref, "bf16": bf16_ref}[entry.encoding]
+    return ref(x, entry.parts["data"])

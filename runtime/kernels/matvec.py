@@ -7,24 +7,28 @@ a file holds, and lets the per-layer products share parallel regions (q/k/v, gat
 
 A descriptor is the tuple
 
-    (kind, a, b, c, d, bias, group, flags)
+    (kind, a, b, c, d, bias, group, flags)      read as desc[KIND], desc[A], ..., desc[FLAGS]
 
-with a..d read-only C-contiguous uint8 [rows, bytes] arrays (the encoding's parts viewed as
+(a plain tuple, not a NamedTuple: numba's parfor lowering rejects named tuples built inside the
+fused decode step) with a..d read-only C-contiguous uint8 [rows, bytes] arrays (the encoding's parts viewed as
 bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
 
     kind          a       b            c        d           group   flags
     F32/F16/BF16  data    -            -        -           -       -
     Q8            codes   scales f16   -        -           G       -
     Q2/Q3/Q4      codes   scales u8    zeros    row_scale   G       -
-    T2/T3         codes   -            -        scale f32   -       -
+    TERNARY/TERNARY_1P6         codes   -            -        scale f32   -       -
     ONEBIT        signs   g f16        h f16    -           -       1 = LayerNorm
     AFFINE        codes   scales f16   mins f16 -           G       bits | zero << 8
                                        (or empty: no minimums)
+    KQ4           codes   sub_scales   sub_mins super f16   32      -
 
 `prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
 quantisation of x (per token, per block of 32 for q8, per group for q4) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
-with the encoding's row kernel (`simd`, `grouped`, `onebit`, …); `finish(desc, y)` adds the
-bias and applies OneBit's LayerNorm. `matvec_ref` is the numpy reference.
+with the encoding's row kernel (`ternary`, `grouped`, `onebit`, …); `finish(desc, y)` adds the
+bias and applies OneBit's LayerNorm. Which kind and which parts an encoding has is the runtime's
+encoding registry (`lowbit.runtime.linear.REGISTRY`); each row kernel's numpy reference sits in
+its encoding's module.
 """
 
 from __future__ import annotations
@@ -34,19 +38,22 @@ from numba import njit, prange
 
 from lowbit.runtime.kernels.affine import affine_row, affine_row_i8, int8_decode, permute_pairs
 from lowbit.runtime.kernels.common import pad_vector
-from lowbit.runtime.kernels.grouped import group_sums, q4_row, quantize_groups
+from lowbit.runtime.kernels.grouped import (
+    group_sums,
+    q4_row,
+    quantize_groups,
+    row_dot_q2,
+    row_dot_q3,
+)
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
+from lowbit.runtime.kernels.kquant import q4k_row_i8
 from lowbit.runtime.kernels.onebit import PAD, scaled_input
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
 from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
-from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3
-from lowbit.runtime.kernels.ternary import quantize_into
+from lowbit.runtime.kernels.ternary import dot_ternary, dot_ternary_1p6, quantize_into
 
-F32, F16, BF16, Q8, Q2, Q3, Q4, T2, T3, ONEBIT, AFFINE = range(11)
-KINDS = {
-    "f32": F32, "f16": F16, "bf16": BF16, "q8": Q8, "q2": Q2, "q3": Q3, "q4": Q4,
-    "ternary": T2, "ternary-1.6": T3, "onebit": ONEBIT, "q1f": AFFINE, "q2f": AFFINE, "q4f": AFFINE,
-}  # fmt: skip
+F32, F16, BF16, Q8, Q2, Q3, Q4, TERNARY, TERNARY_1P6, ONEBIT, AFFINE, KQ4 = range(12)  # desc[KIND]
+KIND, A, B, C, D, BIAS, GROUP, FLAGS = range(8)  # a descriptor's fields
 ROWS_PER_TASK = 16  # output rows one parallel task computes (one kind branch per task)
 MAX_TASKS = 64  # parallel tasks of one matvec call at most
 PREFETCH_BYTES = 2560  # how far ahead of the row being computed its successors are prefetched
@@ -75,8 +82,7 @@ def prepare(desc, x):
     """What the rows of this matrix need from input x (float32 [in]):
     (xf f32 padded input, xq int8 input, xs f32 group sums or block scales, zs f32 q4 group
     sums of the quantised input, off Σ x_q, inv 1/s)."""
-    kind, a, b = desc[0], desc[1], desc[2]
-    group = desc[6]
+    kind, a, b, group = desc[KIND], desc[A], desc[B], desc[GROUP]
     xf = x
     xq = np.empty(0, dtype=np.int8)
     xs = np.empty(0, dtype=np.float32)
@@ -97,8 +103,8 @@ def prepare(desc, x):
     elif kind == Q2 or kind == Q3:
         xf = pad_vector(x, b.shape[1] * group)
         xs = group_sums(xf, group)
-    elif kind == AFFINE:
-        if int8_decode(desc[7] & 255, group):  # int8 per group of 32, pair-permuted
+    elif kind == AFFINE or kind == KQ4:
+        if kind == KQ4 or int8_decode(desc[FLAGS] & 255, group):  # int8 per group of 32, pair-permuted
             ng = x.shape[0] // group
             xq0 = np.zeros(ng * group, dtype=np.int8)
             xs = np.empty(ng, dtype=np.float32)
@@ -107,8 +113,8 @@ def prepare(desc, x):
             xq = permute_pairs(xq0)
         else:
             xs = group_sums(x, group)
-    elif kind == T2 or kind == T3:
-        per = 4 if kind == T2 else 5
+    elif kind == TERNARY or kind == TERNARY_1P6:
+        per = 4 if kind == TERNARY else 5
         xq = np.zeros(a.shape[1] * per, dtype=np.int8)
         o, st = quantize_into(x, xq)
         off = i64(o)
@@ -125,24 +131,23 @@ def shares_input(p, q):
     quantisation of a layer's input for q/k/v and for gate/up): the same kind, group and row
     layout. OneBit quantises g ⊙ x, which is per matrix, so never."""
     return (
-        p[0] == q[0] and p[0] != ONEBIT and p[6] == q[6]
-        and p[1].shape[1] == q[1].shape[1] and p[2].shape[1] == q[2].shape[1]
+        p[KIND] == q[KIND] and p[KIND] != ONEBIT and p[GROUP] == q[GROUP]
+        and p[A].shape[1] == q[A].shape[1] and p[B].shape[1] == q[B].shape[1]
     )
 
 
 @row_fn
 def rows_into(desc, act, y, r0, r1):
     """y[r] for r in r0..r1-1 (y float32 [out])."""
-    kind, a, b, c, d = desc[0], desc[1], desc[2], desc[3], desc[4]
-    group = desc[6]
+    kind, a, b, c, d, group = desc[KIND], desc[A], desc[B], desc[C], desc[D], desc[GROUP]
     xf, xq, xs, zs, off, inv = act
     ahead = rows_ahead(a)
-    if kind == T2 or kind == T3:
+    if kind == TERNARY or kind == TERNARY_1P6:
         scale = d[0].view(np.float32)
         per_row = scale.shape[0] > 1
         for r in range(r0, r1):
             prefetch_row(a, r + ahead)
-            acc = dot_t2(a[r], xq) if kind == T2 else dot_t3(a[r], xq)
+            acc = dot_ternary(a[r], xq) if kind == TERNARY else dot_ternary_1p6(a[r], xq)
             s = scale[r] if per_row else scale[0]
             y[r] = f32(acc - off) * (s * inv)
     elif kind == Q4:
@@ -166,7 +171,7 @@ def rows_into(desc, act, y, r0, r1):
             prefetch_row(a, r + ahead)
             y[r] = onebit_row(a[r], xq, off, f16_to_f32(h[r]), inv, tail)
     elif kind == AFFINE:
-        flags = desc[7]
+        flags = desc[FLAGS]
         sc = b.view(np.uint16)
         mn = c.view(np.uint16)
         has_min = mn.shape[1] > 0
@@ -180,6 +185,12 @@ def rows_into(desc, act, y, r0, r1):
                 y[r] = affine_row_i8(a[r], xq, xs, zs, sc[r], m, has_min, flags >> 8, sd)
             else:
                 y[r] = affine_row(a[r], xf, xs, sc[r], m, has_min, flags & 255, flags >> 8, group, no_zeros)
+    elif kind == KQ4:
+        sup = d.view(np.uint16)
+        sd = np.empty(b.shape[1], dtype=np.float32)
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            y[r] = q4k_row_i8(a[r], xq, xs, zs, b[r], c[r], sup[r], sd)
     elif kind == Q8:
         codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
         scales = b.view(np.uint16)
@@ -210,8 +221,8 @@ def rows_into(desc, act, y, r0, r1):
 @row_fn
 def finish(desc, y):
     """Bias, and OneBit's parameter-free LayerNorm (applied before the bias), in place."""
-    bias, flags = desc[5], desc[7]
-    if desc[0] == ONEBIT and flags & 1:
+    bias = desc[BIAS]
+    if desc[KIND] == ONEBIT and desc[FLAGS] & 1:
         layer_norm(y)
     if bias.shape[0]:
         for r in range(y.shape[0]):
@@ -293,23 +304,13 @@ _NO_BIAS = np.zeros(0, np.float32)
 _NO_BIAS.flags.writeable = False
 
 
-_GROUPED = ("codes", "scales", "zeros", "row_scale")
-_TERNARY = ("codes", None, None, "scale")
-_PART_NAMES = {
-    F32: ("data",), F16: ("data",), BF16: ("data",), Q8: ("codes", "scales"),
-    Q2: _GROUPED, Q3: _GROUPED, Q4: _GROUPED, T2: _TERNARY, T3: _TERNARY,
-    ONEBIT: ("signs", "g", "h"), AFFINE: ("codes", "scales", "mins"),
-}  # fmt: skip
-
-
 def make_descriptor(
-    encoding: str, parts: dict[str, np.ndarray], group: int = 0, layernorm: bool = False,
-    bias: np.ndarray | None = None, flags: int = 0,
+    kind: int, part_names: tuple[str | None, ...], parts: dict[str, np.ndarray], group: int = 0,
+    layernorm: bool = False, bias: np.ndarray | None = None, flags: int = 0,
 ) -> tuple:
-    """The descriptor tuple for one linear layer's parts (see the module docstring)."""
-    kind = KINDS[encoding]
-    names = _PART_NAMES[kind]
-    arrays = [_bytes2d(parts[n]) if n in parts else _EMPTY for n in names]
+    """The descriptor of one linear layer: `parts` named by `part_names` become a..d (absent
+    names and None: empty); the registry row of the encoding gives kind and part_names."""
+    arrays = [_bytes2d(parts[n]) if n in parts else _EMPTY for n in part_names]
     arrays += [_EMPTY] * (4 - len(arrays))
     if bias is None:
         b = _NO_BIAS

@@ -27,22 +27,11 @@ from lowbit.runtime.rope import ROPE_TYPES
 LINEAR_RE = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq", ".weight_scale")
 # the lowbit release that first ran each model feature (SPEC.md 3.3); files list what they need
-FEATURE_VERSIONS = {
-    "qk_norm": "0.2.0",
-    "attn_output_norm": "0.2.0",
-    "mlp_output_norm": "0.2.0",
-    "gelu_tanh": "0.2.0",
-    "embedding_multiplier": "0.2.0",
-    "attn_logit_softcapping": "0.2.0",
-    "final_logit_softcapping": "0.2.0",
-    "query_pre_attn_scalar": "0.2.0",
-    "layer_types": "0.2.0",
-    "local_rope": "0.2.0",
-    "partial_rotary": "0.2.0",
-    "longrope": "0.2.0",
-    "linear_input_norm": "0.2.0",
-    "down_proj_hadamard": "0.2.0",
-}
+FEATURE_VERSIONS = dict.fromkeys((  # (a later release adds its own: | {"name": "0.3.0"})
+    "qk_norm", "attn_output_norm", "mlp_output_norm", "gelu_tanh", "embedding_multiplier",
+    "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "layer_types",
+    "local_rope", "partial_rotary", "longrope", "linear_input_norm", "down_proj_hadamard",
+), "0.2.0")
 
 
 def is_linear_weight(name: str) -> bool:

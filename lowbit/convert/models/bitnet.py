@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from lowbit.convert.models.base import (
+    GGUFArch,
     ModelSpec,
     Source,
     is_linear_weight,
@@ -20,6 +21,13 @@ from lowbit.errors import UnsupportedModel
 
 ARCHITECTURES = ("BitNetForCausalLM",)
 MODEL_TYPES = ("bitnet",)
+# llama.cpp's `bitnet`: NeoX RoPE (no Q/K permutation), the two sub-norms, embeddings tied as its
+# lm_head, SiLU unless `bitnet.hidden_act` says otherwise (BitNet 2B-4T: relu2)
+GGUF = {
+    "bitnet": GGUFArch("BitNetForCausalLM", "bitnet", permuted_qk=False,
+                       block_tensors={"attn_sub_norm": "self_attn.attn_sub_norm", "ffn_sub_norm": "mlp.ffn_sub_norm"},
+                       config=lambda meta, cfg: cfg.update(hidden_act=meta("hidden_act", "silu"), tie_word_embeddings=True)),
+}
 # 1bitLLM's names for BitNet's sub-norms -> the transformers BitNet names we store
 RENAMES = {
     ".self_attn.inner_attn_ln.": ".self_attn.attn_sub_norm.",

@@ -106,13 +106,21 @@ def gguf_config(meta: Any, cfg: dict[str, Any]) -> None:
     """Gemma 2's HF config keys from llama.cpp's metadata and its hard-coded constants: even
     layers slide; attention scale head_dim^-1/2 (hidden/heads for the 27B model, 46 layers)."""
     n_layers = cfg["num_hidden_layers"]
-    scalar = cfg["hidden_size"] // cfg["num_attention_heads"] if n_layers == 46 else cfg["head_dim"]
+    gemma_gguf_config(meta, cfg, ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)],
+                      big_layers=46)
+
+
+def gemma_gguf_config(meta: Any, cfg: dict[str, Any], types: list[str], big_layers: int, **extra: Any) -> None:
+    """What llama.cpp assumes of every Gemma: GeGLU, the attention scale head_dim^-1/2 (or
+    hidden/heads for the 27B model, the one with `big_layers` layers), its sliding window and caps."""
+    scalar = cfg["hidden_size"] // cfg["num_attention_heads"] if cfg["num_hidden_layers"] == big_layers else cfg["head_dim"]
     cfg.update(
         hidden_activation="gelu_pytorch_tanh",
         hidden_act="gelu_pytorch_tanh",
         query_pre_attn_scalar=scalar,
         sliding_window=int(meta("attention.sliding_window", 4096)),
-        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)],
+        layer_types=types,
+        **extra,
         final_logit_softcapping=meta("final_logit_softcapping"),
         attn_logit_softcapping=meta("attn_logit_softcapping"),
         attention_bias=False,

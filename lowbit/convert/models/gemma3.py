@@ -11,7 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from lowbit.convert.models.base import GGUFArch, ModelSpec, rope
-from lowbit.convert.models.gemma2 import GGUF_BLOCK, GGUF_NORM_SHIFT, gemma_config, gemma_tensors
+from lowbit.convert.models.gemma2 import (
+    GGUF_BLOCK,
+    GGUF_NORM_SHIFT,
+    gemma_config,
+    gemma_gguf_config,
+    gemma_tensors,
+)
 from lowbit.errors import UnsupportedModel
 
 ARCHITECTURES = ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
@@ -59,18 +65,7 @@ def gguf_config(meta: Any, cfg: dict[str, Any]) -> None:
         types = ["sliding_attention" if bool(p) else "full_attention" for p in pattern]
     else:
         types = ["sliding_attention" if (i + 1) % int(pattern) else "full_attention" for i in range(n_layers)]
-    scalar = cfg["hidden_size"] // cfg["num_attention_heads"] if n_layers == 62 else cfg["head_dim"]
-    cfg.update(
-        hidden_activation="gelu_pytorch_tanh",
-        hidden_act="gelu_pytorch_tanh",
-        query_pre_attn_scalar=scalar,
-        sliding_window=int(meta("attention.sliding_window", 4096)),
-        layer_types=types,
-        rope_local_base_freq=10000.0,
-        final_logit_softcapping=meta("final_logit_softcapping"),
-        attn_logit_softcapping=meta("attn_logit_softcapping"),
-        attention_bias=False,
-    )
+    gemma_gguf_config(meta, cfg, types, big_layers=62, rope_local_base_freq=10000.0)
 
 
 GGUF = {"gemma3": GGUFArch("Gemma3ForCausalLM", "gemma3_text", permuted_qk=False, block_tensors=GGUF_BLOCK,

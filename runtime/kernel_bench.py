@@ -1,4 +1,4 @@
-"""Time the kernels on random packed weights: `python -m lowbit.runtime.kernels.bench`.
+"""Time the linear layers' kernels on random packed weights: `python -m lowbit.runtime.kernel_bench`.
 
 Reports µs per call (best of several repeats), GMAC/s and the weight bytes streamed per second,
 for the decode kernels (T = 1) and optionally a prefill size. Compilation is excluded (warm-up
