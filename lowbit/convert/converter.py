@@ -238,6 +238,8 @@ def convert(
 
         if native:
             raise ConversionError("--rotate does not apply to ternary (BitNet) checkpoints")
+        if trained is not None:
+            raise ConversionError("--rotate does not combine with learned tensors (--train): they were learned unrotated")
         check_rotatable(spec.config, spec.features, ckpt.tensor_names())
         ckpt = RotatedCheckpoint(ckpt, spec.config, rotate)
         if ckpt.online:
@@ -292,12 +294,6 @@ def convert(
         )
     reports: list[TensorReport] = []
     calibrate = calibration is not None and not native
-    unsupported = [f for f in metadata["features"] if f != "down_proj_hadamard"]  # (--rotate's)
-    if calibrate and unsupported:
-        raise ConversionError(
-            f"calibrated conversion does not support {spec.source_architecture} yet "
-            f"(model feature {unsupported[0]!r}); convert without --calibrate"
-        )
     if trained is not None and (calibrate or native or rec.method == "keep"):
         raise ConversionError("learned tensors (--train) combine with neither --calibrate, --method keep nor BitNet input")
     if training is not None:
