@@ -26,7 +26,7 @@ README = ROOT / "README.md"
 
 IMPORT_ALL = """
 import importlib, pkgutil, lowbit
-names = [m.name for m in pkgutil.walk_packages(lowbit.__path__, "lowbit.") if "serve" not in m.name]
+names = [m.name for m in pkgutil.walk_packages(lowbit.__path__, "lowbit.") if "serve" not in m.name and "lowbit.train" not in m.name]
 for name in names:
     importlib.import_module(name)
 assert "lowbit.convert.converter" in names and "lowbit.runtime.kernels.decode_step" in names, names
