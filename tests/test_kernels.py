@@ -378,9 +378,9 @@ def test_threads_bit_identical():
 
 
 def _simd_variants() -> list[str]:
-    from lowbit.runtime.kernels import simd
+    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
 
-    return (["avx2"] if simd.HAVE_AVX2 else []) + (["vnni"] if simd.HAVE_VNNI else [])
+    return (["avx2"] if HAVE_AVX2 else []) + (["vnni"] if HAVE_VNNI else [])
 
 
 @pytest.mark.parametrize("variant", _simd_variants() or ["selected"])
@@ -389,14 +389,12 @@ def test_simd_dots_match_portable_loops(variant):
     portable numba loops, whichever one the runtime selected."""
     from numba import njit
 
-    from lowbit.runtime.kernels import simd
-
     # q8 has no VNNI dot: a VNNI CPU runs the AVX2 one, so "vnni" checks it again
     pick = {
-        "avx2": (simd._dot_t2_avx2, simd._dot_t3_avx2, simd._dot_b1_avx2, simd._dot_q4_i8_avx2, simd._dot_q8_avx2),
-        "vnni": (simd._dot_t2_vnni, simd._dot_t3_vnni, simd._dot_b1_vnni, simd._dot_q4_i8_vnni, simd._dot_q8_avx2),
+        "avx2": (ternary._dot_t2_avx2, ternary._dot_t3_avx2, onebit._dot_b1_avx2, grouped._dot_q4_i8_avx2, q8._dot_q8_avx2),
+        "vnni": (ternary._dot_t2_vnni, ternary._dot_t3_vnni, onebit._dot_b1_vnni, grouped._dot_q4_i8_vnni, q8._dot_q8_avx2),
     }.get(variant)
-    t2, t3, b1, q4, q8 = pick or (simd.dot_t2, simd.dot_t3, simd._dot_b1_row, simd.dot_q4_i8_generic, simd.dot_q8)
+    t2, t3, b1, q4, q8_dot = pick or (ternary.dot_t2, ternary.dot_t3, onebit._dot_b1_row, grouped.dot_q4_i8_generic, q8.dot_q8)
 
     @njit
     def run(codes2, codes3, x, codes1, x1, q1, tail, c4, d, sq, group):
@@ -404,7 +402,7 @@ def test_simd_dots_match_portable_loops(variant):
 
     @njit
     def run_q8(codes, x, d):
-        return q8(codes, x, d)
+        return q8_dot(codes, x, d)
 
     rng = np.random.default_rng(13)
     for q in (32, 64, 1728):
@@ -431,10 +429,10 @@ def test_simd_dots_match_portable_loops(variant):
         d = rng.random(n // group).astype(np.float32)
         sq = rng.integers(1, 256, n // group).astype(np.uint8)
         got = run(codes2, codes3, x, codes1, x1, q1, tail, c4, d, sq, group)
-        assert got[0] == want2 == simd.dot_t2_generic(codes2, x)
-        assert got[1] == want3 == simd.dot_t3_generic(codes3, x)
-        assert got[2] == want1 == simd.dot_b1_generic(codes1, x1, q1, tail)
-        want4 = simd.dot_q4_i8_generic(c4, x, d, sq, group)
+        assert got[0] == want2 == ternary.dot_t2_generic(codes2, x)
+        assert got[1] == want3 == ternary.dot_t3_generic(codes3, x)
+        assert got[2] == want1 == onebit.dot_b1_generic(codes1, x1, q1, tail)
+        want4 = grouped.dot_q4_i8_generic(c4, x, d, sq, group)
         np.testing.assert_allclose(got[3], want4, rtol=1e-5)
         # q8 rows of an even and an odd number of 32-blocks (the AVX2 loop runs blocks in pairs);
         # codes span all of int8, activations ±127 as the quantizer makes them
@@ -446,7 +444,7 @@ def test_simd_dots_match_portable_loops(variant):
             d8 = rng.random(nb).astype(np.float32)
             terms = d8.astype(np.float64) * (c8.astype(np.int64) * x8).reshape(nb, 32).sum(1)
             got8 = run_q8(c8, x8, d8)
-            want8 = simd.dot_q8_generic(c8, x8, d8)
+            want8 = q8.dot_q8_generic(c8, x8, d8)
             tol = 1e-5 * float(np.abs(terms).sum())
             np.testing.assert_allclose(got8, terms.sum(), rtol=0, atol=tol)
             np.testing.assert_allclose(got8, want8, rtol=0, atol=tol)

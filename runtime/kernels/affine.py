@@ -17,16 +17,117 @@ every token (`common.rows_times_tokens`), as the other prefill kernels do.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
 from lowbit.formats.encodings.affine import Q1F, Q2F, Q4F
+from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
+from lowbit.runtime.kernels.grouped import row_dot_q1, row_dot_q2, row_dot_q4
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.q8 import decode_activation_ref
-from lowbit.runtime.kernels.simd import dot_q4f32_i8, row_dot_q1, row_dot_q2, row_dot_q4
 
 f32 = np.float32
 i32 = np.int32
+
+# -- q4f with G = 32 (GGUF Q4_0 / Q4_1) × int8 activations -------------------------------------
+
+
+def _q4f_i8_dot(vnni: bool):
+    @intrinsic
+    def dot(typingctx, codes, x, sd):
+        """Σ_g sd[g] · Σ_{k in g} q_k · x_k for one q4f row with G = 32 and an even
+        number of groups. Two groups' 32 code bytes are one load; x is int8 quantised per block of
+        32 and *pair-permuted* (`permute_pairs`: per 64 values [0:16, 32:48, 16:32, 48:64])
+        so that the low nibbles of both groups meet one contiguous 32-byte x vector and the high
+        nibbles the next. `vpmaddubsw` + `vpmaddwd` (VNNI: `vpdpbusd`) leave lanes 0-3 with the
+        first group's sums and 4-7 with the second's: one convert and one FMA by the two groups'
+        scale products per 64 weights (sd[g] = s_g · d_g, computed by the caller in one vector loop)."""
+        ok = (
+            all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, sd))
+            and codes.dtype == types.uint8
+            and x.dtype == types.int8
+            and sd.dtype == types.float32
+        )
+        if not ok:
+            return None
+
+        def codegen(context, builder, sig, args):
+            b = builder
+            ca, xa, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args, args))
+            chunks = b.sdiv(b.extract_value(sa.shape, 0), lir.const(2))
+            maddubs, maddwd, fma = lir.maddubs(b), lir.maddwd(b), lir.fma(b)
+            dpbusd = lir.dpbusd(b) if vnni else None
+            v2 = ir.VectorType(lir.F32, 2)
+            lanes = ir.Constant(ir.VectorType(lir.I32, 8), [0, 0, 0, 0, 1, 1, 1, 1])
+
+            def body(i, carried):
+                (acc,) = carried
+                v = lir.load(b, ca.data, b.mul(i, lir.const(32)))
+                lo = b.and_(v, lir.splat(lir.I8, 32, 15))
+                hi = b.and_(b.lshr(v, lir.splat(lir.I8, 32, 4)), lir.splat(lir.I8, 32, 15))
+                x_off = b.mul(i, lir.const(64))
+                x_lo = lir.load(b, xa.data, x_off)
+                x_hi = lir.load(b, xa.data, b.add(x_off, lir.const(32)))
+                if vnni:
+                    zero_i = ir.Constant(lir.V8I32, None)
+                    ints = b.call(dpbusd, [zero_i, b.bitcast(lo, lir.V8I32), b.bitcast(x_lo, lir.V8I32)])
+                    ints = b.call(dpbusd, [ints, b.bitcast(hi, lir.V8I32), b.bitcast(x_hi, lir.V8I32)])
+                else:
+                    pairs = b.add(b.call(maddubs, [lo, x_lo]), b.call(maddubs, [hi, x_hi]))
+                    ints = b.call(maddwd, [pairs, lir.splat(lir.I16, 16, 1)])
+                pair = lir.load(b, sa.data, b.mul(i, lir.const(2)), v2, align=4)
+                sv = b.shuffle_vector(pair, ir.Constant(v2, ir.Undefined), lanes)
+                return [b.call(fma, [b.sitofp(ints, lir.V8F32), sv, acc])]
+
+            (total,) = lir.loop(b, chunks, 1, [ir.Constant(lir.V8F32, None)], body, "q4fdot")
+            return lir.hsum_f32(b, total)
+
+        return types.float32(codes, x, sd), codegen
+
+    return dot
+
+
+@helper
+def dot_q4f32_i8_generic(codes, x, sd):
+    """As _q4f_i8_dot in plain loops (x pair-permuted the same way; any number of groups: an odd
+    last group's x is not permuted, as `permute_pairs` leaves it)."""
+    acc = f32(0.0)
+    ng = sd.shape[0]
+    for g in range(ng):
+        cg = codes[g * 16 : (g + 1) * 16]
+        c, second = g // 2, g % 2
+        s = i32(0)
+        for j in range(16):
+            q = i32(cg[j])
+            if g == ng - 1 and ng % 2 == 1:  # unpaired: natural order
+                lo_x = x[g * 32 + j]
+                hi_x = x[g * 32 + 16 + j]
+            else:
+                lo_x = x[c * 64 + second * 16 + j]
+                hi_x = x[c * 64 + 32 + second * 16 + j]
+            s += (q & 15) * i32(lo_x) + (q >> 4) * i32(hi_x)
+        acc += f32(s) * sd[g]
+    return acc
+
+
+_dot_q4f_avx2 = _q4f_i8_dot(vnni=False)
+_dot_q4f_vnni = _q4f_i8_dot(vnni=True)
+
+if HAVE_AVX2:
+    _dot_q4f_fast = _dot_q4f_vnni if HAVE_VNNI else _dot_q4f_avx2
+
+    @helper
+    def dot_q4f32_i8(codes, x, sd):
+        """Σ_g sd_g Σ q·x_q for one q4f G = 32 row (vector path for an even group count)."""
+        if sd.shape[0] % 2 == 0:
+            return _dot_q4f_fast(codes, x, sd)
+        return dot_q4f32_i8_generic(codes, x, sd)
+
+else:  # pragma: no cover - exercised on machines without AVX2
+    dot_q4f32_i8 = dot_q4f32_i8_generic
 
 
 @helper
@@ -59,7 +160,7 @@ def _group_dot(cg, xg, bits, group):
 def affine_row(codes, x, xs, scales, mins, has_min, bits, zero, group, no_zeros):
     """y for one row: codes u8 [in·b/8], x f32 [in], xs f32 [ng] (group sums), scales / mins u16
     [ng] (f16 bits), no_zeros u8 [ng] of zeros. The products run in the q2/q4 kernels' vector
-    IR (`simd.row_dot_q{b}`, here with f16 scales): Σ_g s_g Σ v·x; the zero point and the
+    IR (`grouped.row_dot_q{b}`, here with f16 scales): Σ_g s_g Σ v·x; the zero point and the
     minimums add Σ_g (m_g − s_g·zero') xs_g (zero' = zero, or 1 for b = 1's 2q − 1)."""
     if bits == 4:
         acc = row_dot_q4(codes, x, scales, no_zeros, xs, group)
@@ -86,7 +187,7 @@ def int8_decode(bits, group):
 
 @helper
 def permute_pairs(xq):
-    """Per 64 values [0:16, 32:48, 16:32, 48:64]: the order `simd.dot_q4f32_i8` reads two q4f
+    """Per 64 values [0:16, 32:48, 16:32, 48:64]: the order `dot_q4f32_i8` reads two q4f
     groups of 32 in (an odd last group stays as it is)."""
     n = xq.shape[0]
     out = xq.copy()

@@ -17,12 +17,13 @@ padded weights are exactly 0 either way).
 
 q4 decode runs on int8 activations with one scale per group (as llama.cpp's K-quants × Q8_K):
 with x = d_g · x_q in group g, Σ q·x = Σ_g d_g Σ q·x_q sums a whole group in integers
-(`simd.dot_q4_i8`: u4 × i8 `vpmaddubsw` or `vpdpbusd`, one convert and FMA per group), and the
+(`dot_q4_i8`: u4 × i8 `vpmaddubsw` or `vpdpbusd`, one convert and FMA per group), and the
 zero-point term uses the group sums of the quantised activation, zsum[g]. (2B-shaped model, 2
 threads: float activations 9.9 tok/s, int8 blocks of 32 16.7-17.9, int8 groups of 128 see
-docs/benchmarks.md.) q2/q3 decode run one `simd.row_dot_q{b}`
-per row (vector IR: per-group products in <8 x float> accumulators, scaled into the row with one
-FMA per group, one horizontal sum per row). Prefill (all three) keeps float32 activations,
+docs/benchmarks.md.) q2/q3 decode run one `row_dot_q{b}`
+per row (portable vector IR: per-group products in <8 x float> accumulators, scaled into the row
+with one FMA per group, one horizontal sum per row; the affine q1f/q2f/q4f rows reuse them with
+f16 scales). Prefill (all three) keeps float32 activations,
 dequantises a block of rows once into scratch and multiplies it with all T tokens: that reuse
 beat int8 per-token dot products by 2× (measured on SmolLM2 q4).
 """
@@ -30,13 +31,16 @@ beat int8 per-token dot products by 2× (measured on SmolLM2 q4).
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
 from lowbit.formats.encodings import Q2, Q3, Q4
+from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.q8 import decode_activation_ref, quantize_runs_into
-from lowbit.runtime.kernels.simd import dot_q4_i8
 
 f32 = np.float32
 i32 = np.int32
@@ -53,6 +57,314 @@ def group_sums(xp, group):
             s += xg[k]
         xs[g] = s
     return xs
+
+
+# -- q4 codes × int8 activations, one activation scale per group ------------------------------
+
+
+def _q4_i8_dot(vnni: bool):
+    @intrinsic
+    def dot(typingctx, codes, x, d, scales, group):
+        """Σ_g scales[g] · d[g] · Σ_{k in g} q_k · x_k for one q4 row with G % 64 == 0 (x quantised
+        with one scale d[g] per group, so a whole group sums in integers). Each 32-byte chunk of a
+        group holds the low-nibble codes for x[c·32 ..] and the high-nibble codes for
+        x[G/2 + c·32 ..] (the group's stream layout): one load feeds two `vpmaddubsw` (u4 × i8,
+        summed pairs ≤ 4·15·128) widened by `vpmaddwd` (VNNI: two `vpdpbusd` into two int32
+        accumulators). At the group's last chunk the integers are converted and added into the
+        float accumulator with one FMA by sq·d[g]: one convert per G weights, where scales per
+        block of 32 needed four."""
+        ok = (
+            all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d, scales))
+            and codes.dtype == types.uint8
+            and x.dtype == types.int8
+            and d.dtype == types.float32
+            and scales.dtype == types.uint8
+            and isinstance(group, types.Integer)
+        )
+        if not ok:
+            return None
+
+        def codegen(context, builder, sig, args):
+            b = builder
+            ca, xa, da, sa = (context.make_array(t)(context, b, a) for t, a in zip(sig.args[:4], args[:4]))
+            g_len = context.cast(b, args[4], sig.args[4], types.int64)
+            g64 = b.sdiv(g_len, lir.const(64))
+            half = b.sdiv(g_len, lir.const(2))
+            chunks = b.mul(b.extract_value(sa.shape, 0), g64)
+            maddubs, maddwd, fma = lir.maddubs(b), lir.maddwd(b), lir.fma(b)
+            dpbusd = lir.dpbusd(b) if vnni else None
+            zero_f = ir.Constant(lir.V8F32, None)
+            zero_i = ir.Constant(lir.V8I32, None)
+
+            def body(i, carried):
+                g, c, acc_a, acc_b, acc_f = carried  # group and chunk within it: no division per chunk
+                v = lir.load(b, ca.data, b.mul(i, lir.const(32)))
+                lo = b.and_(v, lir.splat(lir.I8, 32, 15))
+                hi = b.and_(b.lshr(v, lir.splat(lir.I8, 32, 4)), lir.splat(lir.I8, 32, 15))
+                x_off = b.add(b.mul(g, g_len), b.mul(c, lir.const(32)))
+                x_lo = lir.load(b, xa.data, x_off)
+                x_hi = lir.load(b, xa.data, b.add(x_off, half))
+                if vnni:
+                    a2 = b.call(dpbusd, [acc_a, b.bitcast(lo, lir.V8I32), b.bitcast(x_lo, lir.V8I32)])
+                    b2 = b.call(dpbusd, [acc_b, b.bitcast(hi, lir.V8I32), b.bitcast(x_hi, lir.V8I32)])
+                else:
+                    pairs = b.add(b.call(maddubs, [lo, x_lo]), b.call(maddubs, [hi, x_hi]))
+                    a2 = b.add(acc_a, b.call(maddwd, [pairs, lir.splat(lir.I16, 16, 1)]))
+                    b2 = acc_b
+                c_inc = b.add(c, lir.const(1))
+                wrap = b.icmp_signed("==", c_inc, g64)
+                here = b.block
+                flush = b.append_basic_block("q4dot.flush")
+                cont = b.append_basic_block("q4dot.cont")
+                b.cbranch(wrap, flush, cont)
+
+                b.position_at_end(flush)  # the group's last chunk: its integers into the float sum
+                sq = b.uitofp(b.load(b.gep(sa.data, [g])), lir.F32)
+                scale = b.fmul(sq, b.load(b.gep(da.data, [g])))
+                f2 = b.call(fma, [b.sitofp(b.add(a2, b2), lir.V8F32), lir.broadcast(b, scale), acc_f])
+                b.branch(cont)
+
+                b.position_at_end(cont)
+                f_next = b.phi(lir.V8F32)
+                f_next.add_incoming(acc_f, here)
+                f_next.add_incoming(f2, flush)
+                a_next = b.phi(lir.V8I32)
+                a_next.add_incoming(a2, here)
+                a_next.add_incoming(zero_i, flush)
+                b_next = b.phi(lir.V8I32)
+                b_next.add_incoming(b2, here)
+                b_next.add_incoming(zero_i, flush)
+                c_next = b.select(wrap, lir.const(0), c_inc)
+                return [b.add(g, b.zext(wrap, lir.I64)), c_next, a_next, b_next, f_next]
+
+            inits = [lir.const(0), lir.const(0), zero_i, zero_i, zero_f]
+            total = lir.loop(b, chunks, 1, inits, body, "q4dot")[4]
+            return lir.hsum_f32(b, total)
+
+        return types.float32(codes, x, d, scales, group), codegen
+
+    return dot
+
+
+_dot_q4_i8_avx2 = _q4_i8_dot(vnni=False)
+_dot_q4_i8_vnni = _q4_i8_dot(vnni=True)
+
+
+@helper
+def dot_q4_i8_generic(codes, x, d, scales, group):
+    """As _dot_q4_i8_avx2 for any G (a multiple of 32), in plain loops."""
+    half = group // 2
+    acc = f32(0.0)
+    for g in range(scales.shape[0]):
+        cg = codes[g * half : (g + 1) * half]
+        xg = x[g * group : (g + 1) * group]
+        s = i32(0)
+        for i in range(half):
+            q = i32(cg[i])
+            s += (q & 15) * i32(xg[i]) + (q >> 4) * i32(xg[half + i])
+        acc += f32(s) * (f32(scales[g]) * d[g])
+    return acc
+
+
+if HAVE_AVX2:
+    _dot_q4_i8_fast = _dot_q4_i8_vnni if HAVE_VNNI else _dot_q4_i8_avx2
+
+    @helper
+    def dot_q4_i8(codes, x, d, scales, group):
+        """Σ_g sq_g d_g Σ q·x_q for one q4 row (vector path when G % 64 == 0)."""
+        if group % 64 == 0:
+            return _dot_q4_i8_fast(codes, x, d, scales, group)
+        return dot_q4_i8_generic(codes, x, d, scales, group)
+
+else:  # pragma: no cover - exercised on machines without AVX2
+    dot_q4_i8 = dot_q4_i8_generic
+
+
+# -- q1 / q2 / q3 / q4 rows on float activations: Σ_g sq_g (Σ q·x − z_g xs_g) in portable vector IR
+#
+# The numba loops reduce each group's partial dot product horizontally (G/2 bytes = two vector
+# iterations at G = 128) and spent as long on that as on the work. Here each group's products
+# go to <8 x float> accumulators (several, to hide FMA latency) that are scaled into one row
+# accumulator with a single fused multiply-add per group; one horizontal sum per row. Plain
+# LLVM vector IR (no x86 intrinsics): any target legalises it.
+
+
+class _Row:
+    """Pointers and helpers for one grouped row (codes, padded x, group scales and zeros, xs)."""
+
+    def __init__(self, context, builder, sig, args):
+        self.b = builder
+        arr = [
+            context.make_array(t)(context, builder, a)
+            for t, a in zip(sig.args[:5], args[:5], strict=True)
+        ]
+        self.codes, self.x, self.scales, self.zeros, self.xs = (a.data for a in arr)
+        self.ng = builder.extract_value(arr[2].shape, 0)
+        self.group = args[5]
+        self.fma8 = lir.fma(builder, lir.V8F32)
+        self.fma4 = lir.fma(builder, lir.V4F32)
+
+    def codes_i32(self, offset: ir.Value, n: int) -> ir.Value:
+        """n bytes of codes at offset, zero-extended to <n x i32>."""
+        v = lir.load(self.b, self.codes, offset, ir.VectorType(lir.I8, n))
+        return self.b.zext(v, ir.VectorType(lir.I32, n))
+
+    def xvec(self, offset: ir.Value, n: int) -> ir.Value:
+        return lir.load(self.b, self.x, offset, ir.VectorType(lir.F32, n), align=4)
+
+    def field(self, v: ir.Value, shift: int, mask: int | None, n: int) -> ir.Value:
+        """((v >> shift) & mask) as <n x float>."""
+        if shift:
+            v = self.b.lshr(v, lir.splat(lir.I32, n, shift))
+        if mask is not None:
+            v = self.b.and_(v, lir.splat(lir.I32, n, mask))
+        return self.b.sitofp(v, ir.VectorType(lir.F32, n))
+
+    def fma(self, a, x, acc):
+        return self.b.call(self.fma8 if a.type.count == 8 else self.fma4, [a, x, acc])
+
+    def loop(self, count: ir.Value, step: int, inits: list[ir.Value], body) -> list[ir.Value]:
+        """for j in range(0, count, step): accs = body(j, accs); count > 0, a multiple of step."""
+        return lir.loop(self.b, count, step, inits, body, "g", guard=False)
+
+
+def _zeros8() -> ir.Constant:
+    return ir.Constant(lir.V8F32, None)
+
+
+def _widen(b, v4: ir.Value) -> ir.Value:
+    """<4 x float> -> <8 x float>, zero in the upper four lanes."""
+    zero4 = ir.Constant(lir.V4F32, None)
+    return b.shuffle_vector(v4, zero4, ir.Constant(ir.VectorType(lir.I32, 8), list(range(8))))
+
+
+def _group_q4(row: _Row, cbase, xbase):
+    b = row.b
+    h = b.udiv(row.group, lir.const(2))
+
+    def body(j, acc):
+        out = list(acc)
+        for u in range(2):
+            jj = b.add(j, lir.const(8 * u))
+            v = row.codes_i32(b.add(cbase, jj), 8)
+            out[2 * u] = row.fma(row.field(v, 0, 15, 8), row.xvec(b.add(xbase, jj), 8), out[2 * u])
+            out[2 * u + 1] = row.fma(
+                row.field(v, 4, None, 8), row.xvec(b.add(b.add(xbase, h), jj), 8), out[2 * u + 1]
+            )
+        return out
+
+    return lir.tree_sum(b, row.loop(h, 16, [_zeros8()] * 4, body))
+
+
+def _low2(row: _Row, cbase, xbase):
+    """The 2-bit streams of a group (q2, and q3's low plane): G/4 bytes, stream k ↔ x[k·G/4 + j]."""
+    b = row.b
+    m = b.udiv(row.group, lir.const(4))
+
+    def body(j, acc):
+        v = row.codes_i32(b.add(cbase, j), 8)
+        out = []
+        for k in range(4):
+            xo = b.add(b.add(xbase, b.mul(m, lir.const(k))), j)
+            out.append(
+                row.fma(row.field(v, 2 * k, 3 if k < 3 else None, 8), row.xvec(xo, 8), acc[k])
+            )
+        return out
+
+    return lir.tree_sum(b, row.loop(m, 8, [_zeros8()] * 4, body))
+
+
+def _group_q2(row: _Row, cbase, xbase):
+    return _low2(row, cbase, xbase)
+
+
+def _bits(row: _Row, cbase, xbase):
+    """One bit plane of a group: G/8 bytes, bit k of byte j ↔ x[k·G/8 + j]; Σ bit·x (<4 x float>)."""
+    b = row.b
+    e = b.udiv(row.group, lir.const(8))
+    zero4 = ir.Constant(lir.V4F32, None)
+
+    def body(j, acc):
+        v = row.codes_i32(b.add(cbase, j), 4)
+        out = list(acc)
+        for k in range(8):
+            xo = b.add(b.add(xbase, b.mul(e, lir.const(k))), j)
+            out[k] = row.fma(row.field(v, k, 1, 4), row.xvec(xo, 4), out[k])
+        return out
+
+    return lir.tree_sum(b, row.loop(e, 4, [zero4] * 8, body))
+
+
+def _group_q3(row: _Row, cbase, xbase):
+    b = row.b
+    low = _low2(row, cbase, xbase)
+    hbase = b.add(cbase, b.udiv(row.group, lir.const(4)))  # high plane after the G/4 low bytes
+    hi8 = _widen(b, _bits(row, hbase, xbase))
+    return row.fma(lir.splat(lir.F32, 8, 4.0), hi8, low)
+
+
+def _group_q1(row: _Row, cbase, xbase):
+    """One bit per weight (q1f)."""
+    return _widen(row.b, _bits(row, cbase, xbase))
+
+
+def _build_grouped(context, builder, sig, args, group_dot) -> ir.Value:
+    b = builder
+    row = _Row(context, builder, sig, args)
+    f16_scales = sig.args[2].dtype == types.uint16
+    per = b.udiv(b.mul(row.group, lir.const(row_bits[group_dot])), lir.const(8))
+
+    def body(g, carried):
+        acc, zs = carried
+        d = group_dot(row, b.mul(g, per), b.mul(g, row.group))
+        if f16_scales:  # q1f/q2f/q4f: f16 group scales (raw bits)
+            s = b.fpext(b.bitcast(b.load(b.gep(row.scales, [g])), ir.HalfType()), lir.F32)
+        else:
+            s = b.uitofp(b.load(b.gep(row.scales, [g])), lir.F32)
+        z = b.uitofp(b.load(b.gep(row.zeros, [g])), lir.F32)
+        xsg = b.load(b.gep(row.xs, [g]))
+        return [row.fma(lir.broadcast(b, s), d, acc), b.fadd(zs, b.fmul(b.fmul(s, z), xsg))]
+
+    acc_f, zs_f = lir.loop(b, row.ng, 1, [_zeros8(), ir.Constant(lir.F32, 0.0)], body, "rows")
+    lanes = [b.extract_element(acc_f, ir.Constant(lir.I32, i)) for i in range(8)]
+    return b.fsub(lir.tree_sum(b, lanes), zs_f)
+
+
+row_bits = {_group_q4: 4, _group_q3: 3, _group_q2: 2, _group_q1: 1}
+
+
+def _grouped_intrinsic(group_dot, name: str):
+    def typer(typingctx, codes, x, scales, zeros, xs, group):
+        ok = (
+            all(
+                isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                for a in (codes, x, scales, zeros, xs)
+            )
+            and codes.dtype == zeros.dtype == types.uint8
+            and scales.dtype in (types.uint8, types.uint16)  # u8 integer scales or f16 bits
+            and x.dtype == xs.dtype == types.float32
+            and isinstance(group, types.Integer)
+        )
+        if not ok:
+            return None
+
+        def codegen(context, builder, sig, args):
+            args = list(args)
+            args[5] = context.cast(builder, args[5], sig.args[5], types.int64)
+            return _build_grouped(context, builder, sig, args, group_dot)
+
+        return types.float32(codes, x, scales, zeros, xs, group), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
+
+
+# row_dot_qB(codes_row, xp, scales_row, zeros_row, xs, G) -> Σ_g sq_g (Σ_{i in g} q_i xp_i − z_g xs_g)
+# (scales u8, or u16 f16 bits for the q{b}f encodings; row_dot_q1: one bit per weight, q1f's layout)
+row_dot_q1 = _grouped_intrinsic(_group_q1, "row_dot_q1")
+row_dot_q4 = _grouped_intrinsic(_group_q4, "row_dot_q4")
+row_dot_q3 = _grouped_intrinsic(_group_q3, "row_dot_q3")
+row_dot_q2 = _grouped_intrinsic(_group_q2, "row_dot_q2")
 
 
 # -- q4 on int8 activations ----------------------------------------------------------------

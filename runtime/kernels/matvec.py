@@ -23,7 +23,7 @@ bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
 
 `prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
 quantisation of x (per token, per block of 32 for q8, per group for q4) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
-with the encoding's row kernel (`simd`, `grouped`, `onebit`, …); `finish(desc, y)` adds the
+with the encoding's row kernel (`ternary`, `grouped`, `onebit`, …); `finish(desc, y)` adds the
 bias and applies OneBit's LayerNorm. `matvec_ref` is the numpy reference.
 """
 
@@ -34,13 +34,18 @@ from numba import njit, prange
 
 from lowbit.runtime.kernels.affine import affine_row, affine_row_i8, int8_decode, permute_pairs
 from lowbit.runtime.kernels.common import pad_vector
-from lowbit.runtime.kernels.grouped import group_sums, q4_row, quantize_groups
+from lowbit.runtime.kernels.grouped import (
+    group_sums,
+    q4_row,
+    quantize_groups,
+    row_dot_q2,
+    row_dot_q3,
+)
 from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, prefetch_row
 from lowbit.runtime.kernels.onebit import PAD, scaled_input
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
 from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
-from lowbit.runtime.kernels.simd import dot_t2, dot_t3, row_dot_q2, row_dot_q3
-from lowbit.runtime.kernels.ternary import quantize_into
+from lowbit.runtime.kernels.ternary import dot_t2, dot_t3, quantize_into
 
 F32, F16, BF16, Q8, Q2, Q3, Q4, T2, T3, ONEBIT, AFFINE = range(11)
 KINDS = {

@@ -4,9 +4,10 @@
     y[r] = h[r] · (2 · Σ_{i: S[r,i]=+1} x_q[i] − Σ_i x_q[i]) / s
 
 Byte k of a row holds bit j = sign of weight k + j·Q, so stream j walks consecutive bytes against
-the contiguous slice x_q[jQ:(j+1)Q]; `simd.dot_b1` unpacks 32 bytes into eight 0/1 byte vectors
-and runs `vpmaddubsw` on each (the ternary kernel's trick with one bit per weight: 256 weights per
-eight instructions). Quantising the activation costs ~1/127 of max|x'| per element and made
+the contiguous slice x_q[jQ:(j+1)Q]; `dot_b1` (below) unpacks 32 bytes into eight 0/1 byte vectors
+and runs `vpmaddubsw` on each, or `vpdpbusd` with VNNI (`llvm_ir.stream_dot`, the ternary kernel's
+trick with one bit per weight: 256 weights per eight instructions); `dot_b1_generic` is its
+portable twin. Quantising the activation costs ~1/127 of max|x'| per element and made
 decode ~3× faster than the float select-and-add, which prefill keeps (there each unpacked
 row serves every token, and float keeps calibrated g/h exact: with int8 prefill the calibrated
 file lost its edge over SVID in tests/test_quality.py). The parameter-free LayerNorm of
@@ -17,17 +18,85 @@ bits (u16).
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import intrinsic
 
 from lowbit.formats.encodings import ONEBIT
+from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
-from lowbit.runtime.kernels.simd import dot_b1
 from lowbit.runtime.kernels.ternary import quantize_activation_ref, quantize_into
 
 f32 = np.float32
 i32 = np.int32
-PAD = 32  # activation bytes past 8Q that `simd.dot_b1`'s last vector step may read
+PAD = 32  # activation bytes past 8Q that `dot_b1`'s last vector step may read
+_RUN = 32
+
+# -- row dot: Σ over set bits of codes of the int8 activations ---------------------------------
+
+
+def _unpack1(builder, c):
+    one = lir.splat(lir.I8, 32, 1)
+    return [builder.and_(builder.lshr(c, lir.splat(lir.I8, 32, j)), one) for j in range(8)]
+
+
+def _onebit_dot(vnni: bool):
+    @intrinsic
+    def dot(typingctx, codes, x, stride, tail):
+        """Σ over set bits of codes; bit j of byte k ↔ x[k + j·stride] (AVX2: the 8 pair sums per
+        i16 lane stay ≤ 8 · 2 · 127). The last len(codes) % 32 bytes come from `tail` (see
+        dot_b1), in the same loop: one call and one horizontal sum per row."""
+        ok = lir.codes_and_int8(codes, x) and lir.codes_and_int8(tail, x)
+        if not ok or not isinstance(stride, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            st = context.cast(builder, args[2], sig.args[2], types.int64)
+            return lir.stream_dot(context, builder, sig, args, 8, _unpack1, stride=st, vnni=vnni, tail=3)
+
+        return types.int32(codes, x, stride, tail), codegen
+
+    return dot
+
+
+_dot_b1_avx2 = _onebit_dot(vnni=False)
+_dot_b1_vnni = _onebit_dot(vnni=True)
+
+
+@helper
+def dot_b1_generic(codes, x, stride, tail):
+    """As _dot_b1_avx2, in plain loops (reads the codes directly; `tail` is unused)."""
+    acc = i32(0)
+    for o in range(0, codes.shape[0], _RUN):
+        s = i32(0)
+        for k in range(o, min(o + _RUN, codes.shape[0])):
+            b = i32(codes[k])
+            for j in range(8):
+                s += ((b >> j) & 1) * i32(x[k + j * stride])
+        acc = i32(acc + s)
+    return acc
+
+
+if HAVE_VNNI:
+    _dot_b1_row = _dot_b1_vnni
+elif HAVE_AVX2:
+    _dot_b1_row = _dot_b1_avx2
+else:  # pragma: no cover - exercised on machines without AVX2
+    _dot_b1_row = dot_b1_generic
+
+
+@helper
+def dot_b1(codes, x, tail):
+    """Σ_k Σ_j bit_j(codes[k]) · x[k + jQ] (Q = len(codes)): one OneBit row's sum of the int8
+    activations where the sign is +1. The last Q % 32 bytes are copied into `tail` (uint8 [32],
+    zero beyond them, reused across rows) and run as the loop's last vector step, reading up to
+    31 bytes past x[8Q]: x must be zero-padded to 8Q + 32."""
+    q = codes.shape[0]
+    runs = q // _RUN * _RUN
+    for k in range(q - runs):
+        tail[k] = codes[runs + k]
+    return _dot_b1_row(codes, x, q, tail)
 
 
 @helper
@@ -45,7 +114,7 @@ def scaled_input(x, g, n_p):
 
 @helper
 def row_value(signs_row, xq, off, h_r, inv, tail):
-    """h · (2 Σ_{bit set} x_q − Σ x_q) / s for one row (tail: `simd.dot_b1` scratch)."""
+    """h · (2 Σ_{bit set} x_q − Σ x_q) / s for one row (tail: `dot_b1` scratch)."""
     return f32(2 * dot_b1(signs_row, xq, tail) - off) * (h_r * inv)
 
 

@@ -8,7 +8,8 @@ Decode activations, per block b of 32 (zero-padded to whole blocks):
 
     y[r] = Σ_g scale[r, g] · Σ_{b in g} d[b] · Σ_{k in b} code[r, k] · x_q[k]
 
-so the inner product is integer (`simd.dot_q8`: |c| × sign(x, c) in `vpmaddubsw`), with one
+so the inner product is integer (`dot_q8` below: |c| × sign(x, c) in `vpmaddubsw` on AVX2,
+`dot_q8_generic`'s plain loops elsewhere and as its tested twin), with one
 convert and one FMA per 32 weights. Measured on the 2B-shaped model's 128256×2560 head at 2
 threads: 16.4 → 13.1 ms per token. The activation error per block is ≤ d/2 (KL against float activations on
 SmolLM2's head: ~6e-4, against ~5e-3 for one scale per token). G is the effective group length
@@ -19,16 +20,94 @@ short (codes are not padded). Scales arrive as raw f16 bits (u16).
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
 from lowbit.formats.encodings import Q8
+from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2
 from lowbit.runtime.kernels.jit import exact, f16_to_f32, helper, kernel
-from lowbit.runtime.kernels.simd import dot_q8
 
 BLOCK = 32
 f32 = np.float32
 i32 = np.int32
+
+# -- the block dot: q8 codes × int8 activations in blocks of 32 (llama.cpp's Q8_0 × Q8_0) -------
+
+
+@intrinsic
+def _dot_q8_avx2(typingctx, codes, x, d):
+    """Σ_b d[b] · Σ_{k<32} codes[32b+k] · x[32b+k] over len(codes) // 32 blocks (float32):
+    |c| × sign(x, c) in `vpmaddubsw` (pairs ≤ 2·128·127), `vpmaddwd` to int32, then one
+    convert and one FMA by the block's activation scale per 32 weights."""
+    ok = (
+        all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (codes, x, d))
+        and codes.dtype == types.int8
+        and x.dtype == types.int8
+        and d.dtype == types.float32
+    )
+    if not ok:
+        return None
+
+    def codegen(context, builder, sig, args):
+        b = builder
+        ca, xa, da = (context.make_array(t)(context, b, a) for t, a in zip(sig.args, args))
+        nb = b.sdiv(b.extract_value(ca.shape, 0), lir.const(32))
+        maddubs, maddwd = lir.maddubs(b), lir.maddwd(b)
+        psign, absb, fma = lir.psign_b(b), lir.abs_v32i8(b), lir.fma(b)
+
+        def block(i, acc):
+            off = b.mul(i, lir.const(32))
+            c = lir.load(b, ca.data, off)
+            sx = b.call(psign, [lir.load(b, xa.data, off), c])
+            pairs = b.call(maddubs, [b.call(absb, [c, ir.Constant(lir.I1, 0)]), sx])
+            ints = b.call(maddwd, [pairs, lir.splat(lir.I16, 16, 1)])
+            scale = lir.broadcast(b, b.load(b.gep(da.data, [i])))
+            return b.call(fma, [b.sitofp(ints, lir.V8F32), scale, acc])
+
+        # two blocks per step into two accumulators: the FMA chain's latency, not the loads,
+        # bounds a single accumulator (measured 123 → 103 cycles per 576-byte row streamed from memory)
+        zero = ir.Constant(lir.V8F32, None)
+        pairs_n = b.sdiv(nb, lir.const(2))
+
+        def body(i, accs):
+            two_i = b.mul(i, lir.const(2))
+            return [block(two_i, accs[0]), block(b.add(two_i, lir.const(1)), accs[1])]
+
+        s0, s1 = lir.loop(b, pairs_n, 1, [zero, zero], body, "q8dot")
+        total = b.fadd(s0, s1)
+        odd = b.icmp_signed("!=", b.mul(pairs_n, lir.const(2)), nb)
+        here = b.block
+        odd_bb = b.append_basic_block("q8dot.odd")
+        end_bb = b.append_basic_block("q8dot.end")
+        b.cbranch(odd, odd_bb, end_bb)
+        b.position_at_end(odd_bb)
+        last = block(b.sub(nb, lir.const(1)), total)
+        b.branch(end_bb)
+        b.position_at_end(end_bb)
+        res = b.phi(lir.V8F32)
+        res.add_incoming(total, here)
+        res.add_incoming(last, odd_bb)
+        return lir.hsum_f32(b, res)
+
+    return types.float32(codes, x, d), codegen
+
+
+@helper
+def dot_q8_generic(codes, x, d):
+    """As _dot_q8_avx2, in plain loops."""
+    acc = f32(0.0)
+    for blk in range(codes.shape[0] // BLOCK):
+        s = i32(0)
+        for k in range(blk * BLOCK, (blk + 1) * BLOCK):
+            s += i32(codes[k]) * i32(x[k])
+        acc += f32(s) * d[blk]
+    return acc
+
+
+dot_q8 = _dot_q8_avx2 if HAVE_AVX2 else dot_q8_generic
 
 
 @exact
