@@ -11,8 +11,9 @@ IR, VNNI form and the portable twin the tests hold them to) and a numpy `*_ref` 
 encoding's own dequantize(). Shared pieces: `llvm_ir` (the IR building blocks of the vector
 dots), `cpu_features` (HAVE_AVX2 / HAVE_VNNI / ..., which the modules dispatch on), `jit` (the
 numba options), `common` (the prefill micro-kernel). `decode_step` runs a whole decode step
-(every layer) in one call, `attention` the causal GQA, `bench` a timer. `lowbit.runtime.linear`
-and `.model` pick the kernels; model code never calls them directly.
+(every layer) in one call, `attention` the causal GQA (its vector steps in `attention_simd`),
+`bench` a timer. `lowbit.runtime.linear` and `.model` pick the kernels; model code never calls
+them directly.
 
 Numba's on-disk cache lives outside the installation, keyed and stamped by the kernels' content
 digest (`cache`, imported first so that its locator is registered before any kernel is decorated).
