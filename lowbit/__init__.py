@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 def load(model, threads=None, context_length=None, method="q4", kv_cache=None):
     """Load a .lowbit file, or convert a HF folder / hub id / GGUF once into the cache and load it;
-    kv_cache: the KV cache's stored form, "f32", "f16" or "q8" (None: the default, f32)."""
+    kv_cache: the KV cache's stored form, "f32", "f16" or "q8" (None: the default, f16)."""
     from lowbit.model_cache import load as _load
 
     return _load(model, threads=threads, context_length=context_length, method=method, kv_cache=kv_cache)

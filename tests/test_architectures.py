@@ -90,7 +90,7 @@ def save(family: str, folder, seed: int):
 
 
 def runtime_logits(path, ids, context=None, prompt=PROMPT) -> np.ndarray:
-    llm = load(path, threads=2, context_length=context)
+    llm = load(path, threads=2, context_length=context, kv_cache="f32")  # f16 caches: test_kv_cache
     out = [llm.logits(ids[:prompt])]
     for tok in ids[prompt:]:
         out.append(llm.decode(int(tok))[None])

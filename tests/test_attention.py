@@ -23,3 +23,71 @@ def test_attention_matches_reference(threads, t_len, start, window):
     attention(q, keys, values, start, window, out)
     ref = attention_ref(q, keys, values, start, window)
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max() + 1e-6
+
+
+@pytest.mark.parametrize("d,softcap", [(12, 0.0), (64, 0.0), (32, 5.0)])
+def test_many_queries_match_reference_any_head_dim_and_softcap(d, softcap):
+    """Head dims off the 16-lane vector (the loop fallback) and on it, with and without soft-capping;
+    43 queries cross several query blocks and key blocks."""
+    rng = np.random.default_rng(d)
+    q = rng.standard_normal((43, 8, d)).astype(np.float32) * 2
+    keys = rng.standard_normal((2, 80, d)).astype(np.float32)
+    values = rng.standard_normal((2, 80, d)).astype(np.float32)
+    out = np.empty((43, 8 * d), np.float32)
+    attention(q, keys, values, 30, 0, out, 0.0, softcap)
+    ref = attention_ref(q, keys, values, 30, 0, 0.0, softcap)
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max() + 1e-6
+
+
+def test_a_query_row_has_the_same_bits_whatever_runs_with_it():
+    """Prefix reuse and batching rely on it: the last tokens alone (T = 1 and 3) get the bits they
+    got inside a 40-token prefill, with a window too."""
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((40, 4, 64)).astype(np.float32)
+    keys = rng.standard_normal((2, 50, 64)).astype(np.float32)
+    values = rng.standard_normal((2, 50, 64)).astype(np.float32)
+    for window in (0, 19):
+        full = np.empty((40, 4 * 64), np.float32)
+        attention(q, keys, values, 0, window, full)
+        for n in (1, 3, 11):
+            part = np.empty((n, 4 * 64), np.float32)
+            attention(np.ascontiguousarray(q[40 - n :]), keys, values, 40 - n, window, part)
+            assert np.array_equal(part, full[40 - n :]), (window, n)
+
+
+def test_vector_steps_match_numpy():
+    """score_block, exp_block (masked lanes zero, the sum of the rest) and accumulate_block."""
+    from numba import njit
+
+    from lowbit.runtime.kernels import attention_simd as a
+
+    @njit
+    def run(qa, kt, s, e, j0, j1, best, row, vb, fix):
+        a.score_block(qa, kt, s)
+        total = a.exp_block(e, j0, j1, best)
+        a.accumulate_block(row, e, vb, fix)
+        return total
+
+    rng = np.random.default_rng(3)
+    qa = rng.standard_normal(48).astype(np.float32)
+    kt = rng.standard_normal((48, a.K_BLOCK)).astype(np.float32)
+    s = np.empty(a.K_BLOCK, np.float32)
+    x = (rng.standard_normal(a.K_BLOCK) * 8).astype(np.float32)
+    e = x.copy()
+    row = rng.standard_normal(48).astype(np.float32)
+    vb = rng.standard_normal((a.K_BLOCK, 48)).astype(np.float32)
+    best = np.float32(x[5:27].max())
+    total = run(qa, kt, s, e, 5, 27, best, row.copy(), vb, np.float32(0.5))
+    np.testing.assert_allclose(s, a.score_block_ref(qa, kt), rtol=1e-5, atol=1e-5)
+    ref_e, ref_total = a.exp_block_ref(x, 5, 27, float(best))
+    assert not e[:5].any() and not e[27:].any()
+    np.testing.assert_allclose(e, ref_e, rtol=3e-6, atol=1e-30)
+    assert abs(total - ref_total) <= 1e-6 * ref_total
+    got = row.copy()
+    run(qa, kt, s, x.copy(), 5, 27, best, got, vb, np.float32(0.5))
+    np.testing.assert_allclose(got, a.accumulate_block_ref(row, ref_e.astype(np.float32), vb, 0.5), rtol=1e-5, atol=1e-5)
+    # exp over its whole float32 range, relative error of the polynomial
+    y = np.linspace(-87, 0, a.K_BLOCK * 4).astype(np.float32)
+    z = y.copy()
+    run(qa, kt, s, z, 0, z.size, np.float32(0.0), row.copy(), vb, np.float32(1.0))
+    assert np.abs(z / np.exp(y.astype(np.float64)) - 1).max() < 3e-6

@@ -65,7 +65,7 @@ def tiny_qwen2(tmp_path_factory):
 
 
 def _logits(path, ids, n_prompt):
-    llm = load(path, threads=2)
+    llm = load(path, threads=2, kv_cache="f32")  # encodings at 1e-4; f16 caches: test_kv_cache
     out = [llm.logits(ids[:n_prompt])]
     for tok in ids[n_prompt:]:
         out.append(llm.decode(int(tok))[None])
@@ -104,7 +104,7 @@ def test_onebit_layernorm_flag(tiny_qwen2, tmp_path, monkeypatch):
 
 
 def _decode_logits(path, ids, n_prompt, fused):
-    llm = load(path, threads=2)
+    llm = load(path, threads=2, kv_cache="f32")  # encodings at 1e-4; f16 caches: test_kv_cache
     llm.prefill(ids[:n_prompt])
     llm.model.fused_decode = fused
     return np.stack([llm.decode(int(tok)) for tok in ids[n_prompt:]])

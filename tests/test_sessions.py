@@ -75,8 +75,12 @@ def test_threads_with_their_own_sessions(tiny, alone):
     assert got == alone
 
 
-def test_interleaved_generators_on_one_session_are_refused(tiny, alone):
-    m = lowbit.load(tiny)
+def test_interleaved_generators_on_one_session_are_refused(tiny):
+    # f32 cache: the generations below reuse the cached prompt, whose last token then runs the
+    # fused decode step instead of the prefill kernels (logits differ by ~0.03 on this model
+    # with any cache type); with f16 that flips a greedy token of PROMPTS[2] against a fresh run
+    alone = {p: lowbit.load(tiny, kv_cache="f32").generate(p, max_tokens=N) for p in PROMPTS[1:3]}
+    m = lowbit.load(tiny, kv_cache="f32")
     first = m.stream(PROMPTS[0], max_tokens=N)
     next(first)
     with pytest.raises(SessionBusy, match="unfinished generator"):

@@ -3,6 +3,11 @@
 engine (reset / prefill / decode, as lowbit.bench.timed_run expects), the worker loop that answers
 run requests as JSON lines, and the parent's handle on a worker.
 
+bitnet.cpp (microsoft/BitNet's llama.cpp fork, built by ../shared/tools/bitnetcpp/bitnetcpp.sh) has
+no Python binding: its adapter runs that build's own `llama-bench` once per request (one
+repetition of pp P and tg G, its own timing: tg decodes from an empty cache, no depth option) and
+reports the same fields; its binary comes from $LOWBIT_BENCH_BITNETCPP.
+
     python tools/bench_engines.py ENGINE MODEL THREADS CTX   # started by Worker, not by hand
 """
 
@@ -106,12 +111,61 @@ class LlamaCppEngine:
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(self.n_vocab,))
 
     def prefill(self, ids: list[int]) -> np.ndarray:
-        self.llm.eval(ids)
+        """Run ids after the cached prefix they share with the tokens held (at most len − 1 kept,
+        so the last token runs and gives logits), as lowbit's prefill does: decode at depth keeps
+        its context between runs. Llama.eval appends at n_tokens and drops the cache beyond."""
+        held = self.llm.input_ids[: self.llm.n_tokens]
+        keep = 0
+        for a, b in zip(held, ids[:-1]):
+            if int(a) != b:
+                break
+            keep += 1
+        self.llm.n_tokens = keep
+        self.llm.eval(ids[keep:])
         return self._logits()
 
     def decode(self, tok: int) -> np.ndarray:
         self.llm.eval([tok])
         return self._logits()
+
+
+class BitnetCppEngine:
+    """bitnet.cpp through its llama-bench: `run` measures one pp/tg repetition (timed_run does not
+    apply: the binary times itself; its prompt is its own random tokens of the same length)."""
+
+    name = "bitnetcpp"
+    ENV = "LOWBIT_BENCH_BITNETCPP"
+
+    def __init__(self, path: str, threads: int, ctx: int) -> None:
+        self.path, self.threads = path, threads
+        self.binary = os.environ.get(self.ENV, "")
+        if not os.access(self.binary, os.X_OK):
+            raise RuntimeError(f"${self.ENV} ({self.binary!r}) is not bitnet.cpp's llama-bench binary")
+        self.load_s = self.warmup_s = 0.0
+
+    def info(self) -> dict[str, Any]:
+        return {"binary": self.binary}
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def run(self, n_prompt: int, gen: int) -> dict[str, Any]:
+        import resource
+
+        cmd = [self.binary, "-m", self.path, "-p", str(n_prompt), "-n", str(gen), "-t", str(self.threads),
+               "-r", "1", "-o", "json"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if p.returncode != 0:
+            raise RuntimeError(f"llama-bench exited {p.returncode}: {p.stderr.strip()[-300:]}")
+        tests = json.loads(p.stdout)
+        pp = next(e for e in tests if e["n_prompt"] > 0 and e["n_gen"] == 0)["avg_ts"]
+        tg = next((e for e in tests if e["n_gen"] > 0 and e["n_prompt"] == 0), {"avg_ts": float("nan")})["avg_ts"]
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        return {"prefill_s": n_prompt / pp, "time_to_first_token_s": n_prompt / pp, "decode_s": gen / tg if gen else 0.0,
+                "prefill_tps": pp, "decode_tps": tg if gen else float("nan"), "tokens": [], "peak_rss_mb": peak}
+
+
+ENGINES = {"lowbit": LowbitEngine, "llamacpp": LlamaCppEngine, "bitnetcpp": BitnetCppEngine}
 
 
 def _peak_rss_mb() -> float:
@@ -128,8 +182,31 @@ def _peak_rss_mb() -> float:
     return peak_rss_mb()
 
 
-def _run(engine, prompt: list[int], gen: int) -> dict[str, Any]:
-    r = timed_run(engine, prompt, gen)
+class _KeepContext:
+    """An engine whose reset() keeps the cache: timed_run's untimed context prefill then finds the
+    context still cached from the last run at this depth (both engines reuse a shared prefix), so
+    a depth-4096 run does not re-run 4096 tokens each time. Prompt and decoded tokens after it are
+    dropped by the next prefill, as after a reset."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def reset(self) -> None:
+        pass
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        return self.engine.prefill(ids)
+
+    def decode(self, tok: int) -> np.ndarray:
+        return self.engine.decode(tok)
+
+
+def _run(engine, prompt: list[int], gen: int, context: list[int] | None = None) -> dict[str, Any]:
+    if isinstance(engine, BitnetCppEngine):
+        if context:
+            raise RuntimeError("bitnet.cpp's llama-bench has no depth option")
+        return engine.run(len(prompt), gen)
+    r = timed_run(_KeepContext(engine) if context else engine, prompt, gen, context)
     return {
         "prefill_s": r.prefill_s,
         "time_to_first_token_s": r.time_to_first_token_s,
@@ -150,7 +227,7 @@ def worker_main(engine_name: str, path: str, threads: int, ctx: int) -> int:
         proto.flush()
 
     try:
-        engine = (LowbitEngine if engine_name == "lowbit" else LlamaCppEngine)(path, threads, ctx)
+        engine = ENGINES[engine_name](path, threads, ctx)
     except Exception as e:  # noqa: BLE001 - reported to the parent
         send({"ok": False, "error": f"{type(e).__name__}: {e}"})
         return 1
@@ -166,10 +243,10 @@ def worker_main(engine_name: str, path: str, threads: int, ctx: int) -> int:
                 send({"ok": True})
                 break
             engine.set_threads(int(req["threads"]))
-            out = _run(engine, req["prompt"], int(req["gen"]))
+            out = _run(engine, req["prompt"], int(req["gen"]), req.get("context"))
             if cmd == "warm":
                 out = {}
-            send({"ok": True, **out, "peak_rss_mb": _peak_rss_mb()})
+            send({"ok": True, "peak_rss_mb": _peak_rss_mb(), **out})
         except Exception as e:  # noqa: BLE001
             send({"ok": False, "error": f"{type(e).__name__}: {e}"})
     return 0
@@ -227,7 +304,7 @@ class Worker:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5 or sys.argv[1] not in ("lowbit", "llamacpp"):
-        sys.exit("usage: bench_engines.py lowbit|llamacpp MODEL THREADS CTX (started by bench_vs_llamacpp.py)")
+    if len(sys.argv) != 5 or sys.argv[1] not in ENGINES:
+        sys.exit(f"usage: bench_engines.py {'|'.join(ENGINES)} MODEL THREADS CTX (started by bench_vs_llamacpp.py)")
     engine_name, model, n_threads, n_ctx = sys.argv[1:5]
     sys.exit(worker_main(engine_name, model, int(n_threads), int(n_ctx)))

@@ -94,7 +94,7 @@ def kl(model, ref, text_file, ctx, threads, method, as_json, kv_cache) -> None:
 
     text = _read_text(text_file)
     llm = _open(model, method, ctx, threads, as_json, kv_cache)  # the reference keeps an f32 cache
-    ref_llm = _open(ref, "f32", ctx, threads, as_json)
+    ref_llm = _open(ref, "f32", ctx, threads, as_json, "f32")
     bar, update = _bar("kl-divergence")
     try:
         r = kl_divergence(llm, ref_llm, text, ctx, update)

@@ -11,7 +11,8 @@ IR, VNNI form and the portable twin the tests hold them to) and a numpy `*_ref` 
 encoding's own dequantize(). Shared pieces: `llvm_ir` (the IR building blocks of the vector
 dots), `cpu_features` (HAVE_AVX2 / HAVE_VNNI / ..., which the modules dispatch on), `jit` (the
 numba options), `common` (the prefill micro-kernel). `decode_step` runs a whole decode step
-(every layer) in one call (`table_layout`: its layer table), `attention` the causal GQA,
+(every layer) in one call (`table_layout`: its layer table), `attention` the causal GQA (its vector steps in
+`attention_simd`),
 `kv_store` the KV cache's stored forms. `lowbit.runtime.linear` (with its encoding registry)
 and `.model` pick the kernels; model code never calls them directly (`runtime.kernel_bench`
 times them).

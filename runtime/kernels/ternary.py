@@ -27,7 +27,11 @@ per core), which are also the twins the tests hold the IR to. In code the base-3
 
 Prefill keeps a block of packed rows hot in L1 and runs every token over it; the codes are
 unpacked in registers (7 shifts/masks per 128 weights), which measured cheaper than writing the
-unpacked codes to scratch and reading 4× the bytes back.
+unpacked codes to scratch and reading 4× the bytes back. On x86 a row meets TOKENS tokens per
+pass (`dot_ternary_tokens` / `dot_ternary_1p6_tokens`: one load and unpack of each 32 code bytes
+feeds every token's `vpdpbusd` / `vpmaddubsw`, so unpacking costs a quarter per token); the last
+T mod TOKENS tokens run the one-token dot. The dots are exact integers, so a token's result is the
+same bits whichever pass it falls in.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
@@ -100,6 +105,67 @@ _dot_ternary_avx2 = _ternary_dot(4, _unpack2, vnni=False)
 _dot_ternary_1p6_avx2 = _ternary_dot(5, _unpack3, vnni=False)
 _dot_ternary_vnni = _ternary_dot(4, _unpack2, vnni=True)
 _dot_ternary_1p6_vnni = _ternary_dot(5, _unpack3, vnni=True)
+
+
+TOKENS = 4  # tokens per pass of the prefill tile
+
+
+def _tokens_dot(streams: int, unpack, vnni: bool):
+    """(Σ_k c[k]·x[t+u, k] for u < TOKENS) of one row against TOKENS rows of x (int8 [T, n_p],
+    C-contiguous, t + TOKENS <= T): stream_dot's loop with the unpacked codes shared."""
+
+    @intrinsic
+    def dot(typingctx, codes, xq, t):
+        if not (lir.vectors((codes, types.uint8)) and isinstance(xq, types.Array) and xq.ndim == 2
+                and xq.layout == "C" and xq.dtype == types.int8 and isinstance(t, types.Integer)):
+            return None
+        ret = types.UniTuple(types.int32, TOKENS)
+
+        def codegen(context, builder, sig, args):
+            ca = context.make_array(sig.args[0])(context, builder, args[0])
+            xa = context.make_array(sig.args[1])(context, builder, args[1])
+            t0 = context.cast(builder, args[2], sig.args[2], types.int64)
+            q = builder.extract_value(ca.shape, 0)
+            row = builder.extract_value(xa.strides, 0)  # bytes per token row (int8)
+            bases = [builder.gep(xa.data, [builder.mul(builder.add(t0, lir.const(u)), row)]) for u in range(TOKENS)]
+            pmaddubsw, pmaddwd = lir.maddubs(builder), lir.maddwd(builder)
+            vpdpbusd = lir.dpbusd(builder) if vnni else None
+            per = 2 if vnni else 1  # accumulators per token: two dependent vpdpbusd chains
+
+            def body(i, accs):
+                c = unpack(builder, lir.load(builder, ca.data, i))
+                nxt = list(accs)
+                for u in range(TOKENS):
+                    xs = [lir.load(builder, bases[u], builder.add(i, builder.mul(q, lir.const(j)))) for j in range(streams)]
+                    if vnni:
+                        for j in range(streams):
+                            a = u * per + j % per
+                            nxt[a] = builder.call(vpdpbusd, [nxt[a], builder.bitcast(c[j], lir.V8I32),
+                                                             builder.bitcast(xs[j], lir.V8I32)])
+                    else:
+                        pairs = None
+                        for j in range(streams):
+                            pr = builder.call(pmaddubsw, [c[j], xs[j]])
+                            pairs = pr if pairs is None else builder.add(pairs, pr)
+                        nxt[u] = builder.add(nxt[u], builder.call(pmaddwd, [pairs, lir.splat(lir.I16, 16, 1)]))
+                return nxt
+
+            accs = lir.loop(builder, q, 32, [ir.Constant(lir.V8I32, None)] * (TOKENS * per), body, "tdot4")
+            sums = []
+            for u in range(TOKENS):
+                total = accs[u * per]
+                for k in range(1, per):
+                    total = builder.add(total, accs[u * per + k])
+                sums.append(lir.hsum_i32(builder, total))
+            return context.make_tuple(builder, ret, sums)
+
+        return ret(codes, xq, t), codegen
+
+    return dot
+
+
+_dot_ternary_tokens = _tokens_dot(4, _unpack2, vnni=HAVE_VNNI)
+_dot_ternary_1p6_tokens = _tokens_dot(5, _unpack3, vnni=HAVE_VNNI)
 
 
 # AArch64 (DotProd): one `sdot` per stream and 16 code bytes; the base-3 digits by a vector
@@ -200,6 +266,27 @@ else:  # pragma: no cover - exercised on machines without AVX2 or DotProd
     dot_ternary_1p6 = dot_ternary_1p6_generic
 
 
+@helper
+def dot_ternary_tokens_generic(codes, xq, t):
+    """dot_ternary_tokens as TOKENS one-token dots (the twin the tests hold the IR to)."""
+    return (dot_ternary(codes, xq[t]), dot_ternary(codes, xq[t + 1]),
+            dot_ternary(codes, xq[t + 2]), dot_ternary(codes, xq[t + 3]))
+
+
+@helper
+def dot_ternary_1p6_tokens_generic(codes, xq, t):
+    return (dot_ternary_1p6(codes, xq[t]), dot_ternary_1p6(codes, xq[t + 1]),
+            dot_ternary_1p6(codes, xq[t + 2]), dot_ternary_1p6(codes, xq[t + 3]))
+
+
+if HAVE_AVX2:
+    dot_ternary_tokens = _dot_ternary_tokens
+    dot_ternary_1p6_tokens = _dot_ternary_1p6_tokens
+else:  # pragma: no cover - elsewhere TOKENS one-token dots (NEON's included)
+    dot_ternary_tokens = dot_ternary_tokens_generic
+    dot_ternary_1p6_tokens = dot_ternary_1p6_tokens_generic
+
+
 class QuantizedActivation(NamedTuple):
     """int8-valued activations of T tokens, reusable for several matrices with the same input."""
 
@@ -271,26 +358,43 @@ def _inverse(s):
 
 
 @helper
+def _put(y, t, r, dot, xsum, sc, inv):
+    y[t, r] = f32(dot - xsum[t]) * (sc * inv[t])
+
+
+@helper
 def _prefill(xq, xsum, s, codes, scale, y, base3):
-    """Both layouts' prefill (`base3` a constant of the caller, folded after inlining)."""
+    """Both layouts' prefill (`base3` a constant of the caller, folded after inlining): TOKENS
+    tokens per pass over a row, then the rest one by one."""
     out = codes.shape[0]
     t_count = xq.shape[0]
+    full = t_count - t_count % TOKENS
     inv = _inverse(s)
     nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
     for b in prange(nblocks):
         r0 = b * ROW_BLOCK
         r1 = min(out, r0 + ROW_BLOCK)
-        for t in range(t_count):
+        for t in range(0, full, TOKENS):
+            for r in range(r0, r1):
+                sc = _row_scale(scale, r)
+                if base3:
+                    d0, d1, d2, d3 = dot_ternary_1p6_tokens(codes[r], xq, t)
+                else:
+                    d0, d1, d2, d3 = dot_ternary_tokens(codes[r], xq, t)
+                _put(y, t, r, d0, xsum, sc, inv)
+                _put(y, t + 1, r, d1, xsum, sc, inv)
+                _put(y, t + 2, r, d2, xsum, sc, inv)
+                _put(y, t + 3, r, d3, xsum, sc, inv)
+        for t in range(full, t_count):
             x = xq[t]
-            off = xsum[t]
             for r in range(r0, r1):
                 acc = dot_ternary_1p6(codes[r], x) if base3 else dot_ternary(codes[r], x)
-                y[t, r] = f32(acc - off) * (_row_scale(scale, r) * inv[t])
+                _put(y, t, r, acc, xsum, _row_scale(scale, r), inv)
 
 
 @kernel
 def ternary_prefill(xq, xsum, s, codes, scale, y):
-    """T tokens: xq int8 [T, >= in_p], xsum int32 [T], s f32 [T]; codes u8 [out, Q];
+    """T tokens: xq int8 [T, >= in_p] (C-contiguous), xsum int32 [T], s f32 [T]; codes u8 [out, Q];
     scale f32 [1] or [out]; y f32 [T, out]."""
     _prefill(xq, xsum, s, codes, scale, y, False)
 
