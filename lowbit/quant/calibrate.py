@@ -172,7 +172,7 @@ def calibrate_layers(
     """
     n, t = ids.shape
     ropes = rope_tables(args, max(t, min(DEFAULT_CONTEXT, args.max_position_embeddings)))[1]
-    cache = KVCache(args, t)
+    cache = KVCache(args, t, "f32")  # calibration statistics in full precision, whatever the runtime default
     # one cache for all: Segments attends each sequence in turn, every one from position 0
     sequences = Segments([Segment(cache, [int(v) for v in row], 0) for row in ids])
     x = embed(args, embedding, ids.reshape(-1))
