@@ -44,7 +44,7 @@ def forward_inputs(path, ids: np.ndarray) -> dict[str, np.ndarray]:
                 where = "self_attn" if part is block.attn else "mlp"
                 recorders[f"model.layers.{i}.{where}.{x}_proj.weight"] = rec
     for row in ids:
-        llm.model.forward(row, KVCache(llm.args, ids.shape[1]))
+        llm.model.forward(row, KVCache(llm.args, ids.shape[1], "f32"))  # calibration's own cache type
     return {name: np.concatenate(r.inputs) for name, r in recorders.items()}
 
 
