@@ -78,6 +78,11 @@ class Linear:
             entry.encoding, entry.parts, self._group(), self._layernorm(), self.bias, self._flags()
         )
 
+    def _bind_prefill(self, *args: Any) -> None:
+        """`_prefill(x, y)` runs the registry's prefill kernel on x, this layer's parts and y."""
+        pre = self.kernels.prefill
+        self._prefill = lambda x, y: pre(x, *args, y)
+
     def _group(self) -> int:
         return 0
 
@@ -167,10 +172,8 @@ class DenseLinear(Linear):
 
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
-        pre = self.kernels.prefill
         self.w = _readonly(entry.parts["data"], np.float32 if entry.encoding == "f32" else np.uint16)
-        w = self.w
-        self._prefill = lambda x, y: pre(x, w, y)
+        self._bind_prefill(self.w)
 
 
 class Q8Linear(Linear):
@@ -182,8 +185,7 @@ class Q8Linear(Linear):
         codes = _readonly(entry.parts["codes"], np.int8)
         scales = _readonly(entry.parts["scales"], np.uint16)
         group = self._group()
-        pre = self.kernels.prefill
-        self._prefill = lambda x, y: pre(x, codes, scales, group, y)
+        self._bind_prefill(codes, scales, group)
 
 
 class GroupedLinear(Linear):
@@ -205,8 +207,7 @@ class GroupedLinear(Linear):
             bits,
             group,
         )
-        pre = self.kernels.prefill
-        self._prefill = lambda x, y: pre(x, *args, y)
+        self._bind_prefill(*args)
 
 
 class AffineLinear(Linear):
@@ -230,8 +231,7 @@ class AffineLinear(Linear):
             int(self.params["zero"]),
             self._group(),
         )
-        pre = self.kernels.prefill
-        self._prefill = lambda x, y: pre(x, *args, y)
+        self._bind_prefill(*args)
 
 
 class Q4KLinear(Linear):
@@ -249,8 +249,7 @@ class Q4KLinear(Linear):
             _readonly(p["sub_mins"], np.uint8),
             _readonly(p["super"], np.uint16),
         )
-        pre = self.kernels.prefill
-        self._prefill = lambda x, y: pre(x, *args, y)
+        self._bind_prefill(*args)
 
 
 class TernaryLinear(Linear):
@@ -315,8 +314,7 @@ class OneBitLinear(Linear):
             _readonly(entry.parts["h"], np.uint16),
         )
         self.layernorm = self._layernorm()
-        pre = self.kernels.prefill
-        self._prefill = lambda x, y: pre(x, *args, y)
+        self._bind_prefill(*args)
 
     def _finish(self, y: np.ndarray) -> None:
         if self.layernorm:  # normalises h ⊙ (S (g ⊙ x)); a bias (if any) is added after it
