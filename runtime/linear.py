@@ -31,6 +31,11 @@ from lowbit.runtime.kernels.matvec import matvec_rows
 from lowbit.runtime.kernels.ternary import QuantizedActivation, quantize_activation
 
 
+def _read_parts(parts: dict[str, np.ndarray], **dtypes: Any) -> list[np.ndarray]:
+    """The named parts, in the order named, each as `_readonly(part, dtype)`."""
+    return [_readonly(parts[name], dtype) for name, dtype in dtypes.items()]
+
+
 def _readonly(a: np.ndarray, dtype: Any = None) -> np.ndarray:
     """A C-contiguous read-only view (f16 parts become their u16 bits)."""
     a = np.ascontiguousarray(a)
@@ -182,10 +187,7 @@ class Q8Linear(Linear):
 
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
-        codes = _readonly(entry.parts["codes"], np.int8)
-        scales = _readonly(entry.parts["scales"], np.uint16)
-        group = self._group()
-        self._bind_prefill(codes, scales, group)
+        self._bind_prefill(*_read_parts(entry.parts, codes=np.int8, scales=np.uint16), self._group())
 
 
 class GroupedLinear(Linear):
@@ -196,18 +198,8 @@ class GroupedLinear(Linear):
 
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
-        bits = self.kernels.spec.bits
-        group = self._group()
-        p = entry.parts
-        args = (
-            _readonly(p["codes"], np.uint8),
-            _readonly(p["scales"], np.uint8),
-            _readonly(p["zeros"], np.uint8),
-            _readonly(p["row_scale"], np.uint16),
-            bits,
-            group,
-        )
-        self._bind_prefill(*args)
+        parts = _read_parts(entry.parts, codes=np.uint8, scales=np.uint8, zeros=np.uint8, row_scale=np.uint16)
+        self._bind_prefill(*parts, self.kernels.spec.bits, self._group())
 
 
 class AffineLinear(Linear):
@@ -221,17 +213,9 @@ class AffineLinear(Linear):
 
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
-        p = entry.parts
-        mins = p["mins"] if "mins" in p else np.zeros((self.out_features, 0), np.uint16)
-        args = (
-            _readonly(p["codes"], np.uint8),
-            _readonly(p["scales"], np.uint16),
-            _readonly(mins, np.uint16),
-            int(self.encoding[1]),
-            int(self.params["zero"]),
-            self._group(),
-        )
-        self._bind_prefill(*args)
+        no_mins = {"mins": np.zeros((self.out_features, 0), np.uint16)}
+        parts = _read_parts({**no_mins, **entry.parts}, codes=np.uint8, scales=np.uint16, mins=np.uint16)
+        self._bind_prefill(*parts, int(self.encoding[1]), int(self.params["zero"]), self._group())
 
 
 class Q4KLinear(Linear):
@@ -242,14 +226,9 @@ class Q4KLinear(Linear):
 
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
-        p = entry.parts
-        args = (
-            _readonly(p["codes"], np.uint8),
-            _readonly(p["sub_scales"], np.uint8),
-            _readonly(p["sub_mins"], np.uint8),
-            _readonly(p["super"], np.uint16),
+        self._bind_prefill(
+            *_read_parts(entry.parts, codes=np.uint8, sub_scales=np.uint8, sub_mins=np.uint8, super=np.uint16)
         )
-        self._bind_prefill(*args)
 
 
 class TernaryLinear(Linear):
@@ -308,13 +287,8 @@ class OneBitLinear(Linear):
 
     def __init__(self, entry: Any, bias: np.ndarray | None = None) -> None:
         super().__init__(entry, bias)
-        args = (
-            _readonly(entry.parts["signs"], np.uint8),
-            _readonly(entry.parts["g"], np.uint16),
-            _readonly(entry.parts["h"], np.uint16),
-        )
         self.layernorm = self._layernorm()
-        self._bind_prefill(*args)
+        self._bind_prefill(*_read_parts(entry.parts, signs=np.uint8, g=np.uint16, h=np.uint16))
 
     def _finish(self, y: np.ndarray) -> None:
         if self.layernorm:  # normalises h ⊙ (S (g ⊙ x)); a bias (if any) is added after it

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+from kernel_cases import onebit_row
 
 from lowbit.runtime import threads
 from lowbit.runtime.kernels import affine, cpu_features, grouped, neon, onebit, q8, ternary
@@ -120,13 +121,7 @@ def test_neon_dots_match_portable_loops():
         assert t2(c2, x) == ternary.dot_ternary_generic(c2, x)
         assert t3(c3, x) == ternary.dot_ternary_1p6_generic(c3, x)
         for q1 in (q, q + 8, q + 31):  # OneBit rows of any length: a tail buffer for the last bytes
-            c1 = rng.integers(0, 256, q1).astype(np.uint8)
-            x1 = np.zeros(8 * q1 + 32, np.int8)
-            x1[: 8 * q1] = rng.integers(-128, 128, 8 * q1)
-            tail = np.zeros(32, np.uint8)
-            tail[: q1 % 32] = c1[q1 // 32 * 32 :]
-            bits = [(c1.astype(np.int64) >> j) & 1 for j in range(8)]
-            want = int(sum(bits[j] @ x1[j * q1 : (j + 1) * q1] for j in range(8)))
+            c1, x1, tail, want = onebit_row(rng, q1)
             assert b1(c1, x1, q1, tail) == want == onebit.dot_b1_generic(c1, x1, q1, tail)
         for group in (32, 64, 128):
             n = 2 * q // group * group

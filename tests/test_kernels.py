@@ -10,6 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+from kernel_cases import onebit_row
 
 from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
@@ -418,13 +419,7 @@ def test_simd_dots_match_portable_loops(variant):
         want3 = int(sum(digits[j] @ x[j * q : (j + 1) * q] for j in range(5)))
         # onebit rows of any length: the last q1 % 32 bytes run from a zero-padded tail buffer
         q1 = q + 8 if q < 1000 else q
-        codes1 = rng.integers(0, 256, q1).astype(np.uint8)
-        x1 = np.zeros(8 * q1 + 32, np.int8)
-        x1[: 8 * q1] = rng.integers(-128, 128, 8 * q1)
-        tail = np.zeros(32, np.uint8)
-        tail[: q1 % 32] = codes1[q1 // 32 * 32 :]
-        bits = [(codes1.astype(np.int64) >> j) & 1 for j in range(8)]
-        want1 = int(sum(bits[j] @ x1[j * q1 : (j + 1) * q1] for j in range(8)))
+        codes1, x1, tail, want1 = onebit_row(rng, q1)
         group = 128 if q % 64 == 0 else 64
         n = 2 * q // group * group  # q4 row of n inputs: n / 2 code bytes
         c4 = rng.integers(0, 256, n // 2).astype(np.uint8)

@@ -49,14 +49,7 @@ LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML r
     ("ternary calibrated", dict(method="ternary"), True),
     ("onebit SVID", dict(method="onebit"), False),
     ("onebit calibrated", dict(method="onebit"), True),
-    # incoherence processing (--rotate, lowbit.quant.rotation) before the quantiser
-    ("q4 g128 RTN + rotate", dict(method="q4", rotate=0), False),
-    ("q4 g128 GPTQ + rotate", dict(method="q4", rotate=0), True),
-    ("q3 g128 RTN + rotate", dict(method="q3", rotate=0), False),
-    ("q3 g128 GPTQ + rotate", dict(method="q3", rotate=0), True),
-    ("q2 g64 GPTQ + rotate", dict(method="q2", rotate=0), True),
-    ("ternary calibrated + rotate", dict(method="ternary", rotate=0), True),
-    ("onebit calibrated + rotate", dict(method="onebit", rotate=0), True),
+    # incoherence processing (--rotate, lowbit.quant.rotation) before the quantiser: see ROTATED
     ("target-bpw 2.5 (GPTQ)", dict(method="q2", target_bpw=2.5), True),
     ("target-bpw 3.0 (GPTQ)", dict(method="q2", target_bpw=3.0), True),
     # llama.cpp's Q2_K, Q3_K_M and Q4_K_M fall back to 4-5 bit types on SmolLM2's 576-wide rows: lowbit at
@@ -69,6 +62,13 @@ LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML r
     ("onebit MLPs 10-19 (rest f32) calibrated", dict(method="f32", recipe_text=ONEBIT_MLPS), True),
     # the source GGUF itself, re-packed without a second rounding (Q4_1 -> q4f, Q8_0 -> q8 g32)
     ("keep (the Q4_1 GGUF re-packed)", dict(method="keep", source="gguf"), False),
+]
+ROTATED = ["q4 g128 RTN", "q4 g128 GPTQ", "q3 g128 RTN", "q3 g128 GPTQ", "q2 g64 GPTQ", "ternary calibrated",
+           "onebit calibrated"]
+_AFTER = LOWBIT_VARIANTS.index(next(v for v in LOWBIT_VARIANTS if v[0] == "onebit calibrated")) + 1
+LOWBIT_VARIANTS[_AFTER:_AFTER] = [
+    (f"{label} + rotate", {**kwargs, "rotate": 0}, calibrated)
+    for label, kwargs, calibrated in LOWBIT_VARIANTS if label in ROTATED
 ]
 SOURCE_GGUF_LABEL = "Q4_1 (the source GGUF)"
 NOTES_MARKER = "<!-- notes below are kept by tools/quality_table.py -->"

@@ -23,8 +23,8 @@ from numba.extending import intrinsic
 
 from lowbit.formats.encodings.affine import Q1F, Q2F, Q4F
 from lowbit.runtime.kernels import llvm_ir as lir
-from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, HAVE_VNNI
+from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks, rows_times_tokens
+from lowbit.runtime.kernels.cpu_features import best_dot
 from lowbit.runtime.kernels.grouped import row_dot_q1, row_dot_q2, row_dot_q4
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.q8 import decode_activation_ref
@@ -48,11 +48,10 @@ def _q4f_i8_dot(vnni: bool):
         if not lir.vectors((codes, types.uint8), (x, types.int8), (sd, types.float32)):
             return None
 
-        def codegen(context, builder, sig, args):
-            b = builder
+        def codegen(context, b, sig, args):
             ca, xa, sa = lir.arrays(context, b, sig, args)
             chunks = b.sdiv(b.extract_value(sa.shape, 0), lir.const(2))
-            maddubs, maddwd, fma = lir.maddubs(b), lir.maddwd(b), lir.fma(b)
+            maddubs, fma = lir.maddubs(b), lir.fma(b)
             dpbusd = lir.dpbusd(b) if vnni else None
             v2 = ir.VectorType(lir.F32, 2)
             lanes = ir.Constant(ir.VectorType(lir.I32, 8), [0, 0, 0, 0, 1, 1, 1, 1])
@@ -71,7 +70,7 @@ def _q4f_i8_dot(vnni: bool):
                     ints = b.call(dpbusd, [ints, b.bitcast(hi, lir.V8I32), b.bitcast(x_hi, lir.V8I32)])
                 else:
                     pairs = b.add(b.call(maddubs, [lo, x_lo]), b.call(maddubs, [hi, x_hi]))
-                    ints = b.call(maddwd, [pairs, lir.splat(lir.I16, 16, 1)])
+                    ints = lir.widen_pairs(b, pairs)
                 pair = lir.load(b, sa.data, b.mul(i, lir.const(2)), v2, align=4)
                 sv = b.shuffle_vector(pair, ir.Constant(v2, ir.Undefined), lanes)
                 return [b.call(fma, [b.sitofp(ints, lir.V8F32), sv, acc])]
@@ -154,11 +153,8 @@ def _dot_q4f_neon(typingctx, codes, x, sd):
     return types.float32(codes, x, sd), codegen
 
 
-if HAVE_AVX2 or HAVE_NEON_DOTPROD:
-    if HAVE_AVX2:
-        _dot_q4f_fast = _dot_q4f_vnni if HAVE_VNNI else _dot_q4f_avx2
-    else:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
-        _dot_q4f_fast = _dot_q4f_neon
+_dot_q4f_fast = best_dot(None, avx2=_dot_q4f_avx2, vnni=_dot_q4f_vnni, neon=_dot_q4f_neon)
+if _dot_q4f_fast is not None:
 
     @helper
     def dot_q4f32_i8(codes, x, sd):
@@ -309,10 +305,8 @@ def affine_prefill(x, codes, scales, mins, bits, zero, group, y):
     [out, 0] (no minimums); y f32 [T, out]."""
     out, ng = scales.shape
     has_min = mins.shape[1] > 0
-    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
-    for b in prange(nblocks):
-        r0 = b * ROW_BLOCK
-        nr = min(ROW_BLOCK, out - r0)
+    for b in prange(row_blocks(out)):
+        r0, nr = row_block(b, out)
         scratch = np.empty((ROW_BLOCK, ng * group), dtype=np.float32)
         for i in range(nr):
             r = r0 + i

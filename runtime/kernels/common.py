@@ -15,6 +15,19 @@ ROW_BLOCK = 16  # rows unpacked together by one prefill task
 
 
 @helper
+def row_blocks(out):
+    """How many ROW_BLOCK-row tasks cover `out` rows (the prange of a prefill kernel)."""
+    return (out + ROW_BLOCK - 1) // ROW_BLOCK
+
+
+@helper
+def row_block(b, out):
+    """(first row, row count) of task b: ROW_BLOCK rows, fewer in the last."""
+    r0 = b * ROW_BLOCK
+    return r0, min(ROW_BLOCK, out - r0)
+
+
+@helper
 def pad_vector(x, n_p):
     """x [n] float32 -> new float32 [n_p] with zeros after n."""
     xp = np.zeros(n_p, dtype=np.float32)

@@ -23,11 +23,14 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from typing import TypeVar
 
 from llvmlite import binding as llvm
 from numba.core import config
 
 _MACHINE = platform.machine().lower()
+T = TypeVar("T")
+
 IS_X86 = _MACHINE in ("x86_64", "amd64", "i686", "x86")
 IS_AARCH64 = _MACHINE in ("aarch64", "arm64")
 
@@ -120,3 +123,12 @@ def _aarch64_features() -> dict[str, bool]:
 _ARM = _aarch64_features()
 HAVE_NEON_DOTPROD = bool(_ARM.get("dotprod"))  # sdot / udot: 4 int8 products per i32 lane
 HAVE_I8MM = HAVE_NEON_DOTPROD and bool(_ARM.get("i8mm"))  # smmla / usmmla: 2×8 by 8×2 int8 tiles
+
+
+def best_dot(portable: T, *, avx2: T | None = None, vnni: T | None = None, neon: T | None = None) -> T:
+    """The fastest form of one dot this CPU runs: VNNI, then AVX2, then NEON DotProd, then the
+    portable loops (each module passes the forms it has; a missing one falls to the next)."""
+    for have, form in ((HAVE_VNNI, vnni), (HAVE_AVX2, avx2), (HAVE_NEON_DOTPROD, neon)):
+        if have and form is not None:
+            return form
+    return portable

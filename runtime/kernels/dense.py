@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from lowbit.formats.encodings import BF16, F16, F32
-from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
+from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks, rows_times_tokens
 from lowbit.runtime.kernels.jit import bf16_to_f32, f16_to_f32, helper, kernel
 
 
@@ -24,10 +24,8 @@ from lowbit.runtime.kernels.jit import bf16_to_f32, f16_to_f32, helper, kernel
 def f32_prefill(x, w, y):
     """x f32 [T, in], w f32 [out, in], y f32 [T, out]."""
     out = w.shape[0]
-    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
-    for b in prange(nblocks):
-        r0 = b * ROW_BLOCK
-        nr = min(ROW_BLOCK, out - r0)
+    for b in prange(row_blocks(out)):
+        r0, nr = row_block(b, out)
         rows_times_tokens(w[r0 : r0 + nr], nr, x, y, r0)
 
 
@@ -35,10 +33,8 @@ def f32_prefill(x, w, y):
 def _half_prefill(x, w, y, bf16):
     """f16 or bf16 rows (u16 bits; `bf16` a constant of the caller, folded after inlining)."""
     out, n = w.shape
-    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
-    for b in prange(nblocks):
-        r0 = b * ROW_BLOCK
-        nr = min(ROW_BLOCK, out - r0)
+    for b in prange(row_blocks(out)):
+        r0, nr = row_block(b, out)
         scratch = np.empty((ROW_BLOCK, n), dtype=np.float32)
         for i in range(nr):
             src = w[r0 + i]

@@ -37,8 +37,8 @@ from numba.extending import intrinsic
 
 from lowbit.formats.encodings import Q2, Q3, Q4
 from lowbit.runtime.kernels import llvm_ir as lir
-from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, HAVE_VNNI
+from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks, rows_times_tokens
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, best_dot
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.q8 import decode_activation_ref, quantize_runs_into
 
@@ -84,7 +84,7 @@ def _q4_i8_dot(vnni: bool):
             g64 = b.sdiv(g_len, lir.const(64))
             half = b.sdiv(g_len, lir.const(2))
             chunks = b.mul(b.extract_value(sa.shape, 0), g64)
-            maddubs, maddwd, fma = lir.maddubs(b), lir.maddwd(b), lir.fma(b)
+            maddubs, fma = lir.maddubs(b), lir.fma(b)
             dpbusd = lir.dpbusd(b) if vnni else None
             zero_f = ir.Constant(lir.V8F32, None)
             zero_i = ir.Constant(lir.V8I32, None)
@@ -102,7 +102,7 @@ def _q4_i8_dot(vnni: bool):
                     b2 = b.call(dpbusd, [acc_b, b.bitcast(hi, lir.V8I32), b.bitcast(x_hi, lir.V8I32)])
                 else:
                     pairs = b.add(b.call(maddubs, [lo, x_lo]), b.call(maddubs, [hi, x_hi]))
-                    a2 = b.add(acc_a, b.call(maddwd, [pairs, lir.splat(lir.I16, 16, 1)]))
+                    a2 = b.add(acc_a, lir.widen_pairs(b, pairs))
                     b2 = acc_b
                 c_inc = b.add(c, lir.const(1))
                 wrap = b.icmp_signed("==", c_inc, g64)
@@ -213,11 +213,9 @@ def _dot_q4_i8_neon(typingctx, codes, x, d, scales, group):
     return types.float32(codes, x, d, scales, group), codegen
 
 
-if HAVE_AVX2 or HAVE_NEON_DOTPROD:
-    if HAVE_AVX2:
-        _dot_q4_i8_fast, _FAST_GROUPS = (_dot_q4_i8_vnni if HAVE_VNNI else _dot_q4_i8_avx2), 64
-    else:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
-        _dot_q4_i8_fast, _FAST_GROUPS = _dot_q4_i8_neon, 32
+_dot_q4_i8_fast = best_dot(None, avx2=_dot_q4_i8_avx2, vnni=_dot_q4_i8_vnni, neon=_dot_q4_i8_neon)
+_FAST_GROUPS = 64 if HAVE_AVX2 else 32  # the x86 dot takes two groups of 32 per step, NEON's one
+if _dot_q4_i8_fast is not None:
 
     @helper
     def dot_q4_i8(codes, x, d, scales, group):
@@ -476,10 +474,8 @@ def grouped_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
     """x f32 [T, in]; codes u8 [out, ng·G·b/8]; scales, zeros u8 [out, ng]; row_scale u16 [out]
     (f16 bits); bits b ∈ {2, 3, 4}; group G; y f32 [T, out]."""
     out, ng = scales.shape
-    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
-    for b in prange(nblocks):
-        r0 = b * ROW_BLOCK
-        nr = min(ROW_BLOCK, out - r0)
+    for b in prange(row_blocks(out)):
+        r0, nr = row_block(b, out)
         scratch = np.empty((ROW_BLOCK, ng * group), dtype=np.float32)
         for i in range(nr):
             r = r0 + i

@@ -18,7 +18,7 @@ from numba import prange
 
 from lowbit.formats.encodings.kquant import GROUP, Q4K, SUPER
 from lowbit.runtime.kernels.affine import dot_q4f32_i8
-from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
+from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks, rows_times_tokens
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.q8 import decode_activation_ref
 
@@ -65,14 +65,11 @@ def q4k_prefill(x, codes, sub_scales, sub_mins, sup, y):
     """x f32 [T, in]; codes u8 [out, in/2]; sub_scales / sub_mins u8 [out, ng]; sup u16
     [out, 2·ng/8]; y f32 [T, out]."""
     out, ng = sub_scales.shape
-    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
-    for b in prange(nblocks):
-        r0 = b * ROW_BLOCK
-        nr = min(ROW_BLOCK, out - r0)
+    for b in prange(row_blocks(out)):
+        r0, nr = row_block(b, out)
         scratch = np.empty((ROW_BLOCK, ng * GROUP), dtype=np.float32)
-        for i in range(nr):
-            r = r0 + i
-            _dequantize_row(codes[r], sub_scales[r], sub_mins[r], sup[r], scratch[i])
+        for r in range(r0, r0 + nr):
+            _dequantize_row(codes[r], sub_scales[r], sub_mins[r], sup[r], scratch[r - r0])
         rows_times_tokens(scratch, nr, x, y, r0)
 
 

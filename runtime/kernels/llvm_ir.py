@@ -82,6 +82,11 @@ def maddwd(builder: ir.IRBuilder) -> ir.Function:
     return _declare(builder, "llvm.x86.avx2.pmadd.wd", V8I32, [V16I16, V16I16])
 
 
+def widen_pairs(builder: ir.IRBuilder, pairs: ir.Value) -> ir.Value:
+    """i16 pair sums (`vpmaddubsw`'s result) → i32 lanes of four products: `vpmaddwd` by ones."""
+    return builder.call(maddwd(builder), [pairs, splat(I16, 16, 1)])
+
+
 def dpbusd(builder: ir.IRBuilder) -> ir.Function:
     """x86 VNNI `vpdpbusd`: acc + Σ of four u8 × i8 products per i32 lane."""
     return _declare(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, [V8I32] * 3)
@@ -169,13 +174,7 @@ def loop(
     builder.position_at_end(done)
     if not guard:
         return nxt
-    outs = []
-    for init, v in zip(inits, nxt, strict=True):
-        p = builder.phi(v.type)
-        p.add_incoming(init, pre)
-        p.add_incoming(v, latch)
-        outs.append(p)
-    return outs
+    return _merge(builder, inits, pre, nxt, latch)
 
 
 def when(
@@ -195,11 +194,22 @@ def when(
     end = builder.block
     builder.branch(done)
     builder.position_at_end(done)
+    return _merge(builder, values, pre, nxt, end)
+
+
+def _merge(
+    builder: ir.IRBuilder,
+    skipped: Sequence[ir.Value],
+    skipped_from: ir.Block,
+    taken: Sequence[ir.Value],
+    taken_from: ir.Block,
+) -> list[ir.Value]:
+    """One phi per value where a skipped and a taken branch meet (the value each path leaves)."""
     outs = []
-    for v0, v1 in zip(values, nxt, strict=True):
+    for v0, v1 in zip(skipped, taken, strict=True):
         p = builder.phi(v0.type)
-        p.add_incoming(v0, pre)
-        p.add_incoming(v1, end)
+        p.add_incoming(v0, skipped_from)
+        p.add_incoming(v1, taken_from)
         outs.append(p)
     return outs
 
@@ -240,7 +250,7 @@ def stream_dot(
     ta = None if tail is None else context.make_array(sig.args[tail])(context, builder, args[tail])
     q = builder.extract_value(ca.shape, 0)
     step = q if stride is None else stride
-    pmaddubsw, pmaddwd = maddubs(builder), maddwd(builder)
+    pmaddubsw = maddubs(builder)
     vpdpbusd = dpbusd(builder) if vnni else None
     n_acc = min(streams, VNNI_ACCUMULATORS) if vnni else 1
 
@@ -263,7 +273,7 @@ def stream_dot(
         for j in range(streams):
             p = builder.call(pmaddubsw, [codes[j], xs[j]])
             pairs = p if pairs is None else builder.add(pairs, p)
-        return [builder.add(accs[0], builder.call(pmaddwd, [pairs, splat(I16, 16, 1)]))]
+        return [builder.add(accs[0], widen_pairs(builder, pairs))]
 
     totals = loop(builder, q, 32, [ir.Constant(V8I32, None)] * n_acc, body, "tdot")
     total = totals[0]

@@ -23,8 +23,8 @@ from numba.extending import intrinsic
 
 from lowbit.formats.encodings import ONEBIT
 from lowbit.runtime.kernels import llvm_ir as lir
-from lowbit.runtime.kernels.common import ROW_BLOCK
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, HAVE_VNNI
+from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks
+from lowbit.runtime.kernels.cpu_features import best_dot
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.ternary import quantize_activation_ref, quantize_into
 
@@ -110,14 +110,7 @@ def dot_b1_generic(codes, x, stride, tail):
     return acc
 
 
-if HAVE_VNNI:
-    _dot_b1_row = _dot_b1_vnni
-elif HAVE_AVX2:
-    _dot_b1_row = _dot_b1_avx2
-elif HAVE_NEON_DOTPROD:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
-    _dot_b1_row = _dot_b1_neon
-else:  # pragma: no cover - exercised on machines without AVX2 or DotProd
-    _dot_b1_row = dot_b1_generic
+_dot_b1_row = best_dot(dot_b1_generic, avx2=_dot_b1_avx2, vnni=_dot_b1_vnni, neon=_dot_b1_neon)
 
 
 @helper
@@ -249,10 +242,8 @@ def onebit_prefill(x, signs, g, h, y):
             xg[t, k] = v
             s += v
         tot[t] = s
-    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
-    for b in prange(nblocks):
-        r0 = b * ROW_BLOCK
-        nr = min(ROW_BLOCK, out - r0)
+    for b in prange(row_blocks(out)):
+        r0, nr = row_block(b, out)
         bb = np.empty((ROW_BLOCK, n), dtype=np.uint8)
         for i in range(nr):
             _unpack_bits(signs[r0 + i], bb[i], n)

@@ -26,8 +26,8 @@ from numba.extending import intrinsic
 
 from lowbit.formats.encodings import Q8
 from lowbit.runtime.kernels import llvm_ir as lir
-from lowbit.runtime.kernels.common import ROW_BLOCK, rows_times_tokens
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD
+from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks, rows_times_tokens
+from lowbit.runtime.kernels.cpu_features import best_dot
 from lowbit.runtime.kernels.jit import exact, f16_to_f32, helper, kernel
 
 BLOCK = 32
@@ -45,11 +45,10 @@ def _dot_q8_avx2(typingctx, codes, x, d):
     if not lir.vectors((codes, types.int8), (x, types.int8), (d, types.float32)):
         return None
 
-    def codegen(context, builder, sig, args):
-        b = builder
+    def codegen(context, b, sig, args):
         ca, xa, da = lir.arrays(context, b, sig, args)
         nb = b.sdiv(b.extract_value(ca.shape, 0), lir.const(32))
-        maddubs, maddwd = lir.maddubs(b), lir.maddwd(b)
+        maddubs = lir.maddubs(b)
         psign, absb, fma = lir.psign_b(b), lir.abs_v32i8(b), lir.fma(b)
 
         def block(i, acc):
@@ -57,7 +56,7 @@ def _dot_q8_avx2(typingctx, codes, x, d):
             c = lir.load(b, ca.data, off)
             sx = b.call(psign, [lir.load(b, xa.data, off), c])
             pairs = b.call(maddubs, [b.call(absb, [c, ir.Constant(lir.I1, 0)]), sx])
-            ints = b.call(maddwd, [pairs, lir.splat(lir.I16, 16, 1)])
+            ints = lir.widen_pairs(b, pairs)
             scale = lir.broadcast(b, b.load(b.gep(da.data, [i])))
             return b.call(fma, [b.sitofp(ints, lir.V8F32), scale, acc])
 
@@ -196,12 +195,7 @@ def dot_q8_2x2(typingctx, w0, w1, x0, x1, d):
     return ret(w0, w1, x0, x1, d), codegen
 
 
-if HAVE_AVX2:
-    dot_q8 = _dot_q8_avx2
-elif HAVE_NEON_DOTPROD:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
-    dot_q8 = _dot_q8_neon
-else:  # pragma: no cover - exercised on machines without AVX2 or DotProd
-    dot_q8 = dot_q8_generic
+dot_q8 = best_dot(dot_q8_generic, avx2=_dot_q8_avx2, neon=_dot_q8_neon)
 
 
 @exact
@@ -254,10 +248,8 @@ def q8_prefill(x, codes, scales, group, y):
     (weight reuse across tokens beats int8 per-token dot products here: measured 2×)."""
     out, n = codes.shape
     ng = scales.shape[1]
-    nblocks = (out + ROW_BLOCK - 1) // ROW_BLOCK
-    for b in prange(nblocks):
-        r0 = b * ROW_BLOCK
-        nr = min(ROW_BLOCK, out - r0)
+    for b in prange(row_blocks(out)):
+        r0, nr = row_block(b, out)
         scratch = np.empty((ROW_BLOCK, n), dtype=np.float32)
         for i in range(nr):
             c = codes[r0 + i]

@@ -45,7 +45,7 @@ from numba.extending import intrinsic
 
 from lowbit.formats.encodings import TERNARY, TERNARY_1P6
 from lowbit.runtime.kernels import llvm_ir as lir
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, HAVE_VNNI
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI, best_dot
 from lowbit.runtime.kernels.jit import exact, helper, kernel
 
 ACT_PAD = 640  # lcm(128, 160): quantised activations fit both ternary layouts
@@ -128,7 +128,7 @@ def _tokens_dot(streams: int, unpack, vnni: bool):
             q = builder.extract_value(ca.shape, 0)
             row = builder.extract_value(xa.strides, 0)  # bytes per token row (int8)
             bases = [builder.gep(xa.data, [builder.mul(builder.add(t0, lir.const(u)), row)]) for u in range(TOKENS)]
-            pmaddubsw, pmaddwd = lir.maddubs(builder), lir.maddwd(builder)
+            pmaddubsw = lir.maddubs(builder)
             vpdpbusd = lir.dpbusd(builder) if vnni else None
             per = 2 if vnni else 1  # accumulators per token: two dependent vpdpbusd chains
 
@@ -147,7 +147,7 @@ def _tokens_dot(streams: int, unpack, vnni: bool):
                         for j in range(streams):
                             pr = builder.call(pmaddubsw, [c[j], xs[j]])
                             pairs = pr if pairs is None else builder.add(pairs, pr)
-                        nxt[u] = builder.add(nxt[u], builder.call(pmaddwd, [pairs, lir.splat(lir.I16, 16, 1)]))
+                        nxt[u] = builder.add(nxt[u], lir.widen_pairs(builder, pairs))
                 return nxt
 
             accs = lir.loop(builder, q, 32, [ir.Constant(lir.V8I32, None)] * (TOKENS * per), body, "tdot4")
@@ -252,18 +252,9 @@ def dot_ternary_1p6_generic(codes, x):
     return acc
 
 
-if HAVE_VNNI:
-    dot_ternary = _dot_ternary_vnni
-    dot_ternary_1p6 = _dot_ternary_1p6_vnni
-elif HAVE_AVX2:
-    dot_ternary = _dot_ternary_avx2
-    dot_ternary_1p6 = _dot_ternary_1p6_avx2
-elif HAVE_NEON_DOTPROD:  # pragma: no cover - exercised on ARM64 (tools/arm64/run_tests.sh)
-    dot_ternary = _dot_ternary_neon
-    dot_ternary_1p6 = _dot_ternary_1p6_neon
-else:  # pragma: no cover - exercised on machines without AVX2 or DotProd
-    dot_ternary = dot_ternary_generic
-    dot_ternary_1p6 = dot_ternary_1p6_generic
+dot_ternary = best_dot(dot_ternary_generic, avx2=_dot_ternary_avx2, vnni=_dot_ternary_vnni, neon=_dot_ternary_neon)
+dot_ternary_1p6 = best_dot(dot_ternary_1p6_generic, avx2=_dot_ternary_1p6_avx2, vnni=_dot_ternary_1p6_vnni,
+                           neon=_dot_ternary_1p6_neon)
 
 
 @helper
