@@ -459,6 +459,19 @@ def _dequantize_row(c, sc, mn, has_min, bits, zero, group, dst):
                     dg[k * e + j] = s * f32(2 * ((i32(cg[j]) >> k) & 1) - 1) + m
 
 
+@helper
+def _dequantize_q1f128_row(c, sc, dst):
+    """One q1f G = 128 row (no minimums) into dst f32 [in]: per group ±s selected by each bit,
+    over loops of constant length that LLVM vectorises (2× the general `_dequantize_row`)."""
+    for g in range(sc.shape[0]):
+        s = f16_to_f32(sc[g])
+        cg = c[g * 16 : (g + 1) * 16]
+        dg = dst[g * 128 : (g + 1) * 128]
+        for k in range(8):
+            for j in range(16):
+                dg[16 * k + j] = s if (cg[j] >> k) & 1 else -s
+
+
 @kernel
 def affine_prefill(x, codes, scales, mins, bits, zero, group, y):
     """x f32 [T, in]; codes u8 [out, in·b/8]; scales u16 [out, ng]; mins u16 [out, ng] or
@@ -472,7 +485,10 @@ def affine_prefill(x, codes, scales, mins, bits, zero, group, y):
         scratch = np.empty((ROW_BLOCK, ng * group), dtype=np.float32)
         for i in range(nr):
             r = r0 + i
-            _dequantize_row(codes[r], scales[r], mins[r], has_min, bits, zero, group, scratch[i])
+            if bits == 1 and group == 128 and not has_min:  # GGUF Q1_0
+                _dequantize_q1f128_row(codes[r], scales[r], scratch[i])
+            else:
+                _dequantize_row(codes[r], scales[r], mins[r], has_min, bits, zero, group, scratch[i])
         rows_times_tokens(scratch, nr, x, y, r0)
 
 
