@@ -17,7 +17,7 @@ from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime.linear import make_linear
 
 SHAPES = [(576, 576), (1536, 576), (576, 1536), (2560, 6912)]
-ALL = ["f32", "f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "onebit"]
+ALL = ["f32", "f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "onebit", "q1f", "q4f"]
 
 
 def default_group(encoding: str, n: int) -> int:
@@ -52,6 +52,12 @@ def random_entry(
             np.full(out, 1e-3, np.float16),
             group,
         )
+    if encoding in ("q1f", "q4f"):  # GGUF's Q1_0 (G 128) and Q4_1 (G 32, minimums) grids
+        b = enc.bits
+        group = group or (128 if b == 1 else 32)
+        scales = np.full((out, n // group), 1e-3, np.float16)
+        mins = scales if b == 4 else None
+        return enc.pack(rng.integers(0, 2**b, (out, n)), scales, group, 0, mins)
     if encoding in ("ternary", "ternary-1.6"):
         return enc.pack(rng.integers(-1, 2, (out, n)), np.ones(1, np.float32))
     if encoding == "onebit":
@@ -82,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--tokens", type=int, default=1, help="T (1 = decode)")
     ap.add_argument("--shapes", default=",".join(f"{o}x{i}" for o, i in SHAPES))
+    ap.add_argument("--group", type=int, default=None, help="group size (default: the converter's)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name in args.encodings.split(","):
         for out, n in shapes:
-            lin = make_linear(random_entry(name, out, n, rng))
+            lin = make_linear(random_entry(name, out, n, rng, args.group))
             x = rng.standard_normal((args.tokens, n)).astype(np.float32)
             y = np.empty((args.tokens, out), np.float32)
             for nt in threads:

@@ -20,7 +20,7 @@ from lowbit.errors import LowbitError
 from lowbit.file_info import summarize
 from lowbit.formats import LowbitReader
 from lowbit.formats.encodings import ENCODINGS
-from lowbit.runtime.kernels.affine import affine_ref
+from lowbit.runtime.kernels.affine import affine_ref, int8_decode
 from lowbit.runtime.kernels.kquant import q4k_ref
 from lowbit.runtime.kernels.q8 import decode_activation_ref
 from lowbit.runtime.linear import make_linear
@@ -32,16 +32,20 @@ EXPECTED = {  # GGML type -> the lowbit encoding keep gives a linear layer (rand
 
 
 class KeepReference(ReferenceLinear):
-    """ReferenceLinear, with q4f G = 32's and q4k's decode on int8 activations per group of 32
-    (as the kernels run GGUF's Q4_0 / Q4_1 / Q4_K grids)."""
+    """ReferenceLinear, with q4k's and the affine `int8_decode` grids' decode (q4f G = 32,
+    q1f G = 128) on int8 activations per group (as the kernels run GGUF's Q4_0 / Q4_1 / Q4_K /
+    Q1_0 grids)."""
 
     def __init__(self, entry, bias=None) -> None:
         super().__init__(entry, bias)
-        self.int8 = entry.encoding == "q4k" or (entry.encoding == "q4f" and entry.params["group_size"] == 32)
+        self.group = 32 if entry.encoding == "q4k" else 0
+        if entry.encoding in ("q1f", "q2f", "q4f"):
+            g = int(entry.params["group_size"])
+            self.group = g if int8_decode(int(entry.encoding[1]), g) else 0
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.int8 and x.shape[0] == 1:
-            y = decode_activation_ref(np.asarray(x, np.float32), 32) @ self.w.T
+        if self.group and x.shape[0] == 1:
+            y = decode_activation_ref(np.asarray(x, np.float32), self.group) @ self.w.T
             return (y if self.bias is None else y + self.bias).astype(np.float32)
         return super().__call__(x)
 

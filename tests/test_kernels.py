@@ -13,6 +13,7 @@ import pytest
 from kernel_cases import onebit_row
 
 from lowbit.formats.encodings import ENCODINGS
+from lowbit.formats.encodings.affine import unpack_codes
 from lowbit.runtime.kernels import dense, grouped, onebit, q8, ternary
 from lowbit.runtime.kernels.matvec import matvec
 from lowbit.runtime.linear import make_descriptor
@@ -449,8 +450,9 @@ def test_simd_dots_match_portable_loops(variant):
 
 @pytest.mark.parametrize("variant", _simd_variants() or ["selected"])
 def test_affine_dots_match_portable_loops(variant):
-    """q4f's int8 dot (GGUF Q4_0 / Q4_1 decode: AVX2 vpmaddubsw, VNNI vpdpbusd) equals its
-    portable loops; the float vector-IR rows (`grouped.row_dot_q1/q2/q4` with f16 scales) equal
+    """q4f's and q1f's int8 dots (GGUF Q4_0 / Q4_1 / Q1_0 decode: AVX2 vpmaddubsw, VNNI
+    vpdpbusd) equal their portable loops, and q1f's loops a numpy sum over the encoding's own
+    unpacked bits; the float vector-IR rows (`grouped.row_dot_q1/q2/q4` with f16 scales) equal
     `affine_row_loops`."""
     from numba import njit
 
@@ -470,6 +472,31 @@ def test_affine_dots_match_portable_loops(variant):
         want = affine.dot_q4f32_i8_generic(codes, x, sd)
         got = run(codes, x, sd)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * 15 * 127 * 32 * float(sd.sum()))
+    q1f = {"avx2": affine._q1f_row_avx2, "vnni": affine._q1f_row_vnni}.get(variant, affine.q1f_row_i8)
+
+    @njit
+    def run1(codes, x, scales, d, zs):
+        return q1f(codes, x, scales, d, zs)
+
+    @njit
+    def run_selected(codes, x, scales, d, zs):
+        return affine.q1f_row_i8(codes, x, scales, d, zs)
+
+    for ng in (1, 2, 5, 20, 54):  # q1f G = 128 (GGUF Q1_0): 16 code bytes per group
+        codes = rng.integers(0, 256, 16 * ng).astype(np.uint8)
+        x = rng.integers(-127, 128, 128 * ng).astype(np.int8)
+        s = (rng.random(ng) * 0.1).astype(np.float16)
+        d = rng.random(ng).astype(np.float32)
+        zs = d * x.reshape(ng, 128).sum(1).astype(np.float32)
+        v = 2 * unpack_codes(codes[None], 1, 128)[0].astype(np.int64) - 1  # the encoding's own bits
+        want = float((v * x).reshape(ng, 128).sum(1) @ (s.astype(np.float64) * d))
+        xp = affine.permute_q1f(x)
+        assert sorted(affine.q1f_x_index(g, ng, i) for g in range(ng) for i in range(128)) == list(range(128 * ng))
+        tol = 1e-6 * 127 * 128 * float((s.astype(np.float32) * d).sum())
+        args = (codes, xp, s.view(np.uint16), d, zs)
+        np.testing.assert_allclose(affine.q1f_row_i8_generic(*args), want, rtol=0, atol=tol)
+        np.testing.assert_allclose(run1(*args), want, rtol=0, atol=tol, err_msg=f"q1f {variant} ng={ng}")
+        np.testing.assert_allclose(run_selected(*args), want, rtol=0, atol=tol)
     for bits, group in ((1, 128), (2, 64), (4, 32), (4, 128)):
         ng = 6
         n = ng * group

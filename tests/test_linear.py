@@ -15,6 +15,7 @@ import pytest
 from lowbit.formats import LowbitReader, LowbitWriter
 from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime import threads
+from lowbit.runtime.kernels.affine import int8_decode
 from lowbit.runtime.kernels.q8 import decode_activation_ref
 from lowbit.runtime.kernels.ternary import quantize_activation_ref
 from lowbit.runtime.linear import REGISTRY, layer_norm, make_linear
@@ -95,9 +96,13 @@ def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
     elif entry.encoding in ("q8", "q4"):  # decode: int8 activations, q8 per 32 values, q4 per group
         block = entry.params["group_size"] if entry.encoding == "q4" else 32
         y = decode_activation_ref(x, block) @ entry.dequantize().astype(np.float64).T
-    elif (entry.encoding == "q4k" or entry.encoding == "q4f" and entry.params["group_size"] == 32) and x.shape[0] == 1:
-        # decode of GGUF's Q4_0 / Q4_1 / Q4_K grids: int8 activations per group of 32, as llama.cpp runs them
-        y = decode_activation_ref(x, 32) @ entry.dequantize().astype(np.float64).T
+    elif x.shape[0] == 1 and (entry.encoding == "q4k" or entry.encoding in AFFINE_GROUPS and int8_decode(
+        int(entry.encoding[1]), entry.params["group_size"]
+    )):
+        # decode of GGUF's Q4_0 / Q4_1 / Q4_K / Q1_0 grids: int8 activations per group (32; 128 for
+        # Q1_0), as llama.cpp runs them
+        block = 32 if entry.encoding == "q4k" else entry.params["group_size"]
+        y = decode_activation_ref(x, block) @ entry.dequantize().astype(np.float64).T
     else:
         y = x.astype(np.float64) @ entry.dequantize().astype(np.float64).T
     if entry.encoding == "onebit" and entry.params["layernorm"]:

@@ -24,7 +24,7 @@ bytes; 1-D parts as [1, bytes]), bias float32 [out] or [0], and two ints:
     KQ4           codes   sub_scales   sub_mins super f16   32      -
 
 `prepare(desc, x)` builds what the rows need from the float32 input once (padded copy, int8
-quantisation of x (per token, per block of 32 for q8, per group for q4) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
+quantisation of x (per token, per block of 32 for q8, per group for q4 / q4f / q1f / q4k) or of g ⊙ x, group sums); `rows_into(desc, act, y, r0, r1)` computes outputs r0..r1-1
 with the encoding's row kernel (`ternary`, `grouped`, `onebit`, …); `finish(desc, y)` adds the
 bias and applies OneBit's LayerNorm. Which kind and which parts an encoding has is the runtime's
 encoding registry (`lowbit.runtime.linear.REGISTRY`); each row kernel's numpy reference sits in
@@ -36,7 +36,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from lowbit.runtime.kernels.affine import affine_row, affine_row_i8, int8_decode, permute_pairs
+from lowbit.runtime.kernels.affine import (
+    affine_row,
+    affine_row_i8,
+    int8_decode,
+    permute_for_decode,
+    q1f_row_i8,
+)
 from lowbit.runtime.kernels.common import pad_vector
 from lowbit.runtime.kernels.grouped import (
     group_sums,
@@ -49,7 +55,7 @@ from lowbit.runtime.kernels.jit import HELPER, bf16_to_f32, f16_to_f32, kernel, 
 from lowbit.runtime.kernels.kquant import q4k_row_i8
 from lowbit.runtime.kernels.onebit import PAD, scaled_input
 from lowbit.runtime.kernels.onebit import row_value as onebit_row
-from lowbit.runtime.kernels.q8 import BLOCK, q8_row, quantize_blocks_into
+from lowbit.runtime.kernels.q8 import BLOCK, q8_row, q8_row_blocks, quantize_blocks_into
 from lowbit.runtime.kernels.ternary import dot_ternary, dot_ternary_1p6, quantize_into
 
 F32, F16, BF16, Q8, Q2, Q3, Q4, TERNARY, TERNARY_1P6, ONEBIT, AFFINE, KQ4 = range(12)  # desc[KIND]
@@ -104,13 +110,14 @@ def prepare(desc, x):
         xf = pad_vector(x, b.shape[1] * group)
         xs = group_sums(xf, group)
     elif kind == AFFINE or kind == KQ4:
-        if kind == KQ4 or int8_decode(desc[FLAGS] & 255, group):  # int8 per group of 32, pair-permuted
+        bits = 4 if kind == KQ4 else desc[FLAGS] & 255
+        if int8_decode(bits, group):  # int8 per group, permuted for the dot
             ng = x.shape[0] // group
             xq0 = np.zeros(ng * group, dtype=np.int8)
             xs = np.empty(ng, dtype=np.float32)
             zs = np.empty(ng, dtype=np.float32)
             quantize_groups(x, xq0, xs, zs, group)
-            xq = permute_pairs(xq0)
+            xq = permute_for_decode(xq0, bits)
         else:
             xs = group_sums(x, group)
     elif kind == TERNARY or kind == TERNARY_1P6:
@@ -170,6 +177,11 @@ def rows_into(desc, act, y, r0, r1):
         for r in range(r0, r1):
             prefetch_row(a, r + ahead)
             y[r] = onebit_row(a[r], xq, off, f16_to_f32(h[r]), inv, tail)
+    elif kind == AFFINE and xq.shape[0] > 0 and desc[FLAGS] & 255 == 1:  # q1f G = 128, int8
+        sc = b.view(np.uint16)
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            y[r] = q1f_row_i8(a[r], xq, sc[r], xs, zs)
     elif kind == AFFINE:
         flags = desc[FLAGS]
         sc = b.view(np.uint16)
@@ -194,9 +206,15 @@ def rows_into(desc, act, y, r0, r1):
     elif kind == Q8:
         codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
         scales = b.view(np.uint16)
-        for r in range(r0, r1):
-            prefetch_row(a, r + ahead)
-            y[r] = q8_row(codes[r], xq, xs, scales[r], group)
+        if group == BLOCK and codes.shape[1] % BLOCK == 0:  # GGUF Q8_0's grid
+            sd = np.empty(scales.shape[1], dtype=np.float32)
+            for r in range(r0, r1):
+                prefetch_row(a, r + ahead)
+                y[r] = q8_row_blocks(codes[r], xq, xs, scales[r], sd)
+        else:
+            for r in range(r0, r1):
+                prefetch_row(a, r + ahead)
+                y[r] = q8_row(codes[r], xq, xs, scales[r], group)
     elif kind == F32:
         w2 = a.view(np.float32)
         for r in range(r0, r1):

@@ -222,6 +222,16 @@ def quantize_blocks_into(x, xq, d):
 
 
 @helper
+def q8_row_blocks(codes, xq, d, scales, sd):
+    """One row with G = 32 (GGUF Q8_0, in a multiple of 32): the weight and activation scales of
+    each block multiplied first (sd [nb] scratch, one vector loop), then one `dot_q8` over the
+    row, as llama.cpp's Q8_0 × Q8_0: measured 4-5× q8_row's group-by-group calls on 2560×6912."""
+    for b in range(sd.shape[0]):
+        sd[b] = d[b] * f16_to_f32(scales[b])
+    return dot_q8(codes, xq, sd)
+
+
+@helper
 def q8_row(codes, xq, d, scales, group):
     """One row: codes int8 [in], xq int8 [>= in], d float32 [nb], scales u16 [ng]."""
     n = codes.shape[0]
