@@ -308,12 +308,7 @@ def q1f_row_i8_generic(codes, x, scales, d, zsum):
     return acc
 
 
-if HAVE_VNNI:
-    q1f_row_i8 = _q1f_row_vnni
-elif HAVE_AVX2:
-    q1f_row_i8 = _q1f_row_avx2
-else:  # pragma: no cover - ARM64 and machines without AVX2: the loops
-    q1f_row_i8 = q1f_row_i8_generic
+q1f_row_i8 = best_dot(q1f_row_i8_generic, avx2=_q1f_row_avx2, vnni=_q1f_row_vnni)  # ARM64: the loops
 
 
 @helper
