@@ -33,7 +33,7 @@ def _list_methods() -> None:
 @click.option("--act-order/--no-act-order", default=True, show_default=True, help="GPTQ: quantise columns by decreasing Hessian diagonal.")
 @click.option("--calib-sequences", type=click.IntRange(min=1), help="Calibration sequences (default 32; 64 with --train).")
 @click.option("--calib-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per calibration sequence.")
-@click.option("--target-bpw", type=Finite(min=0, min_open=True), help="Pick q2/q3/q4/q8 per linear layer by measured sensitivity to hit this bits/weight.")
+@click.option("--target-bpw", type=Finite(min=0, min_open=True), help="Pick q2/q3/q4/q8 per linear layer by measured sensitivity to hit this bits/weight (with --calibrate: output error on the calibration text; without: weight error).")
 @click.option("--rotate", is_flag=True, help="Incoherence processing: fold random orthogonal rotations into the weights (Llama-style models; adds an online Hadamard before down_proj).")
 @click.option("--rotate-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --rotate's random rotations.")
 @click.option("--eval", "evaluate", is_flag=True, help="Measure PPL/KL against the f32 conversion and store them in the file.")

@@ -36,6 +36,7 @@ from lowbit.formats import LowbitWriter
 from lowbit.formats.encodings import EncodedTensor
 from lowbit.formats.encodings.ternary import TERNARY, TERNARY_1P6
 from lowbit.quant import quantize, relative_error
+from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.validate import (
     check_config,
     check_generation,
@@ -256,13 +257,8 @@ def convert(
     unexpected = sorted(n for n in canon if n not in required and not optional(n))
     if unexpected:
         raise ConversionError(f"unexpected tensor {unexpected[0]} for {spec.source_architecture} (an unsupported variant?)")
-    if target_bpw is not None:
-        if spec.ternary_weights is not None:
-            raise ConversionError("--target-bpw does not apply to ternary (BitNet) checkpoints")
-        from lowbit.convert.target_bpw import plan
-
-        rec.rules = plan(_tensor_getter(ckpt), sorted(canon), target_bpw) + rec.rules
-        rec.target_bpw = target_bpw
+    if target_bpw is not None and spec.ternary_weights is not None:
+        raise ConversionError("--target-bpw does not apply to ternary (BitNet) checkpoints")
     with _malformed_input(source):
         blob_name, blob, tok_meta = tokenizer_section(ckpt.tokenizer_files)
         gen = {k: ckpt.generation_config[k] for k in GENERATION_KEYS if k in ckpt.generation_config}
@@ -273,6 +269,23 @@ def convert(
     check_generation(gen)
     check_tokenizer_metadata(tok_meta, [blob_name])
     check_tokenizer(args, _tokenizer(tok_meta, blob))
+    calibrate = calibration is not None and not native
+    get = _tensor_getter(ckpt) if calibrate or target_bpw is not None else None
+    calib_ids = _calibration_ids(calibration, blob, tok_meta) if calibrate else None
+    if target_bpw is not None:
+        from lowbit.convert.target_bpw import plan
+
+        # with --calibrate, sensitivity is the output error on the calibration inputs
+        measured = (ModelArgs.from_dict(spec.config), calib_ids, calibration) if calibrate else None
+        done: list[str] = []
+
+        def planned(name: str) -> None:
+            done.append(name)
+            if progress is not None:
+                progress(f"{name} (sensitivity)", len(done), sum(map(is_linear_weight, canon)))
+
+        rec.rules = plan(get, sorted(canon), target_bpw, progress=planned, calibration=measured) + rec.rules
+        rec.target_bpw = target_bpw
     if not native and hasattr(ckpt, "shape"):  # (BitNet's packed weights have other shapes)
         with _malformed_input(source):
             check_tensors(args, {canonical_name(n): {"shape": ckpt.shape(n), "encoding": None} for n in names})
@@ -293,7 +306,6 @@ def convert(
             f"losslessly as ternary, not {rec.method}"
         )
     reports: list[TensorReport] = []
-    calibrate = calibration is not None and not native
     if trained is not None and (calibrate or native or rec.method == "keep"):
         raise ConversionError("learned tensors (--train) combine with neither --calibrate, --method keep nor BitNet input")
     if training is not None:
@@ -315,9 +327,7 @@ def convert(
                 progress(name, len(reports), total)
 
         if calibrate:
-            metadata["provenance"]["calibration"] = _write_calibrated(
-                ckpt, spec, rec, calibration, blob, tok_meta, write
-            )
+            metadata["provenance"]["calibration"] = _write_calibrated(get, spec, rec, calibration, calib_ids, write)
         else:
             order = set(names)
             for src_name, w in _iter_source(ckpt, rec, native):
@@ -551,21 +561,26 @@ def _tensor_getter(ckpt: Any) -> Callable[[str], np.ndarray | None]:
     return tensors.get
 
 
+def _calibration_ids(cfg: CalibrationConfig, tokenizer_blob: bytes, tok_meta: dict[str, Any]) -> np.ndarray:
+    """The calibration sequences [n, seq_len] of cfg's text, in the file's tokenizer."""
+    from lowbit.quant.calibrate import calibration_batches
+    from lowbit.runtime.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_bytes(tok_meta["kind"], tokenizer_blob, tok_meta)
+    return calibration_batches(tokenizer.encode(cfg.text, add_special_tokens=False), cfg.seq_len, cfg.sequences)
+
+
 def _write_calibrated(
-    ckpt: Any,
+    get: Callable[[str], np.ndarray | None],
     spec: ModelSpec,
     rec: Recipe,
     cfg: CalibrationConfig,
-    tokenizer_blob: bytes,
-    tok_meta: dict[str, Any],
+    ids: np.ndarray,
     write: Callable[[str, np.ndarray, EncodedTensor, float], None],
 ) -> dict[str, Any]:
     """Embeddings, final norm and head by round-to-nearest; every layer calibrated in order."""
-    from lowbit.quant.calibrate import calibrate_layers, calibration_batches
-    from lowbit.runtime.config import ModelArgs
-    from lowbit.runtime.tokenizer import Tokenizer
+    from lowbit.quant.calibrate import calibrate_layers
 
-    get = _tensor_getter(ckpt)
     args = ModelArgs.from_dict(spec.config)
     encoded = {}
     for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
@@ -575,8 +590,6 @@ def _write_calibrated(
         enc, params = rec.choose(name, tuple(w.shape))
         encoded[name] = quantize(w, enc, params)
         write(name, w, encoded[name], relative_error(w, encoded[name].dequantize()))
-    tokenizer = Tokenizer.from_bytes(tok_meta["kind"], tokenizer_blob, tok_meta)
-    ids = calibration_batches(tokenizer.encode(cfg.text, add_special_tokens=False), cfg.seq_len, cfg.sequences)
     for name, w, enc in calibrate_layers(args, get, rec.choose, ids, encoded["model.embed_tokens.weight"], cfg):
         write(name, w, enc, relative_error(w, enc.dequantize()))
     return cfg.provenance(int(ids.size))

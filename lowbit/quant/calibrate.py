@@ -160,6 +160,7 @@ def calibrate_layers(
     embedding: EncodedTensor,
     cfg: CalibrationConfig,
     progress: Callable[[int], None] | None = None,
+    observe: Callable[[str, np.ndarray, InputStats], None] | None = None,
 ) -> Iterator[tuple[str, np.ndarray, EncodedTensor]]:
     """Yield (name, float weight, encoded) for every tensor of every layer, in order.
 
@@ -169,6 +170,8 @@ def calibrate_layers(
     output of the quantised q/k/v, gate/up on norm(x + o(attn)) and down on the MLP hidden state of
     the quantised gate/up; the layer's output, computed with all of them quantised, is the next
     layer's input. Norms, biases and other small tensors are quantised by `choose` as they are read.
+    `observe(name, float weight, stats)` sees each linear's statistics before it is quantised
+    (--target-bpw measures its candidates on them).
     """
     n, t = ids.shape
     ropes = rope_tables(args, max(t, min(DEFAULT_CONTEXT, args.max_position_embeddings)))[1]
@@ -178,6 +181,8 @@ def calibrate_layers(
     x = embed(args, embedding, ids.reshape(-1))
 
     def quantise(name: str, w: np.ndarray, stats: InputStats) -> EncodedTensor:
+        if observe is not None:
+            observe(name, w, stats)
         enc, params = choose(name, tuple(w.shape))
         return quantize_calibrated(w, enc, params, stats, cfg)
 
