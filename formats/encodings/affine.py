@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.formats.encodings.base import EncodedTensor, Encoding, PartSpecs, Shape, select_rows
+from lowbit.formats.encodings.base import (
+    BitWidthEncoding,
+    EncodedTensor,
+    PartSpecs,
+    Shape,
+    select_rows,
+)
 from lowbit.formats.encodings.grouped import pack_groups, unpack_groups
 
 GROUP_SIZES = (32, 64, 128, 256)
@@ -43,17 +49,13 @@ def unpack_codes(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
     return np.concatenate([(cg >> k) & 1 for k in range(8)], axis=-1).reshape(rows, -1)
 
 
-class AffineEncoding(Encoding):
+class AffineEncoding(BitWidthEncoding):
     family = "affine"
-
-    def __init__(self, bits: int) -> None:
-        self.bits = bits
-        self.name = f"q{bits}f"
+    name_format = "q{bits}f"
 
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         super().check(shape, params)
-        group = params.get("group_size")
-        self.require(group in GROUP_SIZES, f"group_size must be one of {GROUP_SIZES}, got {group!r}")
+        group = self.require_group_size(params, GROUP_SIZES)
         self.require(shape[1] % group == 0, f"{shape[1]} inputs is not a multiple of group_size {group}")
         self.require(isinstance(params.get("has_min"), bool), "params.has_min must be a boolean")
         zero = params.get("zero")

@@ -47,6 +47,12 @@ class Encoding:
         if not cond:
             raise InvalidTensor(f"{self.name}: {what}")
 
+    def require_group_size(self, params: dict[str, Any], allowed: tuple[int, ...]) -> int:
+        """params.group_size, if it is one of `allowed` (else InvalidTensor naming the value)."""
+        group = params.get("group_size")
+        self.require(group in allowed, f"group_size must be one of {allowed}, got {group!r}")
+        return group
+
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         """Raise InvalidTensor if shape or params are not valid for this encoding."""
         if self.matrix_only and (len(shape) != 2 or min(shape) < 1):
@@ -87,3 +93,13 @@ class Encoding:
 
 def select_rows(arr: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return arr if rows is None else arr[rows]
+
+
+class BitWidthEncoding(Encoding):
+    """A family with one encoding per bit width (q2/q3/q4; q1f/q2f/q4f), named by `name_format`."""
+
+    name_format = "q{bits}"
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.name = self.name_format.format(bits=bits)

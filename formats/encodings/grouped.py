@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from lowbit.formats.constants import ceil_div
-from lowbit.formats.encodings.base import EncodedTensor, Encoding, PartSpecs, Shape, select_rows
+from lowbit.formats.encodings.base import (
+    BitWidthEncoding,
+    EncodedTensor,
+    PartSpecs,
+    Shape,
+    select_rows,
+)
 
 GROUP_SIZES = (32, 64, 128)
 
@@ -71,19 +77,12 @@ def unpack_groups(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
     return q.reshape(rows, -1)
 
 
-class GroupedEncoding(Encoding):
+class GroupedEncoding(BitWidthEncoding):
     family = "grouped"
-
-    def __init__(self, bits: int) -> None:
-        self.bits = bits
-        self.name = f"q{bits}"
 
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         super().check(shape, params)
-        self.require(
-            params.get("group_size") in GROUP_SIZES,
-            f"group_size must be one of {GROUP_SIZES}, got {params.get('group_size')!r}",
-        )
+        self.require_group_size(params, GROUP_SIZES)
 
     def part_specs(self, shape: Shape, params: dict[str, Any]) -> PartSpecs:
         out, n_in = shape

@@ -23,7 +23,7 @@ class Q8Encoding(Encoding):
 
     def check(self, shape: Shape, params: dict[str, Any]) -> None:
         super().check(shape, params)
-        self.require(params.get("group_size") in GROUP_SIZES, f"group_size must be one of {GROUP_SIZES}")
+        self.require_group_size(params, GROUP_SIZES)
 
     def part_specs(self, shape: Shape, params: dict[str, Any]) -> PartSpecs:
         out, n_in = shape

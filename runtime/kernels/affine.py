@@ -317,11 +317,9 @@ def _group_dot(cg, xg, bits, group):
     s = f32(0.0)
     if bits == 4:
         h = group // 2
-        x0 = xg[:h]
-        x1 = xg[h:]
-        for j in range(h):
+        for j in range(h):  # low nibbles: the group's first half, high nibbles: its second
             b = i32(cg[j])
-            s += f32(b & 15) * x0[j] + f32(b >> 4) * x1[j]
+            s += f32(b & 15) * xg[j] + f32(b >> 4) * xg[h + j]
     elif bits == 2:
         m = group // 4
         for k in range(4):
