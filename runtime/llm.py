@@ -95,9 +95,11 @@ class LanguageModel:
         """One token through the KV cache; returns its logits [vocab]."""
         return self._session.decode(token)
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits [T, vocab] for every position of ids, from an empty cache."""
-        return self._session.logits(ids)
+    def logits(self, ids: Sequence[int], first: int = 0) -> np.ndarray:
+        """Logits [T - first, vocab] of positions first.. of ids, from an empty cache. Scoring
+        only some positions (perplexity scores each window's second half) skips the output
+        layer's work on the rest: with a 262k vocabulary it is most of a forward."""
+        return self._session.logits(ids, first)
 
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:

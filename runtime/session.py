@@ -69,11 +69,11 @@ class Session:
         with self._held():
             self.cache.reset()
 
-    def _forward(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+    def _forward(self, ids: Sequence[int], all_logits: bool = False, first: int = 0) -> np.ndarray:
         lm = self.model
         with lm._compute:
             set_threads(lm.threads)
-            return lm.model.forward(np.asarray(ids, dtype=np.int64), self.cache, all_logits=all_logits)
+            return lm.model.forward(np.asarray(ids, dtype=np.int64), self.cache, all_logits=all_logits, first=first)
 
     def _prefill(self, ids: Sequence[int], chunk: int = 512) -> np.ndarray:
         ids = [int(i) for i in ids]
@@ -96,11 +96,13 @@ class Session:
         with self._held():
             return self._decode(token)
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits [T, vocab] for every position of ids, from an empty cache."""
+    def logits(self, ids: Sequence[int], first: int = 0) -> np.ndarray:
+        """Logits [T - first, vocab] of positions first.. of ids, from an empty cache."""
+        if not 0 <= first < max(len(ids), 1):
+            raise ValueError(f"first={first} is not a position of the {len(ids)} ids")
         with self._held():
             self.cache.reset()
-            return self._forward(list(ids), all_logits=True)
+            return self._forward(list(ids), all_logits=True, first=first)
 
     # -- text ------------------------------------------------------------------------------
     def stream_generate(

@@ -67,7 +67,9 @@ def calib():
     return lambda quantizer="gptq": CalibrationConfig(text, name, sequences=6, seq_len=128, quantizer=quantizer)
 
 
-@pytest.mark.parametrize("method", ["q4", "q3", "q2"])
+# q4 and q2, the ends of GPTQ's range (q3 runs the same code: its quality is in docs/quality.md, and
+# test_importance_weighted_rtn_beats_rtn calibrates at q3); each calibrated conversion is ~40 s here
+@pytest.mark.parametrize("method", ["q4", "q2"])
 def test_gptq_beats_rtn(smollm2_hf_dir, smollm2_file, f32, calib, tmp_path, method):
     rtn = smollm2_file(method)  # round-to-nearest, shared with the other SmolLM2 tests
     gptq = convert(smollm2_hf_dir, tmp_path / "gptq.lowbit", method=method, calibration=calib()).path
@@ -89,18 +91,19 @@ def test_importance_weighted_rtn_beats_rtn(smollm2_hf_dir, smollm2_file, f32, ca
 
 def test_calibrated_onebit_beats_svid_on_the_model(smollm2_hf_dir, f32, calib, tmp_path):
     """OneBit g/h fitted by ALS on calibration inputs (produced by the already-quantised earlier
-    layers) beat SVID's on whole-model KL. The MLPs of layers 10-19 go to 1 bit and the rest stays
+    layers) beat SVID's on whole-model KL. The MLPs of layers 10-14 go to 1 bit and the rest stays
     f32: all-onebit SmolLM2 without distillation is destroyed either way (KL ~11 nats, where the
     order of two broken models says nothing)."""
     recipe = tmp_path / "onebit_mlp.toml"
-    recipe.write_text('method = "f32"\n[[rules]]\npattern = "model.layers.1?.mlp.*_proj.weight"\nencoding = "onebit"\n')
+    recipe.write_text('method = "f32"\n[[rules]]\npattern = "model.layers.1[0-4].mlp.*_proj.weight"\nencoding = "onebit"\n')
     svid = convert(smollm2_hf_dir, tmp_path / "svid.lowbit", method="f32", recipe=recipe).path
     cal = convert(smollm2_hf_dir, tmp_path / "als.lowbit", method="f32", recipe=recipe, calibration=calib()).path
     with LowbitReader(cal) as r:
         assert r["model.layers.12.mlp.up_proj.weight"].encoding == "onebit"
         assert r["model.layers.9.mlp.up_proj.weight"].encoding == "f32"
+        assert r["model.layers.15.mlp.up_proj.weight"].encoding == "f32"
     kl_svid, kl_cal = _kl(svid, f32), _kl(cal, f32)
-    print(f"onebit MLPs 10-19: KL SVID {kl_svid:.4f}, calibrated {kl_cal:.4f}")
+    print(f"onebit MLPs 10-14: KL SVID {kl_svid:.4f}, calibrated {kl_cal:.4f}")
     assert kl_cal < 0.8 * kl_svid
 
 

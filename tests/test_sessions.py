@@ -263,3 +263,24 @@ def test_kernels_give_each_token_the_same_bits_in_any_batch(encoding):
         assert np.array_equal(lin.tiles(x[b : b + 1])[0], full[b])  # the prefill kernel at T = 1
     assert np.array_equal(lin.tiles(x[::-1])[::-1], full)  # and with other company
     assert np.array_equal(lin.rows(x[3:5]), rows[3:5])
+
+
+def test_logits_from_a_position_equal_the_tail_of_all_logits(tiny):
+    """llm.logits(ids, first=k) runs the head on rows k.. only (perplexity's scored half): the
+    same values as the tail of the full logits, and the scored log-probabilities agree."""
+    from lowbit.eval.perplexity import scored_logprobs, window_logprobs
+
+    m = lowbit.load(tiny)
+    ids = m.tokenize(PROMPTS[1] + " " + PROMPTS[3])
+    full = m.logits(ids)
+    assert full.shape[0] == len(ids)
+    tail = m.logits(ids, first=len(ids) // 2)
+    assert tail.shape[0] == len(ids) - len(ids) // 2
+    np.testing.assert_allclose(tail, full[len(ids) // 2 :], rtol=1e-5, atol=1e-5)
+    lp, targets = window_logprobs(m, ids)
+    ref, ref_targets = scored_logprobs(full, ids)
+    np.testing.assert_allclose(lp, ref, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(targets, ref_targets)
+    with pytest.raises(ValueError, match="is not a position"):
+        m.logits(ids, first=len(ids))
+    m.close()

@@ -26,7 +26,7 @@ from gguf_variants import dequantized_f16_gguf, gguf_summary, open_llama, quanti
 
 from lowbit.convert.converter import convert  # noqa: E402
 from lowbit.demo_model import ensure_smollm2_checkpoint, smollm2_gguf_path  # noqa: E402
-from lowbit.eval.perplexity import make_windows, model_bos, scored_logprobs  # noqa: E402
+from lowbit.eval.perplexity import make_windows, model_bos, scored_logprobs, window_logprobs  # noqa: E402
 from lowbit.file_info import summarize  # noqa: E402
 from lowbit.model_cache import lowbit_home  # noqa: E402
 from lowbit.quant.calibrate import (  # noqa: E402
@@ -90,7 +90,7 @@ def score(logprob_fn, windows, ref_lp) -> dict:
 
 def lowbit_logprobs(path: Path, ctx: int):
     llm = load(path, context_length=ctx)
-    return lambda w: scored_logprobs(llm.logits(w), w)
+    return lambda w: window_logprobs(llm, w)
 
 
 def llama_logprobs(path: Path, ctx: int, threads: int):
@@ -182,7 +182,7 @@ def main() -> None:
         convert(hf, f32, method="f32")
     ref = load(f32, context_length=args.ctx)
     windows = make_windows(ref.tokenize(text, add_special_tokens=False), args.ctx, model_bos(ref))
-    ref_lp = [scored_logprobs(ref.logits(w), w)[0] for w in windows]
+    ref_lp = [window_logprobs(ref, w)[0] for w in windows]
     rows = [{"engine": "lowbit", "variant": "f32 reference", "file_mb": f32.stat().st_size / 1e6,
              "linear_bpw": 32.0, **score(lowbit_logprobs(f32, args.ctx), windows, ref_lp), "seconds": 0}]
     only = set(args.only.split(",")) if args.only else None

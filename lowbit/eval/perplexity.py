@@ -38,11 +38,20 @@ def make_windows(tokens: list[int], ctx: int, bos: int | None) -> list[list[int]
     return out
 
 
-def scored_logprobs(logits: np.ndarray, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Log-probabilities [n, vocab] of the scored positions and the tokens they predict [n]."""
+def scored_logprobs(logits: np.ndarray, window: list[int], offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probabilities [n, vocab] of the scored positions (the window's second half) and the
+    tokens they predict [n]; logits[i] is position offset + i of the window."""
     first = len(window) // 2
-    lp = log_softmax(logits[first : len(window) - 1])
+    if not 0 <= offset <= first:
+        raise ValueError(f"logits from position {offset} miss the scored positions from {first}")
+    lp = log_softmax(logits[first - offset : len(window) - 1 - offset])
     return lp, np.asarray(window[first + 1 :], dtype=np.int64)
+
+
+def window_logprobs(llm, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """scored_logprobs of one window through a lowbit model, its head run on the scored half only."""
+    first = len(window) // 2
+    return scored_logprobs(llm.logits(window, first=first), window, offset=first)
 
 
 @dataclass
@@ -78,7 +87,7 @@ def perplexity(llm, text: str, ctx: int = 512, progress: Progress | None = None)
     windows = make_windows(text_tokens(llm, text), ctx, model_bos(llm))
     nll = []
     for i, w in enumerate(windows):
-        lp, targets = scored_logprobs(llm.logits(w), w)
+        lp, targets = window_logprobs(llm, w)
         nll.append(-lp[np.arange(len(targets)), targets])
         if progress:
             progress(i + 1, len(windows))
@@ -109,8 +118,8 @@ def kl_divergence(llm, ref, text: str, ctx: int = 512, progress: Progress | None
     windows = make_windows(tokens, ctx, model_bos(llm))
     kls, agree, nll, nll_ref = [], [], [], []
     for i, w in enumerate(windows):
-        lp, targets = scored_logprobs(llm.logits(w), w)
-        lr, _ = scored_logprobs(ref.logits(w), w)
+        lp, targets = window_logprobs(llm, w)
+        lr, _ = window_logprobs(ref, w)
         kls.append((np.exp(lr) * (lr - lp)).sum(axis=-1))
         agree.append(lp.argmax(-1) == lr.argmax(-1))
         idx = np.arange(len(targets))
