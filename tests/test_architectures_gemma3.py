@@ -2,11 +2,11 @@
 (Q4_K_M), converted to f32 by lowbit (GGUF tensor names, norms stored as 1 + w, SentencePiece
 vocabulary with scores, five sliding layers per global one with their own RoPE base), against
 transformers on the HF folder made from the same GGUF (logits within 1e-3 × max past the sliding
-window) and llama.cpp (llama-cpp-python) on the file itself: same tokens, same greedy text, PPL
-within 1 % (llama.cpp's Q4_K/Q5_0 kernels quantise activations to int8, so it sits ~0.9 % above
-the exact f32 result at ctx 512). The same GGUF converted with `--method keep` (its Q4_K/Q5_0/Q8_0
-blocks re-packed, Q6_K re-quantised to q8) is held to llama.cpp's PPL as well, and the default q4
-conversion (a second rounding from the dequantised source) still names Paris."""
+window) and llama.cpp (llama-cpp-python) on the file itself (same tokens, same greedy text). The
+same GGUF converted with `--method keep` (its Q4_K/Q5_0/Q8_0 blocks re-packed, Q6_K re-quantised
+to q8) has llama.cpp's PPL within 1 % (llama.cpp's Q4_K/Q5_0 kernels quantise activations to
+int8, so it sits ~0.9 % above the exact result at ctx 512), and the default q4 conversion (a
+second rounding from the dequantised source) still names Paris."""
 
 from __future__ import annotations
 
