@@ -25,20 +25,24 @@ def smollm2_gguf() -> Path:
     return smollm2_gguf_path()
 
 
-@pytest.fixture(scope="session")
-def smollm2_file(smollm2_hf_dir, tmp_path_factory):
-    """method -> path of SmolLM2 converted with it (once per test session)."""
+def _conversions(source: Path, root: Path, stem: str):
+    """method -> path of `source` converted with it, each made once."""
     from lowbit.convert.converter import convert
 
-    root = tmp_path_factory.mktemp("smollm2")
     made: dict[str, Path] = {}
 
     def get(method: str) -> Path:
         if method not in made:
-            made[method] = convert(smollm2_hf_dir, root / f"smollm2-{method}.lowbit", method=method).path
+            made[method] = convert(source, root / f"{stem}-{method}.lowbit", method=method).path
         return made[method]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_file(smollm2_hf_dir, tmp_path_factory):
+    """method -> path of SmolLM2 converted with it (once per test session)."""
+    return _conversions(smollm2_hf_dir, tmp_path_factory.mktemp("smollm2"), "smollm2")
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +51,9 @@ def gemma3_gguf() -> Path:
     from lowbit.demo_gemma3 import gemma3_gguf_path
 
     return gemma3_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def gemma3_file(gemma3_gguf, tmp_path_factory):
+    """method -> path of the Gemma 3 GGUF converted with it (once per test session)."""
+    return _conversions(gemma3_gguf, tmp_path_factory.mktemp("gemma3"), "gemma3")

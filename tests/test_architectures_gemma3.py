@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lowbit.convert.converter import convert
 from lowbit.eval.perplexity import make_windows, model_bos, perplexity, scored_logprobs
 from lowbit.quant.calibrate import default_evaluation_text
 from lowbit.runtime import load
@@ -24,20 +23,6 @@ from lowbit.runtime import load
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 CTX = 512  # llama.cpp perplexity's default
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def gemma3_file(gemma3_gguf, tmp_path_factory):
-    """method -> Gemma 3 converted with it, once per module."""
-    root = tmp_path_factory.mktemp("gemma3")
-    made: dict[str, Path] = {}
-
-    def get(method: str) -> Path:
-        if method not in made:
-            made[method] = convert(gemma3_gguf, root / f"gemma3-{method}.lowbit", method=method).path
-        return made[method]
-
-    return get
 
 
 @pytest.fixture(scope="module")
