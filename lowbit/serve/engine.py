@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.eval.perplexity import log_softmax
 from lowbit.runtime.generate import TokenStream
 from lowbit.runtime.kv_cache import DEFAULT_KIND, KVCache, Segment
 from lowbit.runtime.sampling import SamplingParams
@@ -293,12 +294,10 @@ class Engine:
 
 def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
     """log-softmax of the raw logits: the chosen token's value and the `top` best (id, value)."""
-    x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    m = x.max()
-    lse = m + np.log(np.exp(x - m).sum())
+    lp = log_softmax(np.asarray(logits).reshape(-1))
     best: list[tuple[int, float]] = []
     if top:
-        ids = np.argpartition(-x, top - 1)[:top]
-        ids = ids[np.lexsort((ids, -x[ids]))]
-        best = [(int(i), float(x[i] - lse)) for i in ids]
-    return float(x[token] - lse), best
+        ids = np.argpartition(-lp, top - 1)[:top]
+        ids = ids[np.lexsort((ids, -lp[ids]))]
+        best = [(int(i), float(lp[i])) for i in ids]
+    return float(lp[token]), best
