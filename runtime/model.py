@@ -253,9 +253,9 @@ class Transformer:
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         return embed(self.args, self.embed, ids)
 
-    def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = False, first: int = 0) -> np.ndarray:
+    def forward(self, ids: np.ndarray, cache: KVCache, first: int | None = None) -> np.ndarray:
         """Run ids [T] at positions cache.length.. and return logits [1, vocab] of the last, or
-        with all_logits [T - first, vocab] of ids[first:] (the head runs on those rows only)."""
+        with `first` [T - first, vocab] of ids[first:] (the head runs on those rows only)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         start, t = cache.length, len(ids)
         cache.check_room(t)
@@ -267,7 +267,7 @@ class Transformer:
             for i, block in enumerate(self.blocks):
                 x = block_forward(self.args, self.layer_ropes[i], block, x, cache, i, start)
         cache.advance(ids)
-        x = x[first:] if all_logits else x[-1:]
+        x = x[-1:] if first is None else x[first:]
         return softcap(self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
 
     def _check_ids(self, ids: np.ndarray, end: int) -> None:

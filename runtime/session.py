@@ -69,11 +69,11 @@ class Session:
         with self._held():
             self.cache.reset()
 
-    def _forward(self, ids: Sequence[int], all_logits: bool = False, first: int = 0) -> np.ndarray:
+    def _forward(self, ids: Sequence[int], first: int | None = None) -> np.ndarray:
         lm = self.model
         with lm._compute:
             set_threads(lm.threads)
-            return lm.model.forward(np.asarray(ids, dtype=np.int64), self.cache, all_logits=all_logits, first=first)
+            return lm.model.forward(np.asarray(ids, dtype=np.int64), self.cache, first)
 
     def _prefill(self, ids: Sequence[int], chunk: int = 512) -> np.ndarray:
         ids = [int(i) for i in ids]
@@ -102,7 +102,7 @@ class Session:
             raise ValueError(f"first={first} is not a position of the {len(ids)} ids")
         with self._held():
             self.cache.reset()
-            return self._forward(list(ids), all_logits=True, first=first)
+            return self._forward(list(ids), first)
 
     # -- text ------------------------------------------------------------------------------
     def stream_generate(
