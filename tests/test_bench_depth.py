@@ -24,7 +24,7 @@ def test_depth_fills_the_cache_before_timing(tiny, monkeypatch):
     assert len(context) == 40 and len(prompt) == 8
     runs = []
     forward = tiny.model.forward
-    monkeypatch.setattr(tiny.model, "forward", lambda ids, cache, **kw: runs.append(len(ids)) or forward(ids, cache, **kw))
+    monkeypatch.setattr(tiny.model, "forward", lambda ids, cache, *rest: runs.append(len(ids)) or forward(ids, cache, *rest))
     run_once(tiny, prompt, 5, context)
     assert runs == [40, 8, 1, 1, 1, 1, 1]  # context untimed, then only the prompt, then decode
     assert tiny.cache.length == 40 + 8 + 5 and tiny.cache.ids[:40] == context
