@@ -50,10 +50,11 @@ def test_sweep_block_matches_reference(threads):
         np.testing.assert_allclose(a_, b_, rtol=1e-12, atol=1e-12)
 
 
-def test_inverse_cholesky_factor():
+@pytest.mark.parametrize("n", [60, 301])  # 301: the triangular inverse recurses over uneven halves
+def test_inverse_cholesky_factor(n):
     rng = np.random.default_rng(2)
-    a = rng.standard_normal((60, 60))
-    h = a @ a.T + np.eye(60)
+    a = rng.standard_normal((n, n))
+    h = a @ a.T + np.eye(n)
     u = _inverse_cholesky_upper(h)
     assert np.allclose(u, np.triu(u))
     np.testing.assert_allclose(u.T @ u, np.linalg.inv(h), rtol=1e-8, atol=1e-10)

@@ -14,7 +14,6 @@ import os
 import queue
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -322,9 +321,11 @@ def corpus_files(tmp_path_factory) -> dict[str, tuple[Path, str]]:
 
 
 def _boundscheck_env() -> dict[str, str]:
-    """Bounds-checked kernels compile into their own cache (numba's cache key ignores the flag)."""
-    cache = Path(tempfile.gettempdir()) / f"lowbit-boundscheck-cache-{os.getuid()}"
-    return {"NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(cache)}
+    """Bounds-checked kernels compile into their own cache (numba's cache key ignores the flag),
+    kept beside the user-wide kernel cache so that, like it, it outlives a checkout (cold: ~1.5 min)."""
+    from lowbit.runtime.kernels.cache import cache_root
+
+    return {"NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(cache_root().parent / "kernels-boundscheck")}
 
 
 def _failures(results: dict[str, dict], expected: dict[str, str]) -> list[str]:

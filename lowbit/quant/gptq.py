@@ -93,7 +93,23 @@ def _inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
     for _ in range(8):
         try:
             lower = np.linalg.cholesky((h + extra * eye)[::-1, ::-1])
-            return np.ascontiguousarray(np.linalg.solve(lower, eye)[::-1, ::-1])
+            return np.ascontiguousarray(lower_triangular_inverse(lower)[::-1, ::-1])
         except np.linalg.LinAlgError:
             extra = max(extra * 10, 1e-6 * float(np.mean(np.diag(h))) or 1e-6)
     raise np.linalg.LinAlgError("Hessian is not positive definite even after damping")
+
+
+def lower_triangular_inverse(lower: np.ndarray, leaf: int = 64) -> np.ndarray:
+    """L⁻¹ of a lower-triangular L by halves (as LAPACK's blocked trtri):
+    [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [-D⁻¹ C A⁻¹, D⁻¹]], so nearly all the work is two matrix
+    products per level; numpy has no triangular solve, and its general `solve` (an LU of a matrix
+    that is already triangular) took 3-4x as long on GPTQ's 576- and 1536-wide Hessians."""
+    n = len(lower)
+    if n <= leaf:
+        return np.linalg.solve(lower, np.eye(n))
+    k = n // 2
+    a_inv, d_inv = lower_triangular_inverse(lower[:k, :k], leaf), lower_triangular_inverse(lower[k:, k:], leaf)
+    out = np.zeros_like(lower)
+    out[:k, :k], out[k:, k:] = a_inv, d_inv
+    out[k:, :k] = -(d_inv @ (lower[k:, :k] @ a_inv))
+    return out
