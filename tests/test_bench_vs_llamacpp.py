@@ -109,3 +109,19 @@ def test_report_rows_per_depth_and_the_bitnet_peer():
     assert rows[0][-3:] == ["1", "128", "0"] and rows[1][-3:] == ["1", "128", "4096"] and rows[2][-3:] == ["2", "128", "0"]
     assert "decode scaling, 2 threads / 1" in text and "lowbit 1.50, bitnet 2.00" in text  # from the depth-0 rows
     assert lines
+
+
+def test_peer_engines_start_without_lowbits_spin_waits(monkeypatch):
+    """llama.cpp and bitnet.cpp workers get the user's OpenMP environment: lowbit's short spin waits
+    (set in this process when lowbit.runtime was imported) made their 2-thread decode 2-2.5x slower."""
+    import lowbit.runtime.threads as threads
+
+    monkeypatch.setitem(threads._SET_HERE, "KMP_BLOCKTIME", "0")
+    monkeypatch.setenv("KMP_BLOCKTIME", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own: kept
+    assert bench_engines.worker_environment("lowbit") is None  # lowbit inherits everything
+    for peer in ("llamacpp", "bitnetcpp"):
+        env = bench_engines.worker_environment(peer)
+        assert "KMP_BLOCKTIME" not in env and env["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("KMP_BLOCKTIME", "200")  # the user changed it after lowbit: theirs now
+    assert bench_engines.worker_environment("llamacpp")["KMP_BLOCKTIME"] == "200"

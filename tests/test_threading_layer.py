@@ -62,3 +62,24 @@ def test_the_users_choice_is_left_alone(env, layer, wait, spin):
     if layer == "tbb|omp":  # numba's own order: TBB where it loads (not on ARM64), else OpenMP
         layer = "tbb" if tbb_available() else "omp"
     assert probe(**env) == {"layer": layer, "wait": wait, "spin": spin}
+
+
+OTHERS = """
+import json, os
+from lowbit.runtime.threads import environment_for_other_programs
+env = environment_for_other_programs()
+print(json.dumps({"ours": os.environ.get("GOMP_SPINCOUNT"), "theirs": env.get("GOMP_SPINCOUNT"),
+                  "blocktime": env.get("KMP_BLOCKTIME"), "kept": env.get("LOWBIT_PROBE")}))
+"""
+
+
+@pytest.mark.parametrize("user,theirs", [({}, None), ({"GOMP_SPINCOUNT": "1000"}, "1000")])
+def test_other_programs_do_not_inherit_our_spin_waits(user, theirs):
+    """llama.cpp / bitnet.cpp started by the benchmark get the user's OpenMP settings, not lowbit's
+    (with lowbit's, bitnet.cpp's 2-thread decode measured 2.4x slower)."""
+    base = {k: v for k, v in os.environ.items() if k not in CHOICES}
+    proc = subprocess.run([sys.executable, "-c", OTHERS], env={**base, **user, "LOWBIT_PROBE": "x"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"ours": user.get("GOMP_SPINCOUNT", "300"), "theirs": theirs, "blocktime": None, "kept": "x"}

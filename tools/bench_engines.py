@@ -232,7 +232,7 @@ def worker_main(engine_name: str, path: str, threads: int, ctx: int) -> int:
         send({"ok": False, "error": f"{type(e).__name__}: {e}"})
         return 1
     send({"ok": True, "load_s": engine.load_s, "warmup_s": engine.warmup_s, "peak_rss_mb": _peak_rss_mb(),
-          "info": engine.info()})
+          "info": {**engine.info(), "openmp_env": {k: os.environ[k] for k in OPENMP_ENV if k in os.environ}}})
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -252,6 +252,20 @@ def worker_main(engine_name: str, path: str, threads: int, ctx: int) -> int:
     return 0
 
 
+OPENMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS")
+
+
+def worker_environment(engine: str) -> dict[str, str] | None:
+    """The environment a worker starts with: the parent's for lowbit; for llama.cpp and bitnet.cpp
+    (OpenMP both) the parent's without lowbit's own OpenMP wait settings, which the parent picked
+    up when it imported lowbit.runtime and which made their 2-thread decode 2-2.5x slower."""
+    if engine == "lowbit":
+        return None
+    from lowbit.runtime.threads import environment_for_other_programs
+
+    return environment_for_other_programs()
+
+
 class Worker:
     """Parent-side handle of one worker process."""
 
@@ -262,7 +276,7 @@ class Worker:
         self._log = open(log_path, "w")
         cmd = [sys.executable, str(Path(__file__).resolve()), engine, str(path), str(threads), str(ctx)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, env=worker_environment(engine))
         self.ready = self._read()
 
     def _read(self) -> dict[str, Any]:
