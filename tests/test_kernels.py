@@ -363,6 +363,26 @@ def test_prefill_equals_stacked_decode(shape):
         np.testing.assert_allclose(y, stacked, rtol=0, atol=tol, err_msg=name)
 
 
+def test_float_prefill_in_token_chunks_is_the_same_bits_per_token():
+    """The float micro-kernel runs prompts in L2-sized token chunks (24 tokens at 5460 columns):
+    53 tokens span three chunks and a padded tail; every token's row is the bits it gets alone
+    (a prefill of one token pads to four), and the whole agrees with numpy."""
+    from lowbit.runtime.kernels.common import token_chunk
+
+    rng = np.random.default_rng(13)
+    out, n, t = 21, 5460, 53
+    assert token_chunk(n) == 24 and t > 2 * token_chunk(n)
+    w = readonly(rng.standard_normal((out, n)).astype(np.float32))
+    x = activations(rng, t, n)
+    y = np.full((t, out), np.nan, dtype=np.float32)
+    dense.f32_prefill(x, w, y)
+    for i in range(t):
+        alone = np.full((1, out), np.nan, dtype=np.float32)
+        dense.f32_prefill(np.ascontiguousarray(x[i : i + 1]), w, alone)
+        np.testing.assert_array_equal(y[i], alone[0], err_msg=f"token {i}")
+    assert_close(y, dense.f32_ref(x, w), w, x)
+
+
 @pytest.mark.skipif(len(THREADS) < 2, reason="one CPU")
 def test_threads_bit_identical():
     rng = np.random.default_rng(12)
