@@ -217,6 +217,9 @@ def _run(engine, prompt: list[int], gen: int, context: list[int] | None = None) 
     }
 
 
+OPENMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS")  # reported by each worker
+
+
 def worker_main(engine_name: str, path: str, threads: int, ctx: int) -> int:
     proto = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol channel
     os.dup2(2, 1)  # anything a library prints (C or Python) goes to stderr
@@ -250,9 +253,6 @@ def worker_main(engine_name: str, path: str, threads: int, ctx: int) -> int:
         except Exception as e:  # noqa: BLE001
             send({"ok": False, "error": f"{type(e).__name__}: {e}"})
     return 0
-
-
-OPENMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS")
 
 
 def worker_environment(engine: str) -> dict[str, str] | None:
