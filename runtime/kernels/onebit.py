@@ -8,9 +8,10 @@ the contiguous slice x_q[jQ:(j+1)Q]; `dot_b1` (below) unpacks 32 bytes into eigh
 and runs `vpmaddubsw` on each, or `vpdpbusd` with VNNI (`llvm_ir.stream_dot`, the ternary kernel's
 trick with one bit per weight: 256 weights per eight instructions); `dot_b1_generic` is its
 portable twin. Quantising the activation costs ~1/127 of max|x'| per element and made
-decode ~3× faster than the float select-and-add, which prefill keeps (there each unpacked
-row serves every token, and float keeps calibrated g/h exact: with int8 prefill the calibrated
-file lost its edge over SVID in tests/test_quality.py). The parameter-free LayerNorm of
+decode ~3× faster than float. Prefill keeps float activations: it dequantises a block of rows
+(h · ±1 · g, as the encoding's dequantize()) and runs the float micro-kernel every other float
+prefill shares (each dequantised row serves every token, and float keeps calibrated g/h exact:
+with int8 prefill the calibrated file lost its edge over SVID in tests/test_quality.py). The parameter-free LayerNorm of
 OneBit students is applied by the caller (`matvec.finish`, `linear`). g and h arrive as raw f16
 bits (u16).
 """
@@ -23,7 +24,7 @@ from numba.extending import intrinsic
 
 from lowbit.formats.encodings import ONEBIT
 from lowbit.runtime.kernels import llvm_ir as lir
-from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks
+from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks, rows_times_tokens
 from lowbit.runtime.kernels.cpu_features import best_dot
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.ternary import quantize_activation_ref, quantize_into
@@ -146,8 +147,9 @@ def row_value(signs_row, xq, off, h_r, inv, tail):
 
 
 @helper
-def _unpack_bits(c, dst, n):
-    """Sign bits of one row -> dst u8 [>= n] (1 = +1) in natural order."""
+def _dequantize_row(c, g, h_r, dst, n):
+    """One row as the encoding's dequantize() gives it, h_r · (±1) · g[k] (the same f32 rounding),
+    into dst f32 [>= n]: bit j of byte k is the sign of weight k + jQ."""
     q = c.shape[0]
     for j in range(8):
         lo = j * q
@@ -155,99 +157,27 @@ def _unpack_bits(c, dst, n):
             break
         m = min(q, n - lo)
         d = dst[lo : lo + m]
+        gj = g[lo : lo + m]
         for k in range(m):
-            d[k] = (c[k] >> j) & 1
-
-
-@helper
-def _bits_times_tokens(bb, nr, xg, tot, h, y, r0):
-    """y[t, r0+i] = h · (2 Σ_{bit} xg[t] − tot[t]): selects only, four rows × two tokens."""
-    t_count, n = xg.shape
-    zero = f32(0.0)
-    two = f32(2.0)
-    i = 0
-    while i + 4 <= nr:
-        b0 = bb[i]
-        b1 = bb[i + 1]
-        b2 = bb[i + 2]
-        b3 = bb[i + 3]
-        h0 = f16_to_f32(h[r0 + i])
-        h1 = f16_to_f32(h[r0 + i + 1])
-        h2 = f16_to_f32(h[r0 + i + 2])
-        h3 = f16_to_f32(h[r0 + i + 3])
-        t = 0
-        while t < t_count:
-            tb = min(
-                t + 1, t_count - 1
-            )  # the second token of the pair (the last one twice at the end)
-            xa = xg[t]
-            xb = xg[tb]
-            a0 = f32(0.0)
-            a1 = f32(0.0)
-            a2 = f32(0.0)
-            a3 = f32(0.0)
-            c0 = f32(0.0)
-            c1 = f32(0.0)
-            c2 = f32(0.0)
-            c3 = f32(0.0)
-            for k in range(n):
-                u = xa[k]
-                v = xb[k]
-                m0 = b0[k] != 0
-                m1 = b1[k] != 0
-                m2 = b2[k] != 0
-                m3 = b3[k] != 0
-                a0 += u if m0 else zero
-                a1 += u if m1 else zero
-                a2 += u if m2 else zero
-                a3 += u if m3 else zero
-                c0 += v if m0 else zero
-                c1 += v if m1 else zero
-                c2 += v if m2 else zero
-                c3 += v if m3 else zero
-            y[t, r0 + i] = h0 * (two * a0 - tot[t])
-            y[t, r0 + i + 1] = h1 * (two * a1 - tot[t])
-            y[t, r0 + i + 2] = h2 * (two * a2 - tot[t])
-            y[t, r0 + i + 3] = h3 * (two * a3 - tot[t])
-            y[tb, r0 + i] = h0 * (two * c0 - tot[tb])
-            y[tb, r0 + i + 1] = h1 * (two * c1 - tot[tb])
-            y[tb, r0 + i + 2] = h2 * (two * c2 - tot[tb])
-            y[tb, r0 + i + 3] = h3 * (two * c3 - tot[tb])
-            t += 2
-        i += 4
-    while i < nr:
-        bi = bb[i]
-        hi = f16_to_f32(h[r0 + i])
-        for t in range(t_count):
-            xt = xg[t]
-            s = f32(0.0)
-            for k in range(n):
-                v = xt[k]
-                s += v if bi[k] != 0 else zero
-            y[t, r0 + i] = hi * (two * s - tot[t])
-        i += 1
+            v = h_r if (c[k] >> j) & 1 else -h_r
+            d[k] = v * f16_to_f32(gj[k])
 
 
 @kernel
 def onebit_prefill(x, signs, g, h, y):
-    """x f32 [T, in]; signs, g, h as onebit_decode; y f32 [T, out]."""
+    """x f32 [T, in]; signs, g, h as onebit_decode; y f32 [T, out]: a block of rows dequantised
+    once into scratch, then the shared float micro-kernel (`rows_times_tokens`, four rows × four
+    tokens, L2-sized token chunks) as q4/q8 prefill. It replaced a select-and-add loop of four rows
+    × two tokens over the 0/1 sign bytes (two vector instructions per weight and token, against
+    one FMA here): SmolLM2 onebit pp128 read 0.83 × llama.cpp's there."""
     out = signs.shape[0]
-    t_count, n = x.shape
-    xg = np.empty((t_count, n), dtype=np.float32)
-    tot = np.empty(t_count, dtype=np.float32)
-    for t in prange(t_count):
-        s = f32(0.0)
-        for k in range(n):
-            v = f16_to_f32(g[k]) * x[t, k]
-            xg[t, k] = v
-            s += v
-        tot[t] = s
+    n = x.shape[1]
     for b in prange(row_blocks(out)):
         r0, nr = row_block(b, out)
-        bb = np.empty((ROW_BLOCK, n), dtype=np.uint8)
+        scratch = np.empty((ROW_BLOCK, n), dtype=np.float32)
         for i in range(nr):
-            _unpack_bits(signs[r0 + i], bb[i], n)
-        _bits_times_tokens(bb, nr, xg, tot, h, y, r0)
+            _dequantize_row(signs[r0 + i], g, f16_to_f32(h[r0 + i]), scratch[i], n)
+        rows_times_tokens(scratch, nr, x, y, r0)
 
 
 def onebit_ref(x: np.ndarray, signs: np.ndarray, g: np.ndarray, h: np.ndarray) -> np.ndarray:
