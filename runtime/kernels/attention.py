@@ -170,6 +170,15 @@ def attend_rows(q, t0, t1, h0, rep, keys, key_scales, values, value_scales, star
             dst[i] = acc[a, i] * inv
 
 
+@helper
+def from_both_ends(i, n):
+    """The i-th of 0, n−1, 1, n−2, 2, …: prange gives each thread one contiguous run of its
+    range, and under the causal mask a late query block costs more than an early one, so in
+    this order every run holds as many of each. In token order the second of two threads got
+    3/4 of a prompt's attention (SmolLM2 pp512: 7.1 ms a layer at 2 threads, as at 1)."""
+    return i // 2 if i % 2 == 0 else n - 1 - i // 2
+
+
 @kernel
 def attention(q, keys, values, start, window, out, scale=0.0, softcap=0.0, key_scales=None, value_scales=None):
     """out [T, H*D] = softmax(q kᵀ · scale + causal mask) v, per query head.
@@ -186,7 +195,7 @@ def attention(q, keys, values, start, window, out, scale=0.0, softcap=0.0, key_s
     n_blocks = (t_len + Q_BLOCK - 1) // Q_BLOCK
     for task in prange(n_blocks * kvh):
         kv = task % kvh
-        t0 = task // kvh * Q_BLOCK
+        t0 = from_both_ends(task // kvh, n_blocks) * Q_BLOCK
         t1 = min(t_len, t0 + Q_BLOCK)
         if key_scales is None:
             attend_rows(q, t0, t1, kv * rep, rep, keys[kv], none, values[kv], none, start, window, scale,
