@@ -14,7 +14,6 @@ step (kernels.decode_step) is its fast twin, held to it by tests for every featu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
@@ -26,8 +25,8 @@ from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
 from lowbit.runtime.errors import LowbitError
 from lowbit.runtime.features import check_features
-from lowbit.runtime.kernels.decode_step import ACTIVATIONS as STEP_ACTIVATIONS
 from lowbit.runtime.kernels.decode_step import decode_layers
+from lowbit.runtime.kernels import pointwise
 from lowbit.runtime.kernels.hadamard import hadamard_rows, no_block, odd_block, split_size
 from lowbit.runtime.kv_cache import KVCache, Segment, Segments
 from lowbit.runtime.linear import Linear, make_linear
@@ -36,22 +35,19 @@ from lowbit.runtime.validate import check_tensors
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    var = np.mean(x * x, axis=-1, keepdims=True)
-    return x / np.sqrt(var + eps) * weight
+    """RMSNorm over the last axis (rows in parallel: `pointwise.rms_norm_rows`)."""
+    rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    out = np.empty_like(rows)
+    pointwise.rms_norm_rows(rows, np.ascontiguousarray(weight, dtype=np.float32), float(eps), out)
+    return out.reshape(x.shape)
 
 
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
-
-
-def relu2(x: np.ndarray) -> np.ndarray:
-    r = np.maximum(x, 0.0)
-    return r * r
-
-
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """GELU with the tanh approximation (PyTorch's approximate="tanh"; Gemma's GeGLU)."""
-    return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+def gated_activation(act: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """act(gate) ⊙ up for [T, n] (tokens in parallel: `pointwise.activate_rows`)."""
+    gate = np.ascontiguousarray(gate, dtype=np.float32)
+    out = np.empty_like(gate)
+    pointwise.activate_rows(gate, np.ascontiguousarray(up, dtype=np.float32), pointwise.ACTIVATIONS[act], out)
+    return out
 
 
 def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
@@ -59,9 +55,6 @@ def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
     if not cap:
         return x
     return (np.tanh(x / np.float32(cap)) * np.float32(cap)).astype(np.float32)
-
-
-ACTIVATIONS = {"silu": silu, "relu2": relu2, "gelu_tanh": gelu_tanh}
 
 
 @dataclass
@@ -116,7 +109,7 @@ def attention_forward(
 
 
 def mlp_forward(args: ModelArgs, mlp: MLP, x: np.ndarray) -> np.ndarray:
-    hidden = ACTIVATIONS[args.hidden_act](mlp.gate_proj(x)) * mlp.up_proj(x)
+    hidden = gated_activation(args.hidden_act, mlp.gate_proj(x), mlp.up_proj(x))
     if mlp.sub_norm is not None:
         hidden = rms_norm(hidden, mlp.sub_norm, args.rms_norm_eps)
     if args.down_proj_hadamard:  # the rotation folded into down_proj's columns (--rotate)
@@ -247,7 +240,7 @@ class Transformer:
         a = self.args
         decode_layers(x, *self.decode_table, cache.keys, cache.values, cache.key_scales, cache.value_scales,
                       self.rope_cos, self.rope_sin, self.layer_info,
-                      pos, a.num_attention_heads, a.rms_norm_eps, STEP_ACTIVATIONS[a.hidden_act], a.attention_scale,
+                      pos, a.num_attention_heads, a.rms_norm_eps, pointwise.ACTIVATIONS[a.hidden_act], a.attention_scale,
                       a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0, self.down_block)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:

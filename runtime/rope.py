@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.runtime.kernels import pointwise
+
 ROPE_TYPES = ("default", "linear", "llama3", "longrope")  # rope_scaling types inverse_frequencies implements
 DEFAULT_POSITIONS = 4096  # tables built up front when the caller does not say how many it needs
 
@@ -93,14 +95,13 @@ class RotaryEmbedding:
             self._build(max(n, min(2 * self.positions, self.max_positions)))
 
     def apply(self, x: np.ndarray, start: int) -> np.ndarray:
-        """x [T, heads, D] at positions start..start+T-1 -> rotated copy."""
-        t, _, d = x.shape
+        """x [T, heads, D] at positions start..start+T-1 -> rotated copy (tokens in parallel:
+        `pointwise.rope_rows`)."""
+        t, heads, d = x.shape
+        if self.rotary_dim > d:
+            raise ValueError(f"rotary_dim {self.rotary_dim} exceeds head_dim {d}")
         self.ensure(start + t)
-        half = self.rotary_dim // 2
-        cos = self.cos[start : start + t, None, :]
-        sin = self.sin[start : start + t, None, :]
-        x1, x2 = x[..., :half], x[..., half : 2 * half]
-        parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
-        if 2 * half < d:
-            parts.append(x[..., 2 * half :])
-        return np.concatenate(parts, axis=-1)
+        rows = np.ascontiguousarray(x, dtype=np.float32).reshape(t, heads * d)
+        out = np.empty_like(rows)
+        pointwise.rope_rows(rows, heads, d, self.rotary_dim, self.cos, self.sin, start, out)
+        return out.reshape(t, heads, d)

@@ -89,8 +89,11 @@ def save(family: str, folder, seed: int):
     return randomise_and_save(model, folder, 0.0 if "gemma" in family else 1.0), model
 
 
-def runtime_logits(path, ids, context=None, prompt=PROMPT) -> np.ndarray:
+def runtime_logits(path, ids, context=None, prompt=PROMPT, fused=True) -> np.ndarray:
+    """The prompt's logits, then one decode step per further id (fused=False: each step through
+    block_forward with the same kernels)."""
     llm = load(path, threads=2, context_length=context, kv_cache="f32")  # f16 caches: test_kv_cache
+    llm.model.fused_decode = llm.model.fused_decode and fused
     out = [llm.logits(ids[:prompt])]
     for tok in ids[prompt:]:
         out.append(llm.decode(int(tok))[None])
@@ -127,19 +130,28 @@ def test_family_matches_transformers(checkpoints, tmp_path, family):
 @pytest.mark.parametrize("method", PRESETS)
 def test_fused_decode_equals_numpy_dequantised_forward(checkpoints, tmp_path, family, method, monkeypatch):
     """The one-call decode step (q/k norms, output norms, GeGLU, soft-capping, per-layer window
-    and RoPE table, partial RoPE) against block_forward over numpy-dequantised weights."""
+    and RoPE table, partial RoPE) against block_forward with the same kernels, and both against
+    block_forward over numpy-dequantised weights.
+
+    With int8 activations two forwards whose floats differ by an ulp can round one activation
+    code apart and then differ by ~1e-2 in every later logit of these tiny models, so for those
+    the exact comparison of the first fused step is against block_forward on the same kernels."""
     folder, _ = checkpoints(family)
     out = convert(folder, tmp_path / f"{method}.lowbit", method=method)
     ids = random_ids(40, seed=4)  # 32 prompt tokens, 8 decode steps: past the 24-token window
     llm = load(out.path, threads=2)
     assert llm.model.fused_decode
     ours = runtime_logits(out.path, ids, prompt=32)
+    scale = np.abs(ours).max()
+    unfused = runtime_logits(out.path, ids, prompt=32, fused=False)
+    assert np.abs(ours - unfused)[:33].max() <= 1e-4 * scale  # the prompt and the first fused decode step
     monkeypatch.setattr(model_module, "make_linear", ReferenceLinear)
     ref_llm = load(out.path, threads=2)
     assert not ref_llm.model.fused_decode
     ref = runtime_logits(out.path, ids, prompt=32)
     err = np.abs(ours - ref).max(axis=1) / np.abs(ref).max()
-    assert err[:33].max() <= 1e-4, err  # the prompt and the first fused decode step
+    if method not in INT8_ACTIVATIONS:
+        assert err[:33].max() <= 1e-4, err
     assert err.max() <= (3e-2 if method in INT8_ACTIVATIONS else 1e-4), err
 
 

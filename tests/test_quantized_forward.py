@@ -12,6 +12,7 @@ from lowbit.convert.converter import convert
 from lowbit.formats.encodings import get_encoding
 from lowbit.runtime import load
 from lowbit.runtime.kernels.q8 import decode_activation_ref
+from lowbit.runtime.kernels.ternary import quantize_activation_ref
 
 PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "onebit"]
 
@@ -38,15 +39,17 @@ class ReferenceLinear:
             self.h = entry.parts["h"].astype(np.float64)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
+        # the int8 activations exactly as the kernels make them (float32 x · s, SPEC's quantiser):
+        # rounded in float64 instead, an input within an ulp of a half-way point can round the
+        # other way, and one flipped code moves a tiny model's later logits by ~1e-2
+        x32 = np.asarray(x, np.float32)
+        x = x32.astype(np.float64)
         if self.encoding.startswith("ternary"):
-            s = 127.0 / np.maximum(np.abs(x).max(-1, keepdims=True), 1e-5)
-            xq = np.clip(np.round(x * s), -128, 127)
-            y = (xq @ self.trits.T) * self.scale / s
+            xq, s = quantize_activation_ref(x32)
+            y = (xq.astype(np.float64) @ self.trits.T) * self.scale / s[:, None].astype(np.float64)
         elif self.encoding == "onebit" and x.shape[0] == 1:  # decode: int8 g ⊙ x, per token
-            xg = x * self.g
-            s = 127.0 / np.maximum(np.abs(xg).max(-1, keepdims=True), 1e-5)
-            y = (np.clip(np.round(xg * s), -128, 127) @ self.signs.T) * self.h / s
+            xq, s = quantize_activation_ref(x32 * self.g.astype(np.float32))
+            y = (xq.astype(np.float64) @ self.signs.T) * self.h / s[:, None].astype(np.float64)
         elif self.encoding in ("q8", "q4"):  # decode: int8 activations, q8 per 32 values, q4 per group
             y = decode_activation_ref(x.astype(np.float32), self.block) @ self.w.T
         else:

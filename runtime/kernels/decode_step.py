@@ -18,8 +18,6 @@ layer-by-layer Python forward
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import prange
 
@@ -37,69 +35,9 @@ from lowbit.runtime.kernels.matvec import (
     shares_input,
     task_count,
 )
-
-SILU, RELU2, GELU_TANH = 0, 1, 2
-ACTIVATIONS = {"silu": SILU, "relu2": RELU2, "gelu_tanh": GELU_TANH}
-GELU_C = math.sqrt(2.0 / math.pi)
+from lowbit.runtime.kernels.pointwise import activate, head_norm, rms_norm, rope
 
 f32 = np.float32
-
-
-@helper
-def rms_norm(x, weight, eps):
-    n = x.shape[0]
-    ss = f32(0.0)
-    for i in range(n):
-        ss += x[i] * x[i]
-    inv = f32(1.0) / np.sqrt(ss / f32(n) + f32(eps))
-    out = np.empty(n, dtype=np.float32)
-    for i in range(n):
-        out[i] = x[i] * inv * weight[i]
-    return out
-
-
-@helper
-def head_norm(v, heads, d, weight, eps):
-    """RMSNorm of each head of v [heads·d] in place (q/k norms)."""
-    for h in range(heads):
-        base = h * d
-        ss = f32(0.0)
-        for i in range(d):
-            ss += v[base + i] * v[base + i]
-        inv = f32(1.0) / np.sqrt(ss / f32(d) + f32(eps))
-        for i in range(d):
-            v[base + i] = v[base + i] * inv * weight[i]
-
-
-@helper
-def rope(v, heads, d, rot, cos, sin):
-    """Rotate-half RoPE in place on the first `rot` dims of each head of v [heads·d], with this
-    position's cos/sin [rot/2]."""
-    half = rot // 2
-    for h in range(heads):
-        base = h * d
-        for i in range(half):
-            a = v[base + i]
-            b = v[base + half + i]
-            v[base + i] = a * cos[i] - b * sin[i]
-            v[base + half + i] = b * cos[i] + a * sin[i]
-
-
-@helper
-def activate(gate, up, act):
-    """act(gate) ⊙ up."""
-    out = np.empty(gate.shape[0], dtype=np.float32)
-    for i in range(gate.shape[0]):
-        g = gate[i]
-        if act == RELU2:
-            g = max(g, f32(0.0))
-            g = g * g
-        elif act == GELU_TANH:
-            g = f32(0.5) * g * (f32(1.0) + np.tanh(f32(GELU_C) * (g + f32(0.044715) * g * g * g)))
-        else:
-            g = g / (f32(1.0) + np.exp(-g))
-        out[i] = g * up[i]
-    return out
 
 
 @helper
