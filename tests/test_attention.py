@@ -91,3 +91,32 @@ def test_vector_steps_match_numpy():
     z = y.copy()
     run(qa, kt, s, z, 0, z.size, np.float32(0.0), row.copy(), vb, np.float32(1.0))
     assert np.abs(z / np.exp(y.astype(np.float64)) - 1).max() < 3e-6
+
+
+def test_block_max_and_odd_head_dims_against_numpy():
+    """block_max takes only the lanes of [j0, j1) (larger scores outside must not leak in) and
+    keeps a larger running max; score_block's even/odd accumulators with an odd D."""
+    from numba import njit
+
+    from lowbit.runtime.kernels import attention_simd as a
+
+    @njit
+    def block_max(s, j0, j1, best):
+        return a.block_max(s, j0, j1, best)
+
+    @njit
+    def score(qa, kt, s):
+        a.score_block(qa, kt, s)
+
+    rng = np.random.default_rng(5)
+    s = rng.standard_normal(a.K_BLOCK).astype(np.float32)
+    s[0], s[31], s[16] = 50.0, 60.0, -40.0
+    for j0, j1, best in ((1, 31, -np.inf), (0, 32, -np.inf), (3, 17, 0.5), (15, 17, -np.inf), (9, 9, -3.0),
+                         (2, 30, 100.0)):
+        assert block_max(s, j0, j1, np.float32(best)) == np.float32(a.block_max_ref(s, j0, j1, best))
+    for d in (1, 47, 64):
+        qa = rng.standard_normal(d).astype(np.float32)
+        kt = rng.standard_normal((d, a.K_BLOCK)).astype(np.float32)
+        out = np.empty(a.K_BLOCK, np.float32)
+        score(qa, kt, out)
+        np.testing.assert_allclose(out, a.score_block_ref(qa, kt), rtol=1e-5, atol=1e-5)
