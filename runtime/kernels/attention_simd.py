@@ -109,24 +109,34 @@ def score_block(typingctx, qa, kt, s):
     return types.none(qa, kt, s), codegen
 
 
+def _masked_block_args(typingctx, s, j0, j1, value) -> bool:
+    """The signature block_max and exp_block share: (s f32 [n], j0, j1, a float)."""
+    return (_f32_array(s, 1) and isinstance(j0, types.Integer) and isinstance(j1, types.Integer)
+            and isinstance(value, types.Float))
+
+
+def _unpack_masked_block(context, builder, sig, args):
+    """(s's array struct, the lane bounds j0 and j1 as <16 x i32> splats, the float32 value)."""
+    a = context.make_array(sig.args[0])(context, builder, args[0])
+    lo = builder.trunc(context.cast(builder, args[1], sig.args[1], types.int64), _i32)
+    hi = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), _i32)
+    value = context.cast(builder, args[3], sig.args[3], types.float32)
+    return a, lir.broadcast(builder, lo, LANES), lir.broadcast(builder, hi, LANES), value
+
+
 @intrinsic
 def block_max(typingctx, s, j0, j1, best):
     """max(best, s[j] for j0 ≤ j < j1) over s [32]: masked vector maxima, then one reduction (the
     scalar loop, a compare and branch per key, measured ~10 % of a prefill block's time at depth).
     NaN scores are passed over, as by that loop's `if v > best`."""
-    if not (_f32_array(s, 1) and isinstance(j0, types.Integer) and isinstance(j1, types.Integer)
-            and isinstance(best, types.Float)):
+    if not _masked_block_args(typingctx, s, j0, j1, best):
         return None
 
     def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        lo = builder.trunc(context.cast(builder, args[1], sig.args[1], types.int64), _i32)
-        hi = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), _i32)
-        start = context.cast(builder, args[3], sig.args[3], types.float32)
+        a, lo_v, hi_v, start = _unpack_masked_block(context, builder, sig, args)
         vmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_vf, [_vf, _vf]), "llvm.maxnum.v16f32")
         smax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_f32, [_f32, _f32]), "llvm.maxnum.f32")
         reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_f32, [_vf]), "llvm.vector.reduce.fmax.v16f32")
-        lo_v, hi_v = lir.broadcast(builder, lo, LANES), lir.broadcast(builder, hi, LANES)
         floor = _const(-np.inf)
         m = floor
         for h in range(K_BLOCK // LANES):
@@ -161,19 +171,15 @@ def _exp(builder, x: ir.Value) -> ir.Value:
 @intrinsic
 def exp_block(typingctx, s, j0, j1, best):
     """s [16·m]: s[j] = exp(s[j] − best) for j0 ≤ j < j1, else 0; returns the sum (float32)."""
-    if not (_f32_array(s, 1) and isinstance(j0, types.Integer) and isinstance(j1, types.Integer)
-            and isinstance(best, types.Float)):
+    if not _masked_block_args(typingctx, s, j0, j1, best):
         return None
 
     def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        lo = builder.trunc(context.cast(builder, args[1], sig.args[1], types.int64), _i32)
-        hi = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), _i32)
-        m = _splat(builder, context.cast(builder, args[3], sig.args[3], types.float32))
+        a, lo_v, hi_v, best_f = _unpack_masked_block(context, builder, sig, args)
+        m = _splat(builder, best_f)
         reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_f32, [_f32, _vf]),
                                                 "llvm.vector.reduce.fadd.v16f32")
         lanes = ir.Constant(_vi, list(range(LANES)))
-        lo_v, hi_v = lir.broadcast(builder, lo, LANES), lir.broadcast(builder, hi, LANES)
 
         def body(off, carried):
             ptr = _vec_ptr(builder, a.data, off)
