@@ -330,7 +330,7 @@ REGISTRY: dict[str, EncodingKernels] = {
         "q8": (matvec.Q8, ("codes", "scales"), Q8Linear, q8.q8_prefill, q8.entry_ref),
         "q2": (matvec.Q2, _GROUPED, GroupedLinear, grouped.grouped_prefill, grouped.entry_ref),
         "q3": (matvec.Q3, _GROUPED, GroupedLinear, grouped.grouped_prefill, grouped.entry_ref),
-        "q4": (matvec.Q4, _GROUPED, GroupedLinear, grouped.grouped_prefill, grouped.entry_ref),
+        "q4": (matvec.Q4, _GROUPED, GroupedLinear, grouped.q4_prefill, grouped.entry_ref),
         "ternary": (matvec.TERNARY, _TERNARY, TernaryLinear, ternary.ternary_prefill, ternary.entry_ref),
         "ternary-1.6": (matvec.TERNARY_1P6, _TERNARY, TernaryLinear, ternary.ternary_1p6_prefill, ternary.entry_ref),
         "onebit": (matvec.ONEBIT, ("signs", "g", "h"), OneBitLinear, onebit.onebit_prefill, onebit.entry_ref),

@@ -1,5 +1,6 @@
 """The prefill tiles that run several tokens per pass over a weight row, against their one-token
-twins: the ternary 4-token dots (exact integers, so equal bits) over the int8 range's extremes."""
+twins: the ternary 4-token dots (exact integers, so equal bits) over the int8 range's extremes,
+and q4's 4-token dots on int8 activations per group against numpy and their portable loops."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from lowbit.runtime.kernels import ternary
+from lowbit.runtime.kernels import grouped, ternary
 
 
 @njit
@@ -63,3 +64,71 @@ def test_prefill_rows_do_not_depend_on_the_batch():
             part = np.empty((hi - lo, 37), np.float32)
             fn(np.ascontiguousarray(qa.xq[lo:hi]), qa.xsum[lo:hi].copy(), qa.s[lo:hi].copy(), codes, scale, part)
             assert np.array_equal(part, full[lo:hi]), (enc, lo, hi)
+
+
+def _q4_tile_case(rng, group: int, ng: int, t4: int):
+    codes = rng.integers(0, 256, ng * group // 2).astype(np.uint8)
+    sq = rng.integers(0, 256, ng).astype(np.uint8)
+    zr = rng.integers(0, 16, ng).astype(np.uint8)
+    xq = rng.integers(-127, 128, (t4, ng * group)).astype(np.int8)
+    xq[1] = -127  # the extremes: with codes 15, the pair sums at their largest
+    xq[2] = 127
+    d = (rng.random((ng, t4)) * 0.05).astype(np.float32)
+    zsum = rng.standard_normal((ng, t4)).astype(np.float32)
+    return codes, xq, d, zsum, sq, zr
+
+
+def _q4_numpy(codes, xq, d, zsum, sq, zr, group, t):
+    """Σ_g sq_g (d[g, t] Σ q·xq[t] − z_g zsum[g, t]) in float64, q from the group's nibble streams."""
+    ng, half = sq.shape[0], group // 2
+    c = codes.reshape(ng, half).astype(np.int64)
+    q = np.concatenate([c & 15, c >> 4], axis=1)  # [ng, G]: low nibbles for the first half
+    ints = (q * xq[t].reshape(ng, group).astype(np.int64)).sum(axis=1)
+    return float((sq.astype(np.float64) * (d[:, t] * ints - zr * zsum[:, t].astype(np.float64))).sum())
+
+
+@pytest.mark.parametrize("form", ["avx2", "vnni", "selected"])
+@pytest.mark.parametrize("group, ng", [(64, 1), (64, 9), (128, 20), (256, 3)])
+def test_q4_token_tile_dots(form, group, ng):
+    """Each of the four sums equals numpy's within float32 rounding and the portable loops'
+    (q4_row per token) likewise; where the CPU lacks the form, only the selected one runs."""
+    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
+
+    if (form == "avx2" and not HAVE_AVX2) or (form == "vnni" and not HAVE_VNNI):
+        pytest.skip(f"this CPU has no {form}")
+    dot = {"avx2": grouped._dot_q4_tokens_avx2, "vnni": grouped._dot_q4_tokens_vnni,
+           "selected": grouped.dot_q4_tokens}[form]
+    run = njit(lambda c, x, d, z, s, zr, g, t: dot(c, x, d, z, s, zr, g, t))
+    generic = njit(lambda c, x, d, z, s, zr, g, t: grouped.dot_q4_tokens_generic(c, x, d, z, s, zr, g, t))
+    rng = np.random.default_rng(group + ng)
+    case = _q4_tile_case(rng, group, ng, 8)
+    for codes in (case[0], np.full_like(case[0], 255)):
+        args = (codes, *case[1:])
+        for t in (0, 3, 4):
+            got = run(*args, group, t)
+            want = [_q4_numpy(*args, group, t + u) for u in range(4)]
+            scale = max(abs(w) for w in want)
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale)
+            np.testing.assert_allclose(got, generic(*args, group, t), rtol=0, atol=2e-6 * scale)
+
+
+def test_q4_prefill_rows_do_not_depend_on_the_batch():
+    """A token's q4 output is the same bits alone (padded to a 4-token pass) or among others."""
+    rng = np.random.default_rng(2)
+    from lowbit.formats.encodings import ENCODINGS
+
+    out, n, group = 21, 640, 128
+    ng = n // group
+    e = ENCODINGS["q4"].pack(rng.integers(0, 16, (out, n)), rng.integers(0, 256, (out, ng)),
+                             rng.integers(0, 16, (out, ng)), (rng.random(out) * 0.01 + 1e-3).astype(np.float16), group)
+    parts = [e.parts[k].view() for k in ("codes", "scales", "zeros")] + [e.parts["row_scale"].view(np.uint16)]
+    for a in parts:
+        a.flags.writeable = False  # read-only as the layers pass them: one compiled signature
+    args = (*parts, 4, group)
+    x = rng.standard_normal((11, n)).astype(np.float32)
+    full = np.empty((11, out), np.float32)
+    grouped.q4_prefill(x, *args, full)
+    for t in range(11):
+        alone = np.empty((1, out), np.float32)
+        grouped.q4_prefill(np.ascontiguousarray(x[t : t + 1]), *args, alone)
+        np.testing.assert_array_equal(full[t], alone[0], err_msg=f"token {t}")

@@ -11,6 +11,7 @@ import lowbit.runtime.model as model_module
 from lowbit.convert.converter import convert
 from lowbit.formats.encodings import get_encoding
 from lowbit.runtime import load
+from lowbit.runtime.kernels.grouped import q4_activation_ref
 from lowbit.runtime.kernels.q8 import decode_activation_ref
 from lowbit.runtime.kernels.ternary import quantize_activation_ref
 
@@ -50,8 +51,10 @@ class ReferenceLinear:
         elif self.encoding == "onebit" and x.shape[0] == 1:  # decode: int8 g ⊙ x, per token
             xq, s = quantize_activation_ref(x32 * self.g.astype(np.float32))
             y = (xq.astype(np.float64) @ self.signs.T) * self.h / s[:, None].astype(np.float64)
-        elif self.encoding in ("q8", "q4"):  # decode: int8 activations, q8 per 32 values, q4 per group
+        elif self.encoding == "q8":  # decode: int8 activations per 32 values
             y = decode_activation_ref(x.astype(np.float32), self.block) @ self.w.T
+        elif self.encoding == "q4":  # int8 activations per group (prefill too, on x86 for G % 64 == 0)
+            y = q4_activation_ref(x.astype(np.float32), self.block) @ self.w.T
         else:
             y = x @ self.w.T
         if self.layernorm:

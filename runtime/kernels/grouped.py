@@ -23,9 +23,13 @@ threads: float activations 9.9 tok/s, int8 blocks of 32 16.7-17.9, int8 groups o
 docs/benchmarks.md.) q2/q3 decode run one `row_dot_q{b}`
 per row (portable vector IR: per-group products in <8 x float> accumulators, scaled into the row
 with one FMA per group, one horizontal sum per row; the affine q1f/q2f/q4f rows reuse them with
-f16 scales). Prefill (all three) keeps float32 activations,
-dequantises a block of rows once into scratch and multiplies it with all T tokens: that reuse
-beat int8 per-token dot products by 2× (measured on SmolLM2 q4).
+f16 scales). q2/q3 prefill keeps float32 activations, dequantises a block of rows once into
+scratch and multiplies it with all T tokens (`grouped_prefill`). q4 prefill on x86 (G % 64 == 0)
+quantises each token per group as decode does and runs one row against four tokens per pass
+(`q4_prefill`, `dot_q4_tokens`): one load and nibble split of 32 code bytes feeds four tokens'
+`vpdpbusd`. On a 6912 × 2560 matrix, 128 tokens, that measured 82.6 against 49.6 GMAC/s on one core,
+and 161 against 97 on two. The float path is bound by this core's float FMAs. An earlier int8
+attempt (one token per pass, one dot call per row) had lost to the float path by 2×.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks, rows_times_tokens
 from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, best_dot
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
-from lowbit.runtime.kernels.q8 import decode_activation_ref, quantize_runs_into
+from lowbit.runtime.kernels.q8 import q8_activation_ref, quantize_runs_into
 
 f32 = np.float32
 i32 = np.int32
@@ -469,10 +473,8 @@ def _unpack_row(bits, c, sc, zr, rs, group, dst):
                     dk[j] = step * (q - f32(z))
 
 
-@kernel
-def grouped_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
-    """x f32 [T, in]; codes u8 [out, ng·G·b/8]; scales, zeros u8 [out, ng]; row_scale u16 [out]
-    (f16 bits); bits b ∈ {2, 3, 4}; group G; y f32 [T, out]."""
+@helper
+def _dequantised_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
     out, ng = scales.shape
     for b in prange(row_blocks(out)):
         r0, nr = row_block(b, out)
@@ -484,15 +486,191 @@ def grouped_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
         rows_times_tokens(scratch, nr, x, y, r0)
 
 
+@kernel
+def grouped_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
+    """x f32 [T, in]; codes u8 [out, ng·G·b/8]; scales, zeros u8 [out, ng]; row_scale u16 [out]
+    (f16 bits); bits b ∈ {2, 3, 4}; group G; y f32 [T, out]: float32 activations times a block of
+    rows dequantised once into scratch."""
+    _dequantised_prefill(x, codes, scales, zeros, row_scale, bits, group, y)
+
+
+# -- q4 prefill on int8 activations: one row against four tokens per pass ------------------------
+#
+# The float path above is bound by float FMAs (about 34 GMAC/s a core here, one 512-bit FMA port).
+# With each token quantised per group as in decode, a group's products sum in integers:
+# `vpdpbusd` does 32 u4 × i8 products where a float FMA does 8, and one load and nibble split
+# of 32 code bytes feeds all four tokens. What is left per (row, token, group) is one convert
+# and one FMA by sq·d.
+
+
+def _q4_tokens_dot(vnni: bool):
+    @intrinsic
+    def dot(typingctx, codes, xq, d, zsum, scales, zeros, group, t):
+        """(Σ_g sq[g] · (d[g, t+u] · Σ_{k in g} q_k · xq[t+u, k] − z[g] · zsum[g, t+u]) for u < 4)
+        of one q4 row (G % 64 == 0) against four tokens: xq int8 [T, ng·G]; d and zsum float32
+        [ng, T], token-minor so that one load serves four tokens; t + 4 <= T. Per token the
+        integer sums, the float accumulation and the zero-point sum run as in `q4_row`."""
+        two_d = all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in (xq, d, zsum))
+        if not (lir.vectors((codes, types.uint8), (scales, types.uint8), (zeros, types.uint8)) and two_d
+                and xq.dtype == types.int8 and d.dtype == zsum.dtype == types.float32
+                and isinstance(group, types.Integer) and isinstance(t, types.Integer)):
+            return None
+        ret = types.UniTuple(types.float32, Q4_TOKENS)
+
+        def codegen(context, builder, sig, args):
+            b = builder
+            ca, xa, da, za, sa, zra = (context.make_array(ty)(context, b, a) for ty, a in zip(sig.args[:6], args[:6]))
+            g_len = context.cast(b, args[6], sig.args[6], types.int64)
+            t0 = context.cast(b, args[7], sig.args[7], types.int64)
+            half = b.sdiv(g_len, lir.const(2))
+            x_row = b.extract_value(xa.shape, 1)
+            t_all = b.extract_value(da.shape, 1)
+            xs = [b.gep(xa.data, [b.mul(b.add(t0, lir.const(u)), x_row)]) for u in range(Q4_TOKENS)]
+            d0, z0 = b.gep(da.data, [t0]), b.gep(za.data, [t0])
+            maddubs, fma, fma4 = lir.maddubs(b), lir.fma(b), lir.fma(b, lir.V4F32)
+            dpbusd = lir.dpbusd(b) if vnni else None
+            per = 2 if vnni else 1  # int32 accumulators per token: low- and high-nibble chains
+            fifteen, four = lir.splat(lir.I8, 32, 15), lir.splat(lir.I8, 32, 4)
+            zero_i = ir.Constant(lir.V8I32, None)
+
+            def group_body(g, accs):
+                faccs, zacc = accs[:Q4_TOKENS], accs[Q4_TOKENS]
+                cbase, xbase = b.mul(g, half), b.mul(g, g_len)
+
+                def chunk(c, iaccs):
+                    v = lir.load(b, ca.data, b.add(cbase, c))
+                    lo = b.and_(v, fifteen)
+                    hi = b.and_(b.lshr(v, four), fifteen)
+                    nxt = list(iaccs)
+                    for u in range(Q4_TOKENS):
+                        x_lo = lir.load(b, xs[u], b.add(xbase, c))
+                        x_hi = lir.load(b, xs[u], b.add(b.add(xbase, half), c))
+                        if vnni:
+                            nxt[2 * u] = b.call(dpbusd, [nxt[2 * u], b.bitcast(lo, lir.V8I32), b.bitcast(x_lo, lir.V8I32)])
+                            nxt[2 * u + 1] = b.call(dpbusd, [nxt[2 * u + 1], b.bitcast(hi, lir.V8I32),
+                                                             b.bitcast(x_hi, lir.V8I32)])
+                        else:
+                            pairs = b.add(b.call(maddubs, [lo, x_lo]), b.call(maddubs, [hi, x_hi]))
+                            nxt[u] = b.add(nxt[u], lir.widen_pairs(b, pairs))
+                    return nxt
+
+                ia = lir.loop(b, half, 32, [zero_i] * (Q4_TOKENS * per), chunk, "q4t.c", guard=False)
+                sq = b.uitofp(b.load(b.gep(sa.data, [g])), lir.F32)
+                sz = b.fmul(sq, b.uitofp(b.load(b.gep(zra.data, [g])), lir.F32))
+                at = b.mul(g, t_all)
+                scales4 = b.fmul(lir.broadcast(b, sq, 4), lir.load(b, d0, at, lir.V4F32, align=4))
+                out = []
+                for u in range(Q4_TOKENS):
+                    ints = b.add(ia[2 * u], ia[2 * u + 1]) if vnni else ia[u]
+                    lane = b.shuffle_vector(scales4, scales4, ir.Constant(ir.VectorType(lir.I32, 8), [u] * 8))
+                    out.append(b.call(fma, [b.sitofp(ints, lir.V8F32), lane, faccs[u]]))
+                zsum4 = lir.load(b, z0, at, lir.V4F32, align=4)
+                return out + [b.call(fma4, [lir.broadcast(b, sz, 4), zsum4, zacc])]
+
+            ng = b.extract_value(sa.shape, 0)
+            inits = [ir.Constant(lir.V8F32, None)] * Q4_TOKENS + [ir.Constant(lir.V4F32, None)]
+            accs = lir.loop(b, ng, 1, inits, group_body, "q4t.g")
+            sums = [b.fsub(lir.hsum_f32(b, accs[u]), b.extract_element(accs[Q4_TOKENS], ir.Constant(lir.I32, u)))
+                    for u in range(Q4_TOKENS)]
+            return context.make_tuple(b, ret, sums)
+
+        return ret(codes, xq, d, zsum, scales, zeros, group, t), codegen
+
+    return dot
+
+
+Q4_TOKENS = 4  # tokens per pass of the q4 prefill tile
+_dot_q4_tokens_avx2 = _q4_tokens_dot(vnni=False)
+_dot_q4_tokens_vnni = _q4_tokens_dot(vnni=True)
+
+
+@helper
+def _q4_row_generic(codes, xq, d, zsum, scales, zeros, group):
+    zt = f32(0.0)
+    for g in range(scales.shape[0]):
+        zt += f32(scales[g]) * f32(zeros[g]) * zsum[g]
+    return dot_q4_i8_generic(codes, xq, d, scales, group) - zt
+
+
+@helper
+def dot_q4_tokens_generic(codes, xq, d, zsum, scales, zeros, group, t):
+    """As _q4_tokens_dot's dots, in plain loops: q4_row's sum for each of four tokens."""
+    return (_q4_row_generic(codes, xq[t], d[:, t], zsum[:, t], scales, zeros, group),
+            _q4_row_generic(codes, xq[t + 1], d[:, t + 1], zsum[:, t + 1], scales, zeros, group),
+            _q4_row_generic(codes, xq[t + 2], d[:, t + 2], zsum[:, t + 2], scales, zeros, group),
+            _q4_row_generic(codes, xq[t + 3], d[:, t + 3], zsum[:, t + 3], scales, zeros, group))
+
+
+dot_q4_tokens = best_dot(dot_q4_tokens_generic, avx2=_dot_q4_tokens_avx2, vnni=_dot_q4_tokens_vnni)
+INT8_PREFILL = HAVE_AVX2  # elsewhere (NEON included, for now) q4 prefill keeps float activations
+
+
+@helper
+def int8_prefill_for(group):
+    """Whether q4 prefill with this G runs on int8 activations (the x86 tile takes G % 64 == 0)."""
+    return INT8_PREFILL and group % 64 == 0
+
+
+@helper
+def _int8_prefill(x, codes, scales, zeros, row_scale, group, y):
+    t_count, n = x.shape
+    out, ng = scales.shape
+    t4 = (t_count + Q4_TOKENS - 1) // Q4_TOKENS * Q4_TOKENS  # zero tokens after T: the same 4-token code for all
+    xq = np.zeros((t4, ng * group), dtype=np.int8)
+    d = np.zeros((ng, t4), dtype=np.float32)  # token-minor: the tile loads four tokens' scales at once
+    zsum = np.zeros((ng, t4), dtype=np.float32)
+    for t in prange(t_count):
+        dt = np.empty(ng, dtype=np.float32)
+        zt = np.empty(ng, dtype=np.float32)
+        quantize_groups(x[t], xq[t], dt, zt, group)
+        for g in range(ng):
+            d[g, t] = dt[g]
+            zsum[g, t] = zt[g]
+    step = max(Q4_TOKENS, (1 << 20) // (ng * group) // Q4_TOKENS * Q4_TOKENS)  # 1 MB of xq stays in L2
+    for b in prange(row_blocks(out)):
+        r0, nr = row_block(b, out)
+        for c0 in range(0, t4, step):
+            for t in range(c0, min(t4, c0 + step), Q4_TOKENS):
+                for r in range(r0, r0 + nr):
+                    rs = f16_to_f32(row_scale[r])
+                    a0, a1, a2, a3 = dot_q4_tokens(codes[r], xq, d, zsum, scales[r], zeros[r], group, t)
+                    y[t, r] = a0 * rs
+                    if t + 1 < t_count:
+                        y[t + 1, r] = a1 * rs
+                    if t + 2 < t_count:
+                        y[t + 2, r] = a2 * rs
+                    if t + 3 < t_count:
+                        y[t + 3, r] = a3 * rs
+
+
+@kernel
+def q4_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
+    """grouped_prefill's arguments (bits = 4): where `int8_prefill_for(G)`, each token quantised
+    per group as in decode and four tokens per pass of each row (`dot_q4_tokens`); elsewhere the
+    float path. 2B-shaped (2560 → 6912), 2 threads: see docs/benchmarks.md."""
+    if int8_prefill_for(group):
+        _int8_prefill(x, codes, scales, zeros, row_scale, group, y)
+    else:
+        _dequantised_prefill(x, codes, scales, zeros, row_scale, bits, group, y)
+
+
+def q4_activation_ref(x: np.ndarray, group: int) -> np.ndarray:
+    """What the q4 kernels multiply: int8 with one scale per group for one token (decode) and,
+    where `int8_prefill_for(G)`, for several; float32 otherwise."""
+    x = np.asarray(x, np.float32)
+    if x.shape[0] == 1 or (INT8_PREFILL and group % 64 == 0):
+        return q8_activation_ref(x, group)
+    return x.astype(np.float64)
+
+
 def q4_ref(
     x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, row_scale: np.ndarray,
     group: int, n_in: int,
 ) -> np.ndarray:
-    """q4 as the kernels run it: the dequantised weights times the int8 activations with one
-    scale per group (decode, T = 1) or the float32 activations (prefill)."""
+    """q4 as the kernels run it: the dequantised weights times `q4_activation_ref(x, G)`."""
     parts = {"codes": codes, "scales": scales, "zeros": zeros, "row_scale": row_scale.view(np.float16)}
     w = Q4.dequantize(parts, (codes.shape[0], n_in), {"group_size": group})
-    return (decode_activation_ref(x, group) @ w.astype(np.float64).T).astype(np.float32)
+    return (q4_activation_ref(x, group) @ w.astype(np.float64).T).astype(np.float32)
 
 
 def grouped_ref(
