@@ -425,12 +425,18 @@ def quantize_groups(x, xq, d, zsum, group):
 
 
 @helper
-def q4_row(codes, xq, d, zsum, scales, zeros, group):
-    """Σ_g sq_g (d_g Σ q·x_q − z_g · zsum_g) for one row (times row_scale by the caller)."""
+def zero_term(scales, zeros, zsum):
+    """Σ_g sq_g · z_g · zsum_g: the zero points' share of one q4 row's sum."""
     zt = f32(0.0)
     for g in range(scales.shape[0]):
         zt += f32(scales[g]) * f32(zeros[g]) * zsum[g]
-    return dot_q4_i8(codes, xq, d, scales, group) - zt
+    return zt
+
+
+@helper
+def q4_row(codes, xq, d, zsum, scales, zeros, group):
+    """Σ_g sq_g (d_g Σ q·x_q − z_g · zsum_g) for one row (times row_scale by the caller)."""
+    return dot_q4_i8(codes, xq, d, scales, group) - zero_term(scales, zeros, zsum)
 
 
 # -- prefill -------------------------------------------------------------------------------
@@ -586,10 +592,7 @@ _dot_q4_tokens_vnni = _q4_tokens_dot(vnni=True)
 
 @helper
 def _q4_row_generic(codes, xq, d, zsum, scales, zeros, group):
-    zt = f32(0.0)
-    for g in range(scales.shape[0]):
-        zt += f32(scales[g]) * f32(zeros[g]) * zsum[g]
-    return dot_q4_i8_generic(codes, xq, d, scales, group) - zt
+    return dot_q4_i8_generic(codes, xq, d, scales, group) - zero_term(scales, zeros, zsum)
 
 
 @helper
