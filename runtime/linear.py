@@ -26,6 +26,7 @@ import numpy as np
 from lowbit.formats.encodings import ENCODINGS, Encoding
 from lowbit.formats.encodings.q8 import group_size_of
 from lowbit.runtime.kernels import affine, dense, grouped, kquant, matvec, onebit, q8, ternary
+from lowbit.runtime.kernels.common import prompt_chunk
 from lowbit.runtime.kernels.matvec import layer_norm as layer_norm_row
 from lowbit.runtime.kernels.matvec import matvec_rows
 from lowbit.runtime.kernels.ternary import QuantizedActivation, quantize_activation
@@ -84,9 +85,17 @@ class Linear:
         )
 
     def _bind_prefill(self, *args: Any) -> None:
-        """`_prefill(x, y)` runs the registry's prefill kernel on x, this layer's parts and y."""
+        """`_prefill(x, y)` runs the registry's prefill kernel on x, this layer's parts and y, in
+        calls of `prompt_chunk(in)` tokens. A token's row is the same bits in any call: each
+        token is multiplied on its own."""
         pre = self.kernels.prefill
-        self._prefill = lambda x, y: pre(x, *args, y)
+        step = prompt_chunk(self.in_features)
+
+        def prefill(x: np.ndarray, y: np.ndarray) -> None:
+            for t0 in range(0, x.shape[0], step):
+                pre(x[t0 : t0 + step], *args, y[t0 : t0 + step])
+
+        self._prefill = prefill
 
     def _group(self) -> int:
         return 0

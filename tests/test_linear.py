@@ -142,6 +142,36 @@ def test_make_linear_matches_dequantized(encoding):
     close(buf, expected(entry, x3, bias))
 
 
+@pytest.mark.parametrize("encoding", ["q8", "q4", "q4f", "onebit"])
+def test_long_prompts_run_in_calls_of_prompt_chunk_tokens(encoding, monkeypatch):
+    """A prompt longer than `prompt_chunk(in)` goes to the kernel in several calls (53 tokens at
+    8 a call: 7, the last short); each token's row is the bits it gets alone and agrees with
+    the reference."""
+    from lowbit.runtime import linear
+    from lowbit.runtime.kernels import common
+
+    rng = np.random.default_rng(5)
+    n_in = in_features(encoding)
+    entry = pack(encoding, rng, shape=(OUT, n_in))
+    monkeypatch.setattr(common, "PROMPT_FLOATS", 8 * n_in)
+    assert common.prompt_chunk(n_in) == 8
+    calls = []
+    kernel = REGISTRY[encoding].prefill
+
+    def counted(x, *args):
+        calls.append(x.shape[0])
+        return kernel(x, *args)
+
+    monkeypatch.setitem(linear.REGISTRY, encoding, REGISTRY[encoding]._replace(prefill=counted))
+    lin = make_linear(entry)
+    x = rng.standard_normal((53, n_in)).astype(np.float32)
+    y = lin(x)
+    assert calls == [8] * 6 + [5]
+    close(y, expected(entry, x))
+    for t in (0, 7, 8, 52):
+        np.testing.assert_array_equal(y[t], lin.tiles(x[t : t + 1])[0], err_msg=f"token {t}")
+
+
 def test_registry_covers_every_encoding():
     """One row per encoding the format defines, naming parts the encoding stores; the converter
     quantises every family but the GGUF-only grids (affine, kquant)."""
