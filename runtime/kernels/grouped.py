@@ -502,7 +502,7 @@ def grouped_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
 
 # -- q4 prefill on int8 activations: one row against four tokens per pass ------------------------
 #
-# The float path above is bound by float FMAs (about 34 GMAC/s a core here, one 512-bit FMA port).
+# The float path above is bound by float FMAs (about 50 GMAC/s a core here, at 128 tokens).
 # With each token quantised per group as in decode, a group's products sum in integers:
 # `vpdpbusd` does 32 u4 × i8 products where a float FMA does 8, and one load and nibble split
 # of 32 code bytes feeds all four tokens. What is left per (row, token, group) is one convert
@@ -606,12 +606,13 @@ def dot_q4_tokens_generic(codes, xq, d, zsum, scales, zeros, group, t):
 
 dot_q4_tokens = best_dot(dot_q4_tokens_generic, avx2=_dot_q4_tokens_avx2, vnni=_dot_q4_tokens_vnni)
 INT8_PREFILL = HAVE_AVX2  # elsewhere (NEON included, for now) q4 prefill keeps float activations
+INT8_PREFILL_GROUPS = 64  # the x86 tile takes G % 64 == 0 (two 32-byte chunks of nibbles)
 
 
 @helper
 def int8_prefill_for(group):
-    """Whether q4 prefill with this G runs on int8 activations (the x86 tile takes G % 64 == 0)."""
-    return INT8_PREFILL and group % 64 == 0
+    """Whether q4 prefill with this G runs on int8 activations."""
+    return INT8_PREFILL and group % INT8_PREFILL_GROUPS == 0
 
 
 @helper
@@ -629,21 +630,21 @@ def _int8_prefill(x, codes, scales, zeros, row_scale, group, y):
         for g in range(ng):
             d[g, t] = dt[g]
             zsum[g, t] = zt[g]
-    step = max(Q4_TOKENS, (1 << 20) // (ng * group) // Q4_TOKENS * Q4_TOKENS)  # 1 MB of xq stays in L2
+    # the layers pass at most `prompt_chunk(in)` tokens a call, so xq (a quarter of their float
+    # bytes) stays in L2 across every row block without a token loop of its own
     for b in prange(row_blocks(out)):
         r0, nr = row_block(b, out)
-        for c0 in range(0, t4, step):
-            for t in range(c0, min(t4, c0 + step), Q4_TOKENS):
-                for r in range(r0, r0 + nr):
-                    rs = f16_to_f32(row_scale[r])
-                    a0, a1, a2, a3 = dot_q4_tokens(codes[r], xq, d, zsum, scales[r], zeros[r], group, t)
-                    y[t, r] = a0 * rs
-                    if t + 1 < t_count:
-                        y[t + 1, r] = a1 * rs
-                    if t + 2 < t_count:
-                        y[t + 2, r] = a2 * rs
-                    if t + 3 < t_count:
-                        y[t + 3, r] = a3 * rs
+        for t in range(0, t4, Q4_TOKENS):
+            for r in range(r0, r0 + nr):
+                rs = f16_to_f32(row_scale[r])
+                a0, a1, a2, a3 = dot_q4_tokens(codes[r], xq, d, zsum, scales[r], zeros[r], group, t)
+                y[t, r] = a0 * rs
+                if t + 1 < t_count:
+                    y[t + 1, r] = a1 * rs
+                if t + 2 < t_count:
+                    y[t + 2, r] = a2 * rs
+                if t + 3 < t_count:
+                    y[t + 3, r] = a3 * rs
 
 
 @kernel
@@ -661,7 +662,7 @@ def q4_activation_ref(x: np.ndarray, group: int) -> np.ndarray:
     """What the q4 kernels multiply: int8 with one scale per group for one token (decode) and,
     where `int8_prefill_for(G)`, for several; float32 otherwise."""
     x = np.asarray(x, np.float32)
-    if x.shape[0] == 1 or (INT8_PREFILL and group % 64 == 0):
+    if x.shape[0] == 1 or (INT8_PREFILL and group % INT8_PREFILL_GROUPS == 0):
         return q8_activation_ref(x, group)
     return x.astype(np.float64)
 
