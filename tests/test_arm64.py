@@ -55,12 +55,14 @@ def test_cpuinfo_features():
 @pytest.mark.parametrize("name,want", [
     ("dot_ternary", {"sdot": 8}), ("dot_ternary_1p6", {"sdot": 10}), ("dot_b1", {"sdot": 16}), ("dot_q8", {"sdot": 4}),
     ("dot_q4_i8", {"sdot": 4}), ("dot_q4f_i8", {"sdot": 4}), ("dot_q8_2x2", {"smmla": 4}),
+    ("dot_q4_tokens", {"sdot": 8}),
 ])
 def test_neon_dots_compile_to_dot_product_instructions(name, want):
     """Each dot's inner loop, compiled for AArch64 (+dotprod, +i8mm), runs on the dot-product
     instructions: per 32 code bytes one `sdot` per stream and 16 bytes (t2: 4 streams × 2,
     t3: 5 × 2, b1: 8 × 2 with the bits made masks by `cmtst` / `cmlt`), two per 32-block (q8:
-    two blocks per step; q4: 32 code bytes = 64 weights; q4f: two groups), `smmla` for 2×2."""
+    two blocks per step; q4: 32 code bytes = 64 weights; q4f: two groups), `smmla` for 2×2, and
+    the q4 prefill tile's 16 code bytes against four tokens: two `sdot` (low and high nibbles) each."""
     asm = neon.aarch64_asm(name)
     loop = neon.inner_loop(asm)
     ops = [i.split()[0] for i in loop]

@@ -360,7 +360,7 @@ def test_prefill_equals_stacked_decode(shape):
         # q8 decode multiplies int8 blocks of 32 (≤ 1/254 of a block's max off), onebit
         # int8 per token (of the whole token's max: coarse next to the ×8 outlier channel),
         # their prefill float32 activations: equal up to that rounding. q4 prefill quantises
-        # each token per group as decode does (x86, G % 64 == 0): the same integers, float
+        # each token per group as decode does (where int8_prefill_for(G)): the same integers, float
         # sums in another order. Decode itself is held exactly to its int8 reference in
         # test_q8 / test_grouped / test_onebit.
         rounding = {"q8": 2e-2, "q4": 2e-6 if grouped.int8_prefill_for(64) else 2e-2, "onebit": 1e-1}

@@ -87,17 +87,23 @@ def _q4_numpy(codes, xq, d, zsum, sq, zr, group, t):
     return float((sq.astype(np.float64) * (d[:, t] * ints - zr * zsum[:, t].astype(np.float64))).sum())
 
 
-@pytest.mark.parametrize("form", ["avx2", "vnni", "selected"])
-@pytest.mark.parametrize("group, ng", [(64, 1), (64, 9), (128, 20), (256, 3)])
+def _q4_tile_forms() -> list[tuple[str, int, int]]:
+    """(form, G, groups) for each form of the q4 tile this CPU runs: x86's forms take G % 64 == 0,
+    NEON's G % 32 == 0 (96: three NEON steps a group); "selected" is dot_q4_tokens itself."""
+    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, HAVE_VNNI
+
+    steps = {"avx2": 64, "vnni": 64, "neon": 32, "selected": grouped.INT8_PREFILL_GROUPS}
+    have = {"avx2": HAVE_AVX2, "vnni": HAVE_VNNI, "neon": HAVE_NEON_DOTPROD, "selected": True}
+    shapes = [(32, 1), (32, 7), (64, 1), (64, 9), (96, 2), (128, 20), (256, 3)]
+    return [(f, g, n) for f in steps if have[f] for g, n in shapes if g % steps[f] == 0]
+
+
+@pytest.mark.parametrize("form, group, ng", _q4_tile_forms())
 def test_q4_token_tile_dots(form, group, ng):
     """Each of the four sums equals numpy's within float32 rounding and the portable loops'
-    (q4_row per token) likewise; where the CPU lacks the form, only the selected one runs."""
-    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
-
-    if (form == "avx2" and not HAVE_AVX2) or (form == "vnni" and not HAVE_VNNI):
-        pytest.skip(f"this CPU has no {form}")
+    (q4_row per token) likewise."""
     dot = {"avx2": grouped._dot_q4_tokens_avx2, "vnni": grouped._dot_q4_tokens_vnni,
-           "selected": grouped.dot_q4_tokens}[form]
+           "neon": grouped._dot_q4_tokens_neon, "selected": grouped.dot_q4_tokens}[form]
     run = njit(lambda c, x, d, z, s, zr, g, t: dot(c, x, d, z, s, zr, g, t))
     generic = njit(lambda c, x, d, z, s, zr, g, t: grouped.dot_q4_tokens_generic(c, x, d, z, s, zr, g, t))
     rng = np.random.default_rng(group + ng)

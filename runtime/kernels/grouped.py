@@ -25,9 +25,9 @@ per row (portable vector IR: per-group products in <8 x float> accumulators, sca
 with one FMA per group, one horizontal sum per row; the affine q1f/q2f/q4f rows reuse them with
 f16 scales). q2/q3 prefill keeps float32 activations, dequantises a block of rows once into
 scratch and multiplies it with all T tokens (`grouped_prefill`). q4 prefill on x86 (G % 64 == 0)
-quantises each token per group as decode does and runs one row against four tokens per pass
-(`q4_prefill`, `dot_q4_tokens`): one load and nibble split of 32 code bytes feeds four tokens'
-`vpdpbusd`. On a 6912 × 2560 matrix, 128 tokens, that measured 82.6 against 49.6 GMAC/s on one core,
+and AArch64 DotProd (G % 32 == 0) quantises each token per group as decode does and runs one row
+against four tokens per pass (`q4_prefill`, `dot_q4_tokens`): one load and nibble split of 32
+code bytes (NEON: 16) feeds four tokens' `vpdpbusd` (`sdot`). On a 6912 × 2560 matrix, 128 tokens, that measured 82.6 against 49.6 GMAC/s on one core,
 and 161 against 97 on two. The float path is bound by this core's float FMAs. An earlier int8
 attempt (one token per pass, one dot call per row) had lost to the float path by 2×.
 """
@@ -42,7 +42,7 @@ from numba.extending import intrinsic
 from lowbit.formats.encodings import Q2, Q3, Q4
 from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.common import ROW_BLOCK, row_block, row_blocks, rows_times_tokens
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, best_dot
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_NEON_DOTPROD, best_dot
 from lowbit.runtime.kernels.jit import f16_to_f32, helper, kernel
 from lowbit.runtime.kernels.q8 import q8_activation_ref, quantize_runs_into
 
@@ -509,13 +509,75 @@ def grouped_prefill(x, codes, scales, zeros, row_scale, bits, group, y):
 # and one FMA by sq·d.
 
 
-def _q4_tokens_dot(vnni: bool):
+def emit_q4_tokens(b, form, codes, x, x_row, d, zsum, t_all, scales, zeros, ngroups, group, t0):
+    """The four-token tile on raw pointers, for one instruction set: "avx2" (`vpmaddubsw`),
+    "vnni" (`vpdpbusd`) or "neon" (AArch64 DotProd `sdot`): <4 x float> of Σ_g sq[g] ·
+    (d[g, t0+u] · Σ_{k in g} q_k · x[t0+u, k] − z[g] · zsum[g, t0+u]) for u < 4, x int8 rows of
+    x_row bytes, d and zsum [ng, t_all] token-minor. x86 takes 32 code bytes a step (G % 64 ==
+    0), NEON 16 (G % 32 == 0); scales, zero term and sums are the same IR at both widths."""
+    neon, vnni = form == "neon", form == "vnni"
+    width = 16 if neon else 32  # code bytes a step
+    lanes = width // 4  # i32 / f32 lanes of one accumulator
+    vi8, vi32, vf32 = ir.VectorType(lir.I8, width), ir.VectorType(lir.I32, lanes), ir.VectorType(lir.F32, lanes)
+    half = b.sdiv(group, lir.const(2))
+    xs = [b.gep(x, [b.mul(b.add(t0, lir.const(u)), x_row)]) for u in range(Q4_TOKENS)]
+    d0, z0 = b.gep(d, [t0]), b.gep(zsum, [t0])
+    fma, fma4 = lir.fma(b, vf32), lir.fma(b, lir.V4F32)
+    int_dot = lir.sdot(b) if neon else lir.dpbusd(b) if vnni else lir.maddubs(b)
+    per = 1 if form == "avx2" else 2  # int32 accumulators per token: low- and high-nibble chains
+    fifteen, four = lir.splat(lir.I8, width, 15), lir.splat(lir.I8, width, 4)
+
+    def group_body(g, accs):
+        faccs, zacc = accs[:Q4_TOKENS], accs[Q4_TOKENS]
+        cbase, xbase = b.mul(g, half), b.mul(g, group)
+
+        def chunk(c, iaccs):
+            v = lir.load(b, codes, b.add(cbase, c), vi8)
+            lo = b.and_(v, fifteen)
+            hi = b.lshr(v, four) if neon else b.and_(b.lshr(v, four), fifteen)
+            nxt = list(iaccs)
+            for u in range(Q4_TOKENS):
+                x_lo = lir.load(b, xs[u], b.add(xbase, c), vi8)
+                x_hi = lir.load(b, xs[u], b.add(b.add(xbase, half), c), vi8)
+                if neon:
+                    nxt[2 * u] = b.call(int_dot, [nxt[2 * u], lo, x_lo])
+                    nxt[2 * u + 1] = b.call(int_dot, [nxt[2 * u + 1], hi, x_hi])
+                elif vnni:
+                    nxt[2 * u] = b.call(int_dot, [nxt[2 * u], b.bitcast(lo, vi32), b.bitcast(x_lo, vi32)])
+                    nxt[2 * u + 1] = b.call(int_dot, [nxt[2 * u + 1], b.bitcast(hi, vi32), b.bitcast(x_hi, vi32)])
+                else:
+                    pairs = b.add(b.call(int_dot, [lo, x_lo]), b.call(int_dot, [hi, x_hi]))
+                    nxt[u] = b.add(nxt[u], lir.widen_pairs(b, pairs))
+            return nxt
+
+        ia = lir.loop(b, half, width, [ir.Constant(vi32, None)] * (Q4_TOKENS * per), chunk, "q4t.c", guard=False)
+        sq = b.uitofp(b.load(b.gep(scales, [g])), lir.F32)
+        sz = b.fmul(sq, b.uitofp(b.load(b.gep(zeros, [g])), lir.F32))
+        at = b.mul(g, t_all)
+        scales4 = b.fmul(lir.broadcast(b, sq, 4), lir.load(b, d0, at, lir.V4F32, align=4))
+        out = []
+        for u in range(Q4_TOKENS):
+            ints = ia[u] if per == 1 else b.add(ia[2 * u], ia[2 * u + 1])
+            lane = b.shuffle_vector(scales4, scales4, ir.Constant(ir.VectorType(lir.I32, lanes), [u] * lanes))
+            out.append(b.call(fma, [b.sitofp(ints, vf32), lane, faccs[u]]))
+        zsum4 = lir.load(b, z0, at, lir.V4F32, align=4)
+        return out + [b.call(fma4, [lir.broadcast(b, sz, 4), zsum4, zacc])]
+
+    inits = [ir.Constant(vf32, None)] * Q4_TOKENS + [ir.Constant(lir.V4F32, None)]
+    accs = lir.loop(b, ngroups, 1, inits, group_body, "q4t.g")
+    sums = ir.Constant(lir.V4F32, None)
+    for u in range(Q4_TOKENS):
+        sums = b.insert_element(sums, lir.hsum_f32(b, accs[u]), ir.Constant(lir.I32, u))
+    return b.fsub(sums, accs[Q4_TOKENS])
+
+
+def _q4_tokens_dot(form: str):
     @intrinsic
     def dot(typingctx, codes, xq, d, zsum, scales, zeros, group, t):
-        """(Σ_g sq[g] · (d[g, t+u] · Σ_{k in g} q_k · xq[t+u, k] − z[g] · zsum[g, t+u]) for u < 4)
-        of one q4 row (G % 64 == 0) against four tokens: xq int8 [T, ng·G]; d and zsum float32
-        [ng, T], token-minor so that one load serves four tokens; t + 4 <= T. Per token the
-        integer sums, the float accumulation and the zero-point sum run as in `q4_row`."""
+        """`emit_q4_tokens` for one q4 row (G % INT8_PREFILL_GROUPS == 0) against tokens t..t+3
+        (t + 4 <= T): xq int8 [T, ng·G], d and zsum float32 [ng, T] (token-minor, so that one
+        load serves four tokens). Per token the integer sums, the float accumulation and the
+        zero-point sum run as in `q4_row`."""
         two_d = all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in (xq, d, zsum))
         if not (lir.vectors((codes, types.uint8), (scales, types.uint8), (zeros, types.uint8)) and two_d
                 and xq.dtype == types.int8 and d.dtype == zsum.dtype == types.float32
@@ -528,57 +590,10 @@ def _q4_tokens_dot(vnni: bool):
             ca, xa, da, za, sa, zra = (context.make_array(ty)(context, b, a) for ty, a in zip(sig.args[:6], args[:6]))
             g_len = context.cast(b, args[6], sig.args[6], types.int64)
             t0 = context.cast(b, args[7], sig.args[7], types.int64)
-            half = b.sdiv(g_len, lir.const(2))
-            x_row = b.extract_value(xa.shape, 1)
-            t_all = b.extract_value(da.shape, 1)
-            xs = [b.gep(xa.data, [b.mul(b.add(t0, lir.const(u)), x_row)]) for u in range(Q4_TOKENS)]
-            d0, z0 = b.gep(da.data, [t0]), b.gep(za.data, [t0])
-            maddubs, fma, fma4 = lir.maddubs(b), lir.fma(b), lir.fma(b, lir.V4F32)
-            dpbusd = lir.dpbusd(b) if vnni else None
-            per = 2 if vnni else 1  # int32 accumulators per token: low- and high-nibble chains
-            fifteen, four = lir.splat(lir.I8, 32, 15), lir.splat(lir.I8, 32, 4)
-            zero_i = ir.Constant(lir.V8I32, None)
-
-            def group_body(g, accs):
-                faccs, zacc = accs[:Q4_TOKENS], accs[Q4_TOKENS]
-                cbase, xbase = b.mul(g, half), b.mul(g, g_len)
-
-                def chunk(c, iaccs):
-                    v = lir.load(b, ca.data, b.add(cbase, c))
-                    lo = b.and_(v, fifteen)
-                    hi = b.and_(b.lshr(v, four), fifteen)
-                    nxt = list(iaccs)
-                    for u in range(Q4_TOKENS):
-                        x_lo = lir.load(b, xs[u], b.add(xbase, c))
-                        x_hi = lir.load(b, xs[u], b.add(b.add(xbase, half), c))
-                        if vnni:
-                            nxt[2 * u] = b.call(dpbusd, [nxt[2 * u], b.bitcast(lo, lir.V8I32), b.bitcast(x_lo, lir.V8I32)])
-                            nxt[2 * u + 1] = b.call(dpbusd, [nxt[2 * u + 1], b.bitcast(hi, lir.V8I32),
-                                                             b.bitcast(x_hi, lir.V8I32)])
-                        else:
-                            pairs = b.add(b.call(maddubs, [lo, x_lo]), b.call(maddubs, [hi, x_hi]))
-                            nxt[u] = b.add(nxt[u], lir.widen_pairs(b, pairs))
-                    return nxt
-
-                ia = lir.loop(b, half, 32, [zero_i] * (Q4_TOKENS * per), chunk, "q4t.c", guard=False)
-                sq = b.uitofp(b.load(b.gep(sa.data, [g])), lir.F32)
-                sz = b.fmul(sq, b.uitofp(b.load(b.gep(zra.data, [g])), lir.F32))
-                at = b.mul(g, t_all)
-                scales4 = b.fmul(lir.broadcast(b, sq, 4), lir.load(b, d0, at, lir.V4F32, align=4))
-                out = []
-                for u in range(Q4_TOKENS):
-                    ints = b.add(ia[2 * u], ia[2 * u + 1]) if vnni else ia[u]
-                    lane = b.shuffle_vector(scales4, scales4, ir.Constant(ir.VectorType(lir.I32, 8), [u] * 8))
-                    out.append(b.call(fma, [b.sitofp(ints, lir.V8F32), lane, faccs[u]]))
-                zsum4 = lir.load(b, z0, at, lir.V4F32, align=4)
-                return out + [b.call(fma4, [lir.broadcast(b, sz, 4), zsum4, zacc])]
-
-            ng = b.extract_value(sa.shape, 0)
-            inits = [ir.Constant(lir.V8F32, None)] * Q4_TOKENS + [ir.Constant(lir.V4F32, None)]
-            accs = lir.loop(b, ng, 1, inits, group_body, "q4t.g")
-            sums = [b.fsub(lir.hsum_f32(b, accs[u]), b.extract_element(accs[Q4_TOKENS], ir.Constant(lir.I32, u)))
-                    for u in range(Q4_TOKENS)]
-            return context.make_tuple(b, ret, sums)
+            sums = emit_q4_tokens(b, form, ca.data, xa.data, b.extract_value(xa.shape, 1), da.data, za.data,
+                                  b.extract_value(da.shape, 1), sa.data, zra.data, b.extract_value(sa.shape, 0),
+                                  g_len, t0)
+            return context.make_tuple(b, ret, [b.extract_element(sums, ir.Constant(lir.I32, u)) for u in range(Q4_TOKENS)])
 
         return ret(codes, xq, d, zsum, scales, zeros, group, t), codegen
 
@@ -586,8 +601,9 @@ def _q4_tokens_dot(vnni: bool):
 
 
 Q4_TOKENS = 4  # tokens per pass of the q4 prefill tile
-_dot_q4_tokens_avx2 = _q4_tokens_dot(vnni=False)
-_dot_q4_tokens_vnni = _q4_tokens_dot(vnni=True)
+_dot_q4_tokens_avx2 = _q4_tokens_dot("avx2")
+_dot_q4_tokens_vnni = _q4_tokens_dot("vnni")
+_dot_q4_tokens_neon = _q4_tokens_dot("neon")
 
 
 @helper
@@ -604,9 +620,10 @@ def dot_q4_tokens_generic(codes, xq, d, zsum, scales, zeros, group, t):
             _q4_row_generic(codes, xq[t + 3], d[:, t + 3], zsum[:, t + 3], scales, zeros, group))
 
 
-dot_q4_tokens = best_dot(dot_q4_tokens_generic, avx2=_dot_q4_tokens_avx2, vnni=_dot_q4_tokens_vnni)
-INT8_PREFILL = HAVE_AVX2  # elsewhere (NEON included, for now) q4 prefill keeps float activations
-INT8_PREFILL_GROUPS = 64  # the x86 tile takes G % 64 == 0 (two 32-byte chunks of nibbles)
+dot_q4_tokens = best_dot(dot_q4_tokens_generic, avx2=_dot_q4_tokens_avx2, vnni=_dot_q4_tokens_vnni,
+                         neon=_dot_q4_tokens_neon)
+INT8_PREFILL = HAVE_AVX2 or HAVE_NEON_DOTPROD  # elsewhere q4 prefill keeps float activations
+INT8_PREFILL_GROUPS = _FAST_GROUPS  # a tile step takes 32 code bytes on x86 (G % 64), 16 on NEON (G % 32)
 
 
 @helper

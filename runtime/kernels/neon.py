@@ -25,6 +25,8 @@ DOTS = {  # name: (emit, return type, argument types) of each NEON dot
     "dot_q8": (q8.emit_q8_neon, lir.F32, [_P8, _P8, _PF, lir.I64]),
     "dot_q4_i8": (grouped.emit_q4_i8_neon, lir.F32, [_P8, _P8, _PF, _P8, lir.I64, lir.I64]),
     "dot_q4f_i8": (affine.emit_q4f_i8_neon, lir.F32, [_P8, _P8, _PF, lir.I64]),
+    "dot_q4_tokens": (lambda b, *a: grouped.emit_q4_tokens(b, "neon", *a), lir.V4F32,
+                      [_P8, _P8, lir.I64, _PF, _PF, lir.I64, _P8, _P8, lir.I64, lir.I64, lir.I64]),
     "dot_q8_2x2": (q8.emit_q8_2x2_neon, lir.V4F32, [_P8, _P8, _P8, _P8, _PF, lir.I64]),
 }
 

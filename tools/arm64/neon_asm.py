@@ -32,6 +32,8 @@ def _numba_asm(name: str) -> str:
                       (z(64, u8), z(128, i8), z(2, f32), z(2, u8), 64)),
         "dot_q4f_i8": (lambda a, b, c: affine._dot_q4f_neon(a, b, c), (z(32, u8), z(64, i8), z(2, f32))),
         "dot_q8_2x2": (lambda a, b, c, d, e: q8.dot_q8_2x2(a, b, c, d, e), (z(32, i8),) * 4 + (z(4, f32),)),
+        "dot_q4_tokens": (lambda a, b, c, d, e, f, g: grouped._dot_q4_tokens_neon(a, b, c, d, e, f, g, 0),
+                          (z(32, u8), z((4, 64), i8), z((2, 4), f32), z((2, 4), f32), z(2, u8), z(2, u8), 32)),
     }
     fn, args = calls[name]
     jf = njit(fn)
