@@ -37,6 +37,16 @@ from lowbit.quant.calibrate import (  # noqa: E402
 from lowbit.runtime import load  # noqa: E402
 
 ONEBIT_MLPS = 'method = "f32"\n[[rules]]\npattern = "model.layers.1?.mlp.*_proj.weight"\nencoding = "onebit"\n'
+
+
+def refined(encoding: str, down_group: int) -> str:
+    """A recipe of `encoding` with HQQ-style refined group scales (`refine = true`) on every linear
+    layer, at the groups the method itself picks on SmolLM2 (576-wide rows take G = 64)."""
+    rule = '[[rules]]\npattern = "{}"\nencoding = "{}"\ngroup_size = {}\nrefine = true\n'
+    return (rule.format("model.layers.*.mlp.down_proj.weight", encoding, down_group)
+            + rule.format("model.layers.*_proj.weight", encoding, 64))
+
+
 LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML recipe), calibrated?
     ("q8", dict(method="q8"), False),
     ("q4 g128 RTN", dict(method="q4"), False),
@@ -50,6 +60,10 @@ LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML r
     ("onebit SVID", dict(method="onebit"), False),
     ("onebit calibrated", dict(method="onebit"), True),
     # incoherence processing (--rotate, lowbit.quant.rotation) before the quantiser: see ROTATED
+    # HQQ-style closed-form group scales and zero points (lowbit.quant.hqq), for RTN and as GPTQ's grid
+    ("q4 g128 RTN + HQQ", dict(method="q4", recipe_text=refined("q4", 128)), False),
+    ("q3 g128 GPTQ + HQQ", dict(method="q3", recipe_text=refined("q3", 128)), True),
+    ("q2 g64 GPTQ + HQQ", dict(method="q2", recipe_text=refined("q2", 64)), True),
     ("target-bpw 2.5 (GPTQ)", dict(method="q2", target_bpw=2.5), True),
     ("target-bpw 3.0 (GPTQ)", dict(method="q2", target_bpw=3.0), True),
     # llama.cpp's Q2_K, Q3_K_M and Q4_K_M fall back to 4-5 bit types on SmolLM2's 576-wide rows: lowbit at
@@ -62,6 +76,8 @@ LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML r
     ("onebit MLPs 10-19 (rest f32) calibrated", dict(method="f32", recipe_text=ONEBIT_MLPS), True),
     # the source GGUF itself, re-packed without a second rounding (Q4_1 -> q4f, Q8_0 -> q8 g32)
     ("keep (the Q4_1 GGUF re-packed)", dict(method="keep", source="gguf"), False),
+    # learned calibration (lowbit[train], `lowbit convert --train`): its data-free text, 2 torch threads
+    ("onebit KD 60 min", dict(method="onebit", train=dict(mode="kd", budget_minutes=60)), False),
 ]
 ROTATED = ["q4 g128 RTN", "q4 g128 GPTQ", "q3 g128 RTN", "q3 g128 GPTQ", "q2 g64 GPTQ", "ternary calibrated",
            "onebit calibrated"]
@@ -146,7 +162,10 @@ def target_lines(rows: list[dict]) -> list[str]:
     ours("q2 g64 GPTQ", None, "Q2_K")
     ours("q3 g128 GPTQ + rotate", 1.20, "Q3_K_M")
     ours("q2 g64 GPTQ + rotate", 2.5, "Q2_K")
+    ours("q4 g128 GPTQ + rotate", 1.05, "Q4_0")
     ours("ternary calibrated", 20, "TQ2_0")
+    ours("ternary calibrated + rotate", 20, "TQ2_0")
+    ours("onebit KD 60 min", 10)
     ours("target-bpw 2.5 (GPTQ)", None, "Q2_K")
     ours("target-bpw 4.23 = Q2_K's bits (GPTQ)", None, "Q2_K")
     ours("target-bpw 4.63 = Q3_K_M's bits (GPTQ)", None, "Q3_K_M")
@@ -198,6 +217,8 @@ def main() -> None:
         timing = path.with_suffix(".seconds")  # a cached conversion keeps its measured time
         if not path.exists():
             t0 = time.perf_counter()
+            if "train" in kwargs:
+                kwargs.update(learned(src, kwargs["method"], kwargs.pop("train"), path, args.threads))
             convert(src, path, calibration=calib if calibrated else None, **kwargs)
             timing.write_text(f"{time.perf_counter() - t0:.1f}")
         seconds = float(timing.read_text()) if timing.exists() else 0.0
@@ -230,6 +251,18 @@ def main() -> None:
     if only and args.out.with_suffix(".json").exists():  # a partial run updates the saved table
         rows = merge_rows(json.loads(args.out.with_suffix(".json").read_text()), rows)
     render(rows, args, text_name, cal_name, len(windows))
+
+
+def learned(src: Path, method: str, train: dict, path: Path, threads: int) -> dict:
+    """convert()'s trained/training arguments: `lowbit convert --train` on the model's own
+    data-free text, as the CLI runs it without --calib."""
+    from lowbit.train.api import learn
+    from lowbit.train.config import TrainConfig
+
+    ckpt = path.with_suffix(".train.safetensors")
+    result = learn(str(src), method, TrainConfig(**train, checkpoint=ckpt, resume=ckpt.exists(), threads=threads))
+    ckpt.unlink(missing_ok=True)
+    return {"trained": result.tensors, "training": result.provenance}
 
 
 def render(rows: list[dict], args: argparse.Namespace, text_name: str, cal_name: str, n_windows: int) -> None:
