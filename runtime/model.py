@@ -25,8 +25,8 @@ from lowbit.runtime.config import ModelArgs
 from lowbit.runtime.decode_table import build_decode_table
 from lowbit.runtime.errors import LowbitError
 from lowbit.runtime.features import check_features
-from lowbit.runtime.kernels.decode_step import decode_layers
 from lowbit.runtime.kernels import pointwise
+from lowbit.runtime.kernels.decode_step import decode_layers
 from lowbit.runtime.kernels.hadamard import hadamard_rows, no_block, odd_block, split_size
 from lowbit.runtime.kv_cache import KVCache, Segment, Segments
 from lowbit.runtime.linear import Linear, make_linear

@@ -70,3 +70,74 @@ def test_calibration_sees_the_runtime_forward_inputs(tmp_path, monkeypatch, fami
     for name, x in inputs.items():
         h = (x.T @ x).astype(np.float64) / len(x)
         np.testing.assert_allclose(seen[name], h, rtol=1e-5, atol=1e-6 * np.abs(h).max(), err_msg=name)
+
+
+def test_drift_correction_is_the_least_squares_fit_of_the_float_outputs():
+    """W* = W + W Mᵀ minimises ‖X_q W*ᵀ − X_f Wᵀ‖ (undamped: the lstsq solution), and is W itself
+    where the quantised model's input is the float model's."""
+    rng = np.random.default_rng(0)
+    x_float = rng.standard_normal((400, 24)).astype(np.float32)
+    mix = np.eye(24) + 0.3 * rng.standard_normal((24, 24))  # drift mostly predictable from x_quant
+    x_quant = (x_float @ mix + 0.05 * rng.standard_normal(x_float.shape)).astype(np.float32)
+    w = rng.standard_normal((10, 24)).astype(np.float32)
+    stats = calibrate._SharedInput(damp=0.0).of(x_quant, x_float)
+    target = stats.target(w)
+    best = np.linalg.lstsq(x_quant.astype(np.float64), x_float @ w.T.astype(np.float64), rcond=None)[0].T
+    np.testing.assert_allclose(target, best, rtol=1e-2, atol=2e-3)  # H and D are float32 products
+    miss = np.linalg.norm(x_quant @ target.T - x_float @ w.T)
+    assert miss < 0.7 * np.linalg.norm(x_quant @ w.T - x_float @ w.T)
+    same = calibrate._SharedInput(damp=0.01).of(x_float, x_float)
+    np.testing.assert_array_equal(same.target(w), w)  # D = 0 exactly: no shrinkage from the damping
+
+
+def test_float_target_sees_the_float_models_inputs(tmp_path, monkeypatch):
+    """The reference pass records, for every linear, the input it has in the float model (here:
+    the f32 file with the same q8 embedding), and the quantiser is given W* built from it."""
+    folder = save_tiny("qwen2", tmp_path / "hf", seed=8)
+    seen, targets = {}, {}
+    original = calibrate._Calibrating.__call__
+
+    def recording(self, x):
+        if self.linear is None:
+            seen[self.name] = np.array(self.float_inputs[self.name])
+        return original(self, x)
+
+    def quantized(w, encoding, params, stats, cfg, real=calibrate.quantize_calibrated):
+        targets[len(targets)] = (w, stats)
+        return real(w, encoding, params, stats, cfg)
+
+    monkeypatch.setattr(calibrate._Calibrating, "__call__", recording)
+    monkeypatch.setattr(calibrate, "quantize_calibrated", quantized)
+    text_name, text = default_calibration_text()
+    cfg = CalibrationConfig(text, text_name, sequences=SEQUENCES, seq_len=SEQ_LEN)
+    out = convert(folder, tmp_path / "cal.lowbit", method="q2", calibration=cfg)
+    recipe = tmp_path / "f32.toml"
+    recipe.write_text('method = "f32"\n[[rules]]\npattern = "model.embed_tokens.weight"\nencoding = "q8"\n')
+    reference = convert(folder, tmp_path / "f32.lowbit", recipe=recipe)
+    llm = load(out.path)
+    ids = np.asarray(llm.tokenize(text, add_special_tokens=False)[: SEQUENCES * SEQ_LEN]).reshape(SEQUENCES, SEQ_LEN)
+    inputs = forward_inputs(reference.path, ids)
+    assert set(seen) == set(inputs)
+    for name, x in inputs.items():
+        np.testing.assert_allclose(seen[name], x, rtol=1e-4, atol=1e-4 * np.abs(x).max(), err_msg=name)
+    drifted = [np.abs(stats.correction).max() for _, stats in targets.values()]
+    assert drifted[0] == 0 and max(drifted) > 0  # layer 0's q/k/v read the float input itself
+
+
+def test_float_target_lowers_the_output_error_against_the_float_model(tmp_path):
+    """q2 on a tiny model: fitting each layer to the float model's outputs ends closer to the
+    float model's logits than fitting it to its own weight on the drifted inputs."""
+    folder = save_tiny("qwen2", tmp_path / "hf", seed=8)
+    text_name, text = default_calibration_text()
+    reference = load(convert(folder, tmp_path / "f32.lowbit", method="f32").path)
+    ids = reference.tokenize(text, add_special_tokens=False)[: SEQUENCES * SEQ_LEN]
+
+    def kl(float_target: bool) -> float:
+        cfg = CalibrationConfig(text, text_name, sequences=SEQUENCES, seq_len=SEQ_LEN, float_target=float_target)
+        llm = load(convert(folder, tmp_path / f"q2-{float_target}.lowbit", method="q2", calibration=cfg).path)
+        p, q = (np.asarray(m.logits(ids), np.float64) for m in (reference, llm))
+        lp, lq = (a - np.log(np.exp(a - a.max(-1, keepdims=True)).sum(-1, keepdims=True)) - a.max(-1, keepdims=True)
+                  for a in (p, q))
+        return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+    assert kl(True) < kl(False)

@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--calib-sequences", type=int, default=CalibrationConfig.sequences)  # `lowbit convert`'s defaults
     ap.add_argument("--calib-len", type=int, default=CalibrationConfig.seq_len)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--own-target", action="store_true",
+                    help="calibrate each layer to its own float weight (`lowbit convert --own-target`), for comparison")
     ap.add_argument("--workdir", type=Path, default=lowbit_home() / "quality")
     ap.add_argument("--out", type=Path, default=Path("docs/quality.md"))
     ap.add_argument("--only", help="comma-separated labels to run (default: all); the other rows are kept from --out's .json")
@@ -194,7 +196,8 @@ def main() -> None:
     hf = ensure_smollm2_checkpoint()
     text_name, text = default_evaluation_text()
     cal_name, cal_text = default_calibration_text()
-    calib = CalibrationConfig(cal_text, cal_name, args.calib_sequences, args.calib_len)
+    calib = CalibrationConfig(cal_text, cal_name, args.calib_sequences, args.calib_len,
+                              float_target=not args.own_target)
 
     f32 = args.workdir / "f32.lowbit"
     if not f32.exists():

@@ -31,6 +31,7 @@ def _list_methods() -> None:
 @click.option("--calib", "calib_file", type=click.Path(exists=True, dir_okay=False), help="Calibration text (default: the one shipped with lowbit).")
 @click.option("--quantizer", type=click.Choice(["gptq", "imatrix"]), default="gptq", show_default=True, help="Calibrated quantiser for q2-q4.")
 @click.option("--act-order/--no-act-order", default=True, show_default=True, help="GPTQ: quantise columns by decreasing Hessian diagonal.")
+@click.option("--float-target/--own-target", default=True, show_default=True, help="Calibration: fit each layer to the float model's outputs on its own inputs (runs the float model beside it) rather than to the layer's float weight on the already-quantised layers' outputs (GPTQ, ternary, onebit; not imatrix).")
 @click.option("--calib-sequences", type=click.IntRange(min=1), help="Calibration sequences (default 32; 64 with --train).")
 @click.option("--calib-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per calibration sequence.")
 @click.option("--target-bpw", type=Finite(min=0, min_open=True), help="Pick q2/q3/q4/q8 per linear layer by measured sensitivity to hit this bits/weight (with --calibrate: output error on the calibration text; without: weight error).")
@@ -52,7 +53,7 @@ def _list_methods() -> None:
 @click.option("--train-threads", type=Threads(), help="--train: torch threads (default: torch's).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="--train: torch device (default: cuda when available).")
 def convert(source, output, method, recipe, revision, force, list_methods, calibrate, calib_file, quantizer,
-            act_order, calib_sequences, calib_len, target_bpw, rotate, rotate_seed, evaluate, eval_text, eval_ctx, train_mode,
+            act_order, float_target, calib_sequences, calib_len, target_bpw, rotate, rotate_seed, evaluate, eval_text, eval_ctx, train_mode,
             budget_minutes, resume, train_checkpoint, keep_checkpoint, train_steps, lr, kd_alpha, kd_block_fraction,
             lsi_band, train_threads, device) -> None:
     """Convert SOURCE (a Hugging Face folder, hub id or .gguf file) into a .lowbit file."""
@@ -92,7 +93,8 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
         from lowbit.quant.calibrate import CalibrationConfig, default_calibration_text
 
         name, text = (calib_file, open(calib_file, encoding="utf-8").read()) if calib_file else default_calibration_text()
-        calibration = CalibrationConfig(text, name, calib_sequences or 32, calib_len, quantizer, act_order)
+        calibration = CalibrationConfig(text, name, calib_sequences or 32, calib_len, quantizer, act_order,
+                                        float_target=float_target)
     try:
         result = run_convert(source, output, method=method, recipe=recipe, revision=revision, force=force,
                              progress=progress, calibration=calibration, target_bpw=target_bpw,

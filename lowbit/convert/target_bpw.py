@@ -22,6 +22,7 @@ mixes (Q3_K_M: more bits for v_proj/down_proj) approximate by hand.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +135,7 @@ def _calibrated_options(
             progress(name)
 
     embedding = quantize(get("model.embed_tokens.weight"), "f32", {})
-    for _ in calibrate_layers(args, get, lambda name, shape: ("f32", {}), ids, embedding, cfg, observe=observe):
+    float_model = dataclasses.replace(cfg, float_target=False)  # every layer stays f32: no drift to correct
+    for _ in calibrate_layers(args, get, lambda name, shape: ("f32", {}), ids, embedding, float_model, observe=observe):
         pass
     return options
