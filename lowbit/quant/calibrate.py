@@ -101,8 +101,8 @@ def calibration_batches(ids: list[int], seq_len: int, sequences: int) -> np.ndar
 
 class InputStats:
     """H = XᵀX / N of one layer input, shared by the matrices that read it (q/k/v, gate/up);
-    GPTQ's factorisation of it is computed once and reused. With the float model's input to the
-    same layer (`x_float`, row for row), also the drift correction M = H_d⁻¹ Dᵀ of the target."""
+    GPTQ's factorisation of it is computed once and reused. `correction` (M = H_d⁻¹ Dᵀ, from the float
+    model's input to the same layer; `_SharedInput.of` sets it) turns a weight into its target."""
 
     def __init__(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float32)
@@ -179,7 +179,7 @@ class _SharedInput:
     """The statistics of the last input seen, so linears called on the same array (q/k/v,
     gate/up) share one H and one GPTQ factorisation."""
 
-    def __init__(self, damp: float = 1.0) -> None:
+    def __init__(self, damp: float) -> None:  # CalibrationConfig.target_damp
         self.x: np.ndarray | None = None
         self.stats: InputStats | None = None
         self.damp = damp
@@ -230,8 +230,9 @@ def calibrate_layers(
     `_Calibrating`: the block's own order of calls quantises q/k/v on norm(x), o on the attention
     output of the quantised q/k/v, gate/up on norm(x + o(attn)) and down on the MLP hidden state of
     the quantised gate/up; the layer's output, computed with all of them quantised, is the next
-    layer's input. With `cfg.fits_float_outputs` the same block first runs with float linears on the float
-    model's own activations, recording each linear's input for its target (module docstring). Norms, biases and other small tensors are quantised by `choose` as they are read.
+    layer's input. With `cfg.fits_float_outputs` the same block first runs with float linears on the
+    float model's own activations, recording each linear's input for its target (module docstring).
+    Norms, biases and other small tensors are quantised by `choose` as they are read.
     `observe(name, float weight, stats)` sees each linear's statistics before it is quantised
     (--target-bpw measures its candidates on them).
     """
