@@ -60,7 +60,8 @@ def _write(tiny: Path, out: Path, method: str, result=None) -> Path:
 def test_learned_method_lowers_loss_and_beats_its_start(tiny, reference, tmp_path, mode, method):
     from lowbit.train.api import learn
 
-    result = learn(str(tiny), method, _cfg(mode, tmp_path / "c.safetensors", max_steps=40))
+    kw = {"init": "svid"} if mode == "kd" else {}  # the paper's start; the calibrated one: the tests below
+    result = learn(str(tiny), method, _cfg(mode, tmp_path / "c.safetensors", max_steps=40, **kw))
     if mode == "kd":
         assert result.provenance["steps"] == 40
         assert result.provenance["loss_last"] < 0.8 * result.provenance["loss_first"]
@@ -71,6 +72,57 @@ def test_learned_method_lowers_loss_and_beats_its_start(tiny, reference, tmp_pat
     start = _write(tiny, tmp_path / "start.lowbit", method)  # SVID / absmean / RTN with clip search
     kl_trained, kl_start = _kl(trained, reference), _kl(start, reference)
     assert kl_trained < 0.85 * kl_start, (kl_trained, kl_start)
+
+
+def _calibrated_start(tiny: Path, method: str):
+    """The calibrated tensors KD starts from, on the windows learn() trains on."""
+    import torch
+
+    from lowbit.convert.recipe import load_recipe
+    from lowbit.train.teacher import linear_modules, load_teacher, open_source, text_windows
+    from lowbit.train.warm_start import calibrated_start
+
+    src = open_source(str(tiny))
+    choose = load_recipe(None, method).choose
+    names = {n for n, _, _ in linear_modules(load_teacher(src, torch.device("cpu")), src, choose).values()}
+    return calibrated_start(src, choose, text_windows(src, TEXT, 32, 8), names)[0]
+
+
+@pytest.mark.parametrize("method", ["onebit", "ternary"])
+def test_students_start_exactly_at_the_calibrated_tensors(tiny, method):
+    """A student built from a calibrated tensor packs back to it bit for bit (signs/trits, g/h or
+    scales), and computes its dequantised weight in its forward."""
+    import torch
+
+    from lowbit.train.students import make_student
+
+    start = _calibrated_start(tiny, method)
+    name, enc = next((n, e) for n, e in start.items() if "mlp.down_proj" in n)
+    lin = torch.nn.Linear(enc.shape[1], enc.shape[0], bias=False)
+    student = make_student(lin, method, {"layernorm": False} if method == "onebit" else {}, enc)
+    back = student.export()
+    for part, a in enc.parts.items():
+        np.testing.assert_array_equal(back.parts[part], a, err_msg=f"{name}.{part}")
+    if method == "onebit":  # (the ternary student fake-quantises its inputs to int8 as the runtime does)
+        x = torch.randn(5, enc.shape[1])
+        np.testing.assert_allclose(student(x).detach().numpy(), x.numpy() @ enc.dequantize().T, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot start from"):
+        make_student(torch.nn.Linear(8, 4, bias=False), method, {"layernorm": False}, enc)
+
+
+def test_kd_from_the_calibrated_start_begins_lower_and_beats_it(tiny, reference, tmp_path):
+    """--kd-init calibrated (the default): the first loss is far below SVID's, and the trained file
+    beats the calibrated tensors it started from on KL."""
+    from lowbit.train.api import learn
+
+    svid = learn(str(tiny), "onebit", _cfg("kd", tmp_path / "s.safetensors", max_steps=1, block_fraction=0.0, init="svid"))
+    result = learn(str(tiny), "onebit", _cfg("kd", tmp_path / "c.safetensors", max_steps=80, lr=3e-4))
+    assert result.provenance["init"].startswith("calibrated") and result.provenance["init_seconds"] > 0
+    assert result.provenance["loss_first"] < 0.5 * svid.provenance["loss_first"]
+    trained = _write(tiny, tmp_path / "trained.lowbit", "onebit", result)
+    start = _write(tiny, tmp_path / "start.lowbit", "onebit", type(result)(_calibrated_start(tiny, "onebit")))
+    kl_trained, kl_start = _kl(trained, reference), _kl(start, reference)
+    assert kl_trained < 0.9 * kl_start, (kl_trained, kl_start)
 
 
 def _interrupt_at(monkeypatch, module, name: str, step: int) -> None:

@@ -49,13 +49,14 @@ def _list_methods() -> None:
 @click.option("--lr", type=Finite(min=0, min_open=True), help="--train: learning rate (default 1e-3 kd, 1e-2 lsi).")
 @click.option("--kd-alpha", type=Finite(min=0), default=1.0, show_default=True, help="--train kd: weight of the hidden-state MSE.")
 @click.option("--kd-block-fraction", type=Finite(min=0, max=1), default=0.25, show_default=True, help="--train kd: share of the budget for block-by-block reconstruction before end-to-end distillation.")
+@click.option("--kd-init", type=click.Choice(["calibrated", "svid"]), default="calibrated", show_default=True, help="--train kd: students start from --calibrate's tensors (its time counts in the budget) or from the paper's SVID / absmean.")
 @click.option("--lsi-band", type=click.IntRange(min=0), default=8, show_default=True, help="--train lsi: learned off-diagonals each side (DESV; 0 = LSI).")
 @click.option("--train-threads", type=Threads(), help="--train: torch threads (default: torch's).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="--train: torch device (default: cuda when available).")
 def convert(source, output, method, recipe, revision, force, list_methods, calibrate, calib_file, quantizer,
             act_order, float_target, calib_sequences, calib_len, target_bpw, rotate, rotate_seed, evaluate, eval_text, eval_ctx, train_mode,
             budget_minutes, resume, train_checkpoint, keep_checkpoint, train_steps, lr, kd_alpha, kd_block_fraction,
-            lsi_band, train_threads, device) -> None:
+            kd_init, lsi_band, train_threads, device) -> None:
     """Convert SOURCE (a Hugging Face folder, hub id or .gguf file) into a .lowbit file."""
     if list_methods:
         _list_methods()
@@ -72,7 +73,7 @@ def convert(source, output, method, recipe, revision, force, list_methods, calib
     if train_mode:
         trained = _learn(source, output, method, recipe, revision, force, train_mode, calib_file,
                          calib_sequences or 64, calib_len, budget_minutes, resume, train_checkpoint,
-                         train_steps, lr, kd_alpha, kd_block_fraction, lsi_band, train_threads, device)
+                         train_steps, lr, kd_alpha, kd_block_fraction, kd_init, lsi_band, train_threads, device)
         calibrate, calib_file = False, None
     from tqdm import tqdm
 
@@ -126,7 +127,7 @@ def _check_train_options(ctx, train_mode, method, calibrate, target_bpw) -> None
     from click.core import ParameterSource
 
     train_only = ("budget_minutes", "resume", "train_checkpoint", "keep_checkpoint", "train_steps", "lr", "kd_alpha",
-                  "kd_block_fraction", "lsi_band", "train_threads", "device")
+                  "kd_block_fraction", "kd_init", "lsi_band", "train_threads", "device")
     if not train_mode:
         given = [n for n in train_only if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)]
         if given:
@@ -146,7 +147,7 @@ def _check_train_options(ctx, train_mode, method, calibrate, target_bpw) -> None
 
 
 def _learn(source, output, method, recipe, revision, force, mode, calib_file, sequences, seq_len, budget, resume,
-           checkpoint, steps, lr, alpha, block_fraction, band, threads, device):
+           checkpoint, steps, lr, alpha, block_fraction, init, band, threads, device):
     """Run the learned method; (result, checkpoint path) for the converter to write."""
     from pathlib import Path
 
@@ -159,7 +160,7 @@ def _learn(source, output, method, recipe, revision, force, mode, calib_file, se
     ckpt = Path(checkpoint) if checkpoint else Path(f"{output}.train.safetensors")
     text = (calib_file, Path(calib_file).read_text(encoding="utf-8")) if calib_file else None
     cfg = TrainConfig(mode, budget, ckpt, resume, steps, lr, seq_len, sequences, alpha=alpha,
-                      block_fraction=block_fraction, band=band,
+                      block_fraction=block_fraction, init=init, band=band,
                       threads=threads, device=device, calib_text=text)
     return learn(source, method, cfg, recipe, revision), ckpt
 

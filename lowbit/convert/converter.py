@@ -270,7 +270,7 @@ def convert(
     check_tokenizer_metadata(tok_meta, [blob_name])
     check_tokenizer(args, _tokenizer(tok_meta, blob))
     calibrate = calibration is not None and not native
-    get = _tensor_getter(ckpt) if calibrate or target_bpw is not None else None
+    get = tensor_getter(ckpt) if calibrate or target_bpw is not None else None
     calib_ids = _calibration_ids(calibration, blob, tok_meta) if calibrate else None
     if target_bpw is not None:
         from lowbit.convert.target_bpw import plan
@@ -541,7 +541,7 @@ def _iter_source(ckpt: Any, rec: Recipe, native: bool = False):
         yield name, ckpt.get(name)
 
 
-def _tensor_getter(ckpt: Any) -> Callable[[str], np.ndarray | None]:
+def tensor_getter(ckpt: Any) -> Callable[[str], np.ndarray | None]:
     """Random access to float32 tensors by canonical name (GGUF sources are read once into memory)."""
     if hasattr(ckpt, "get") and hasattr(ckpt, "__contains__"):
         by_canon = {canonical_name(n): n for n in ckpt.tensor_names()}

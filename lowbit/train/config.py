@@ -26,6 +26,7 @@ class TrainConfig:
     block_sequences: int = 16  # block stages: windows streamed through the blocks (each pass over them costs
     # two block forwards per window, which on a CPU budget must stay small next to the training steps)
     block_fraction: float = 0.25  # kd: share of the budget for block-by-block reconstruction first
+    init: str = "calibrated"  # kd: students start from --calibrate's tensors, or "svid" (the paper's SVID / absmean)
     band: int = 8  # DESV: off-diagonals on each side of the singular values
     every: int = 25  # checkpoint every N steps
     threads: int | None = None
@@ -36,7 +37,7 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed checkpoint must agree on."""
         return {"mode": self.mode, "seq_len": self.seq_len, "sequences": self.sequences, "batch": self.batch,
-                "alpha": self.alpha, "block_fraction": self.block_fraction,
+                "alpha": self.alpha, "block_fraction": self.block_fraction, "init": self.init,
                 "block_sequences": self.block_sequences, "band": self.band, "seed": self.seed, "max_steps": self.max_steps}
 
 

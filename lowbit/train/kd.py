@@ -6,8 +6,9 @@ quickly); the rest trains the whole student against the float teacher with
     L = KL(P_teacher ‖ P_student) + α Σ_layers mean_tokens ‖ q_T/‖q_T‖ − q_S/‖q_S‖ ‖²,
 
 the paper's loss (its cross-entropy on the teacher's soft labels differs from this KL by the
-teacher's entropy, a constant), from SVID (onebit) or absmean (ternary) initialisation, with
-straight-through estimators on signs and trits.
+teacher's entropy, a constant), with straight-through estimators on signs and trits. The students
+start from `lowbit convert --calibrate`'s tensors (`lowbit.train.warm_start`; its time counts in
+the budget) or, with init "svid", from the paper's SVID (onebit) / absmean (ternary).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowbit.formats.encodings import EncodedTensor
 from lowbit.train import TrainingError
 from lowbit.train.config import TrainConfig, TrainResult
 from lowbit.train.loop import Budget, Run
 from lowbit.train.students import KD_ENCODINGS, make_student, replace_linears
 from lowbit.train.teacher import Source, linear_modules, quantise_embeddings
+from lowbit.train.warm_start import INITS, calibrated_start
 
 DEFAULT_LR = 1e-3  # SmolLM2 block 3, 30 steps: normalised loss 0.0369 -> 0.0279 at 2e-4, 0.0203 at 1e-3, 0.017 at 3e-3
 VALUE_LR_SCALE = 10.0  # g, h and row scales move faster than the latent weights behind the signs
@@ -71,7 +74,13 @@ def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows:
     if cfg.resume:
         saved_tensors, saved = load_checkpoint(cfg.checkpoint)
         check_compatible(cfg.checkpoint, saved, meta)
-    total = cfg.budget_minutes * 60
+    if cfg.init not in INITS:
+        raise TrainingError(f"--kd-init {cfg.init!r}: expected one of {', '.join(INITS)}")
+    start: dict[str, EncodedTensor] = {}
+    init_seconds = float(saved.get("init_seconds", 0.0))  # (kept by the kd stage's checkpoints only)
+    if cfg.init == "calibrated" and saved.get("stage") != "kd":  # (a resumed kd stage has every parameter)
+        start, init_seconds = calibrated_start(src, choose, windows, set(enc_of))
+    total = max(0.0, cfg.budget_minutes * 60 - init_seconds)
     trained: dict[str, nn.Module] = {}
     block_stage = None
     stage1 = float(saved.get("stage1_seconds", 0.0))
@@ -79,17 +88,17 @@ def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows:
         from lowbit.train.blockwise import train_blocks
 
         blocks = train_blocks(src, teacher, choose, cfg, windows, {**meta, "stage": "blocks"},
-                              lambda lin, name, enc, params: make_student(lin, enc, params), groups,
+                              lambda lin, name, enc, params: make_student(lin, enc, params, start.get(name)), groups,
                               total * cfg.block_fraction, "reconstructing")
         trained, stage1 = blocks.modules, blocks.seconds
         block_stage = {"seconds": round(stage1, 1), "blocks": blocks.summary}
     student = copy.deepcopy(teacher)
     quantise_embeddings(student, choose)
     students = replace_linears(student, {p: n for p, (n, _, _) in mods.items()},
-                               lambda lin, name: trained[name] if name in trained else make_student(lin, *enc_of[name]))
+                               lambda lin, name: trained[name] if name in trained else make_student(lin, *enc_of[name], start.get(name)))
     params = {f"{name}:{a}": p for name, m in students.items() for a, p in m.named_parameters() if p.requires_grad}
     run = Run(params, groups(params), Budget(max(0.0, total - stage1), cfg.max_steps), cfg.checkpoint,
-              {**meta, "stage": "kd", "stage1_seconds": stage1}, every=cfg.every,
+              {**meta, "stage": "kd", "stage1_seconds": stage1, "init_seconds": init_seconds}, every=cfg.every,
               desc=f"distilling ({', '.join(sorted({e for e, _ in enc_of.values()}))})")
     if saved.get("stage") == "kd":
         run.restore(saved_tensors, saved, cfg.checkpoint)
@@ -106,7 +115,8 @@ def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows:
     tensors = {name: m.export() for name, m in students.items()}
     prov = _provenance(run, cfg, lr, windows)
     prov["block_stage"] = block_stage if block_stage is not None else {"seconds": round(stage1, 1)}
-    prov["seconds"] = round(stage1 + run.elapsed, 1)
+    prov["init_seconds"] = round(init_seconds, 1)
+    prov["seconds"] = round(init_seconds + stage1 + run.elapsed, 1)
     return TrainResult(tensors, prov)
 
 
@@ -115,7 +125,7 @@ def _provenance(run: Run, cfg: TrainConfig, lr: float, windows: np.ndarray) -> d
     k = max(1, min(10, len(losses) // 4))
     return {
         "loss": "KL(teacher || student) + alpha * sum_layers |q_T/|q_T| - q_S/|q_S||^2 (OneBit)",
-        "init": "SVID (onebit) / absmean (ternary)",
+        "init": "calibrated (lowbit convert --calibrate)" if cfg.init == "calibrated" else "SVID (onebit) / absmean (ternary)",
         "alpha": cfg.alpha,
         "lr": lr,
         "steps": run.step,

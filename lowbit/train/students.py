@@ -21,18 +21,24 @@ KD_ENCODINGS = ("onebit", "ternary", "ternary-1.6")
 
 
 class OneBitStudent(nn.Module):
-    """y = h ⊙ (sign(W) (g ⊙ x)) (seed 002, eq. 5 without its LayerNorm), from SVID."""
+    """y = h ⊙ (sign(W) (g ⊙ x)) (seed 002, eq. 5 without its LayerNorm), from SVID or from a
+    calibrated OneBit tensor (its signs, g and h; the latent keeps |W| behind the signs)."""
 
-    def __init__(self, linear: nn.Linear, params: dict[str, Any]) -> None:
+    def __init__(self, linear: nn.Linear, params: dict[str, Any], start: EncodedTensor | None = None) -> None:
         super().__init__()
-        from lowbit.quant.onebit import svid
-
         self.params = dict(params)
         w = linear.weight.detach().float()
-        _, h, g = svid(w.cpu().numpy())
-        self.latent = nn.Parameter(w.clone())
-        self.g = nn.Parameter(torch.from_numpy(g).to(w.device))
-        self.h = nn.Parameter(torch.from_numpy(h).to(w.device))
+        if start is None:
+            from lowbit.quant.onebit import svid
+
+            _, h, g = svid(w.cpu().numpy())
+            latent = w.clone()
+        else:
+            signs, g, h = _start_parts(start, "onebit", w.shape)
+            latent = torch.from_numpy(signs).to(w.device) * w.abs().clamp_min(1e-6)
+        self.latent = nn.Parameter(latent)
+        self.g = nn.Parameter(torch.from_numpy(np.ascontiguousarray(g, np.float32)).to(w.device))
+        self.h = nn.Parameter(torch.from_numpy(np.ascontiguousarray(h, np.float32)).to(w.device))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,15 +54,22 @@ class OneBitStudent(nn.Module):
 
 class TernaryStudent(nn.Module):
     """y = s ⊙ (RoundClip(W/γ) · int8(x)): BitNet b1.58 absmean trits, a learned scale per row,
-    activations fake-quantised per token as the runtime's ternary kernels quantise them."""
+    activations fake-quantised per token as the runtime's ternary kernels quantise them. From
+    absmean, or from a calibrated ternary tensor: latent t·mean|W| rounds back to its trits t
+    (γ = that value × the share of non-zeros < it), scales its own."""
 
-    def __init__(self, linear: nn.Linear, base3: bool = False) -> None:
+    def __init__(self, linear: nn.Linear, base3: bool = False, start: EncodedTensor | None = None) -> None:
         super().__init__()
         self.base3 = base3
         w = linear.weight.detach().float()
-        self.latent = nn.Parameter(w.clone())
-        gamma = absmean(w)
-        self.scale = nn.Parameter(gamma.expand(w.shape[0]).clone())
+        if start is None:
+            self.latent = nn.Parameter(w.clone())
+            scale = absmean(w).expand(w.shape[0]).clone()
+        else:
+            trits, scale_np, _ = _start_parts(start, "ternary-1.6" if base3 else "ternary", w.shape)
+            self.latent = nn.Parameter(torch.from_numpy(trits).to(w.device) * w.abs().mean())
+            scale = torch.from_numpy(np.broadcast_to(scale_np, (w.shape[0],)).copy()).to(w.device)
+        self.scale = nn.Parameter(scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def trits(self) -> torch.Tensor:
@@ -77,12 +90,26 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def make_student(linear: nn.Linear, encoding: str, params: dict[str, Any]) -> nn.Module:
-    """The trainable stand-in for one linear layer; its export() packs what it learned."""
+def _start_parts(start: EncodedTensor, encoding: str, shape: torch.Size) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(signs or trits as float32, then g and h (onebit) or the scales and None (ternary)) of a
+    starting tensor, checked to be what this student packs."""
+    from lowbit.formats.encodings import get_encoding
+
+    if start.encoding != encoding or tuple(start.shape) != tuple(shape):
+        raise ValueError(f"a {encoding} student of shape {tuple(shape)} cannot start from {start.encoding} {tuple(start.shape)}")
+    codes = get_encoding(encoding).unpack(start.parts, start.shape, start.params).astype(np.float32)
     if encoding == "onebit":
-        return OneBitStudent(linear, params)
+        return codes, start.parts["g"].astype(np.float32), start.parts["h"].astype(np.float32)
+    return codes, start.parts["scale"].astype(np.float32), None
+
+
+def make_student(linear: nn.Linear, encoding: str, params: dict[str, Any], start: EncodedTensor | None = None) -> nn.Module:
+    """The trainable stand-in for one linear layer, from `start` (a packed tensor of its encoding)
+    when given; its export() packs what it learned."""
+    if encoding == "onebit":
+        return OneBitStudent(linear, params, start)
     if encoding in ("ternary", "ternary-1.6"):
-        return TernaryStudent(linear, base3=encoding == "ternary-1.6")
+        return TernaryStudent(linear, base3=encoding == "ternary-1.6", start=start)
     raise ValueError(encoding)
 
 
