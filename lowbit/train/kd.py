@@ -27,7 +27,10 @@ from lowbit.train.students import KD_ENCODINGS, make_student, replace_linears
 from lowbit.train.teacher import Source, linear_modules, quantise_embeddings
 from lowbit.train.warm_start import INITS, calibrated_start
 
-DEFAULT_LR = 1e-3  # SmolLM2 block 3, 30 steps: normalised loss 0.0369 -> 0.0279 at 2e-4, 0.0203 at 1e-3, 0.017 at 3e-3
+# per start: from SVID (SmolLM2 block 3, 30 steps: normalised loss 0.0369 -> 0.0279 at 2e-4, 0.0203 at
+# 1e-3, 0.017 at 3e-3); from the calibrated tensors a smaller step keeps their gain (SmolLM2, 10 minutes,
+# held-out KL from 3.238: 3.360 at 1e-3, 3.053 at 3e-4, 3.239 at 1e-4; docs/quality.md)
+DEFAULT_LR = {"svid": 1e-3, "calibrated": 3e-4}
 VALUE_LR_SCALE = 10.0  # g, h and row scales move faster than the latent weights behind the signs
 
 
@@ -63,7 +66,6 @@ def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows:
         raise TrainingError(f"--train kd distils into {', '.join(KD_ENCODINGS)}; this conversion asks for {', '.join(bad)} "
                             "(use --train lsi for q2/q3/q4)")
     enc_of = {name: (enc, params) for name, enc, params in mods.values()}
-    lr = cfg.lr or DEFAULT_LR
 
     def groups(params: dict[str, nn.Parameter]) -> list[dict]:
         latent = [p for k, p in params.items() if k.endswith(":latent")]
@@ -76,6 +78,7 @@ def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows:
         check_compatible(cfg.checkpoint, saved, meta)
     if cfg.init not in INITS:
         raise TrainingError(f"--kd-init {cfg.init!r}: expected one of {', '.join(INITS)}")
+    lr = cfg.lr or DEFAULT_LR[cfg.init]
     start: dict[str, EncodedTensor] = {}
     init_seconds = float(saved.get("init_seconds", 0.0))  # (kept by the kd stage's checkpoints only)
     if cfg.init == "calibrated" and saved.get("stage") != "kd":  # (a resumed kd stage has every parameter)
