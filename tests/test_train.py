@@ -60,7 +60,7 @@ def _write(tiny: Path, out: Path, method: str, result=None) -> Path:
 def test_learned_method_lowers_loss_and_beats_its_start(tiny, reference, tmp_path, mode, method):
     from lowbit.train.api import learn
 
-    kw = {"init": "svid"} if mode == "kd" else {}  # the paper's start; the calibrated one: the tests below
+    kw = {"init": "svid"} if mode == "kd" else {}  # the paper's start (the default); the calibrated one: below
     result = learn(str(tiny), method, _cfg(mode, tmp_path / "c.safetensors", max_steps=40, **kw))
     if mode == "kd":
         assert result.provenance["steps"] == 40
@@ -111,12 +111,12 @@ def test_students_start_exactly_at_the_calibrated_tensors(tiny, method):
 
 
 def test_kd_from_the_calibrated_start_begins_lower_and_beats_it(tiny, reference, tmp_path):
-    """--kd-init calibrated (the default): the first loss is far below SVID's, and the trained file
+    """--kd-init calibrated: the first loss is far below SVID's, and the trained file
     beats the calibrated tensors it started from on KL."""
     from lowbit.train.api import learn
 
     svid = learn(str(tiny), "onebit", _cfg("kd", tmp_path / "s.safetensors", max_steps=1, block_fraction=0.0, init="svid"))
-    result = learn(str(tiny), "onebit", _cfg("kd", tmp_path / "c.safetensors", max_steps=80, lr=3e-4))
+    result = learn(str(tiny), "onebit", _cfg("kd", tmp_path / "c.safetensors", max_steps=80, lr=3e-4, init="calibrated"))
     assert result.provenance["init"].startswith("calibrated") and result.provenance["init_seconds"] > 0
     assert result.provenance["loss_first"] < 0.5 * svid.provenance["loss_first"]
     trained = _write(tiny, tmp_path / "trained.lowbit", "onebit", result)

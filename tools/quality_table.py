@@ -77,14 +77,14 @@ LOWBIT_VARIANTS = [  # label, convert() keyword arguments (recipe_text: a TOML r
     # the source GGUF itself, re-packed without a second rounding (Q4_1 -> q4f, Q8_0 -> q8 g32)
     ("keep (the Q4_1 GGUF re-packed)", dict(method="keep", source="gguf"), False),
     # learned calibration (lowbit[train], `lowbit convert --train`): its data-free text, 2 torch threads;
-    # KD starts from the calibrated tensors (`--kd-init calibrated`, the default, at lr 3e-4) or from the paper's
-    # SVID (at lr 1e-3); the lr rows are the ablation behind the calibrated start's default
+    # KD starts from the paper's SVID (the default, lr 1e-3) or from the calibrated tensors (`--kd-init
+    # calibrated`, lr 3e-4); the lr rows are the ablation behind the calibrated start's lr
     ("onebit KD 10 min", dict(method="onebit", train=dict(mode="kd", budget_minutes=10)), False),
-    ("onebit KD 10 min lr 1e-3", dict(method="onebit", train=dict(mode="kd", budget_minutes=10, lr=1e-3)), False),
-    ("onebit KD 10 min lr 1e-4", dict(method="onebit", train=dict(mode="kd", budget_minutes=10, lr=1e-4)), False),
-    ("onebit KD 10 min from SVID", dict(method="onebit", train=dict(mode="kd", budget_minutes=10, init="svid")), False),
+    ("onebit KD 10 min from calibrated", dict(method="onebit", train=dict(mode="kd", budget_minutes=10, init="calibrated")), False),
+    ("onebit KD 10 min from calibrated lr 1e-3", dict(method="onebit", train=dict(mode="kd", budget_minutes=10, init="calibrated", lr=1e-3)), False),
+    ("onebit KD 10 min from calibrated lr 1e-4", dict(method="onebit", train=dict(mode="kd", budget_minutes=10, init="calibrated", lr=1e-4)), False),
     ("onebit KD 60 min", dict(method="onebit", train=dict(mode="kd", budget_minutes=60)), False),
-    ("onebit KD 60 min from SVID", dict(method="onebit", train=dict(mode="kd", budget_minutes=60, init="svid")), False),
+    ("onebit KD 60 min from calibrated", dict(method="onebit", train=dict(mode="kd", budget_minutes=60, init="calibrated")), False),
 ]
 ROTATED = ["q4 g128 RTN", "q4 g128 GPTQ", "q3 g128 RTN", "q3 g128 GPTQ", "q2 g64 GPTQ", "ternary calibrated",
            "onebit calibrated"]
@@ -173,7 +173,7 @@ def target_lines(rows: list[dict]) -> list[str]:
     ours("ternary calibrated", 20, "TQ2_0")
     ours("ternary calibrated + rotate", 20, "TQ2_0")
     ours("onebit KD 60 min", 10)
-    ours("onebit KD 60 min from SVID", 10)
+    ours("onebit KD 60 min from calibrated", 10)
     ours("target-bpw 2.5 (GPTQ)", None, "Q2_K")
     ours("target-bpw 4.23 = Q2_K's bits (GPTQ)", None, "Q2_K")
     ours("target-bpw 4.63 = Q3_K_M's bits (GPTQ)", None, "Q3_K_M")

@@ -49,7 +49,7 @@ def _list_methods() -> None:
 @click.option("--lr", type=Finite(min=0, min_open=True), help="--train: learning rate (default kd 3e-4 from the calibrated start, 1e-3 from SVID; lsi 1e-2).")
 @click.option("--kd-alpha", type=Finite(min=0), default=1.0, show_default=True, help="--train kd: weight of the hidden-state MSE.")
 @click.option("--kd-block-fraction", type=Finite(min=0, max=1), default=0.25, show_default=True, help="--train kd: share of the budget for block-by-block reconstruction before end-to-end distillation.")
-@click.option("--kd-init", type=click.Choice(["calibrated", "svid"]), default="calibrated", show_default=True, help="--train kd: students start from --calibrate's tensors (its time counts in the budget; best at short budgets) or from the paper's SVID / absmean (best at 60 minutes on SmolLM2: docs/quality.md).")
+@click.option("--kd-init", type=click.Choice(["svid", "calibrated"]), default="svid", show_default=True, help="--train kd: students start from the paper's SVID / absmean, or from --calibrate's tensors (its time counts in the budget; on SmolLM2 no better at 10 minutes and worse at 60: docs/quality.md).")
 @click.option("--lsi-band", type=click.IntRange(min=0), default=8, show_default=True, help="--train lsi: learned off-diagonals each side (DESV; 0 = LSI).")
 @click.option("--train-threads", type=Threads(), help="--train: torch threads (default: torch's).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="--train: torch device (default: cuda when available).")

@@ -26,7 +26,7 @@ class TrainConfig:
     block_sequences: int = 16  # block stages: windows streamed through the blocks (each pass over them costs
     # two block forwards per window, which on a CPU budget must stay small next to the training steps)
     block_fraction: float = 0.25  # kd: share of the budget for block-by-block reconstruction first
-    init: str = "calibrated"  # kd: students start from --calibrate's tensors, or "svid" (the paper's SVID / absmean)
+    init: str = "svid"  # kd: the paper's SVID / absmean, or "calibrated" (--calibrate's tensors; docs/quality.md)
     band: int = 8  # DESV: off-diagonals on each side of the singular values
     every: int = 25  # checkpoint every N steps
     threads: int | None = None
