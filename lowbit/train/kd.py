@@ -66,6 +66,9 @@ def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows:
         raise TrainingError(f"--train kd distils into {', '.join(KD_ENCODINGS)}; this conversion asks for {', '.join(bad)} "
                             "(use --train lsi for q2/q3/q4)")
     enc_of = {name: (enc, params) for name, enc, params in mods.values()}
+    if cfg.init not in INITS:
+        raise TrainingError(f"--kd-init {cfg.init!r}: expected one of {', '.join(INITS)}")
+    lr = cfg.lr or DEFAULT_LR[cfg.init]
 
     def groups(params: dict[str, nn.Parameter]) -> list[dict]:
         latent = [p for k, p in params.items() if k.endswith(":latent")]
@@ -76,9 +79,6 @@ def train_kd(src: Source, teacher: nn.Module, choose, cfg: TrainConfig, windows:
     if cfg.resume:
         saved_tensors, saved = load_checkpoint(cfg.checkpoint)
         check_compatible(cfg.checkpoint, saved, meta)
-    if cfg.init not in INITS:
-        raise TrainingError(f"--kd-init {cfg.init!r}: expected one of {', '.join(INITS)}")
-    lr = cfg.lr or DEFAULT_LR[cfg.init]
     start: dict[str, EncodedTensor] = {}
     init_seconds = float(saved.get("init_seconds", 0.0))  # (kept by the kd stage's checkpoints only)
     if cfg.init == "calibrated" and saved.get("stage") != "kd":  # (a resumed kd stage has every parameter)
