@@ -143,7 +143,7 @@ def test_f16_conversion_special_values():
 
 
 @pytest.mark.parametrize("group_size", [0, 32, 128])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(9, 1536)], ids=str)  # 1536: whole spans (int8 prefill on VNNI)
 def test_q8(shape, group_size, threads):
     rng = rng_for("q8", shape, group_size)
     out, n = shape

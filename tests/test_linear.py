@@ -17,7 +17,7 @@ from lowbit.formats.encodings import ENCODINGS
 from lowbit.runtime import threads
 from lowbit.runtime.kernels.affine import int8_decode
 from lowbit.runtime.kernels.grouped import q4_activation_ref
-from lowbit.runtime.kernels.q8 import decode_activation_ref
+from lowbit.runtime.kernels.q8 import decode_activation_ref, q8_kernel_activation_ref
 from lowbit.runtime.kernels.ternary import quantize_activation_ref
 from lowbit.runtime.linear import REGISTRY, layer_norm, make_linear
 
@@ -94,8 +94,8 @@ def expected(entry, x: np.ndarray, bias=None) -> np.ndarray:
         xq, s = quantize_activation_ref(x * entry.parts["g"].astype(np.float32))
         signs = ENCODINGS["onebit"].unpack(entry.parts, entry.shape, entry.params).astype(np.float64)
         y = (xq.astype(np.float64) @ signs.T) * entry.parts["h"].astype(np.float64) / s[:, None]
-    elif entry.encoding == "q8":  # decode: int8 activations per 32 values
-        y = decode_activation_ref(x, 32) @ entry.dequantize().astype(np.float64).T
+    elif entry.encoding == "q8":  # int8 activations per 32 values (prefill too, on VNNI for in % 256 == 0)
+        y = q8_kernel_activation_ref(x) @ entry.dequantize().astype(np.float64).T
     elif entry.encoding == "q4":  # int8 activations per group (prefill too, on x86 for G % 64 == 0)
         y = q4_activation_ref(x, entry.params["group_size"]) @ entry.dequantize().astype(np.float64).T
     elif x.shape[0] == 1 and (entry.encoding == "q4k" or entry.encoding in AFFINE_GROUPS and int8_decode(

@@ -1,6 +1,7 @@
 """The prefill tiles that run several tokens per pass over a weight row, against their one-token
 twins: the ternary 4-token dots (exact integers, so equal bits) over the int8 range's extremes,
-and q4's 4-token dots on int8 activations per group against numpy and their portable loops."""
+and q4's (int8 activations per group) and q8's (per block of 32, spans transposed) 4-token dots
+against numpy and their portable loops."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from lowbit.runtime.kernels import grouped, ternary
+from lowbit.runtime.kernels import grouped, q8, ternary
 
 
 @njit
@@ -137,4 +138,68 @@ def test_q4_prefill_rows_do_not_depend_on_the_batch():
     for t in range(11):
         alone = np.empty((1, out), np.float32)
         grouped.q4_prefill(np.ascontiguousarray(x[t : t + 1]), *args, alone)
+        np.testing.assert_array_equal(full[t], alone[0], err_msg=f"token {t}")
+
+
+def test_q8_span_transpose():
+    """Span s's dword k of block j lands at s·256 + 32k + 4j; corr is 128 · each block's sum."""
+    rng = np.random.default_rng(5)
+    xq = rng.integers(-127, 128, 3 * 256).astype(np.int8)
+    xt = np.empty_like(xq)
+    corr = np.empty(3 * 8, np.int32)
+    njit(lambda a, b, c: q8.transpose_spans_into(a, b, c))(xq, xt, corr)
+    want = xq.reshape(3, 8, 8, 4).transpose(0, 2, 1, 3).reshape(-1)  # [span, block, dword, byte] -> dword-major
+    np.testing.assert_array_equal(xt, want)
+    np.testing.assert_array_equal(corr, 128 * xq.reshape(-1, 32).astype(np.int64).sum(axis=1))
+
+
+def _q8_tile_forms() -> list[str]:
+    from lowbit.runtime.kernels.cpu_features import HAVE_VNNI
+
+    return ["vnni", "selected"] if HAVE_VNNI else ["selected"]
+
+
+@pytest.mark.parametrize("spans", [1, 3, 10])
+@pytest.mark.parametrize("form", _q8_tile_forms())
+def test_q8_token_tile_dots(form, spans):
+    """Each of the four sums equals numpy's Σ_b ws·ad·Σ code·x_q within float32 rounding and the
+    portable loops' likewise, at the int8 extremes too (codes ±127 against x_q ±127: the u8
+    offset's correction at its largest)."""
+    dot = {"vnni": q8._dot_q8_tokens_vnni, "selected": q8.dot_q8_tokens}[form]
+    run = njit(lambda c, x, a, z, w, t: dot(c, x, a, z, w, t))
+    generic = njit(lambda c, x, a, z, w, t: q8.dot_q8_tokens_generic(c, x, a, z, w, t))
+    transpose = njit(lambda a, b, c: q8.transpose_spans_into(a, b, c))
+    rng = np.random.default_rng(spans)
+    n, nb, t_all = spans * 256, spans * 8, 8
+    xq = rng.integers(-127, 128, (t_all, n)).astype(np.int8)
+    xq[1], xq[2] = -127, 127
+    xt, corr = np.empty_like(xq), np.empty((t_all, nb), np.int32)
+    for t in range(t_all):
+        transpose(xq[t], xt[t], corr[t])
+    ad = (rng.random((t_all, nb)) * 0.05).astype(np.float32)
+    ws = (rng.random(nb) * 0.02).astype(np.float32)
+    for codes in (rng.integers(-127, 128, n).astype(np.int8), np.full(n, 127, np.int8), np.full(n, -127, np.int8)):
+        for t in (0, 3, 4):
+            got = run(codes, xt, ad, corr, ws, t)
+            ints = (codes.reshape(nb, 32).astype(np.int64) * xq[t : t + 4].reshape(4, nb, 32)).sum(axis=2)
+            want = (ints * ws.astype(np.float64) * ad[t : t + 4].astype(np.float64)).sum(axis=1)
+            tol = 2e-6 * np.abs(ints * ws * ad[t : t + 4]).sum(axis=1).max()
+            np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+            np.testing.assert_allclose(got, generic(codes, xt, ad, corr, ws, t), rtol=0, atol=tol)
+
+
+def test_q8_prefill_rows_do_not_depend_on_the_batch():
+    """A token's q8 output is the same bits alone (padded to a 4-token pass) or among others."""
+    rng = np.random.default_rng(3)
+    out, n, group = 21, 768, 32
+    codes = rng.integers(-127, 128, (out, n)).astype(np.int8)
+    scales = (rng.random((out, n // group)) * 0.02).astype(np.float16).view(np.uint16)
+    for a in (codes, scales):
+        a.flags.writeable = False  # read-only as the layers pass them: one compiled signature
+    x = rng.standard_normal((11, n)).astype(np.float32)
+    full = np.empty((11, out), np.float32)
+    q8.q8_prefill(x, codes, scales, group, full)
+    for t in range(11):
+        alone = np.empty((1, out), np.float32)
+        q8.q8_prefill(np.ascontiguousarray(x[t : t + 1]), codes, scales, group, alone)
         np.testing.assert_array_equal(full[t], alone[0], err_msg=f"token {t}")

@@ -12,7 +12,7 @@ from lowbit.convert.converter import convert
 from lowbit.formats.encodings import get_encoding
 from lowbit.runtime import load
 from lowbit.runtime.kernels.grouped import q4_activation_ref
-from lowbit.runtime.kernels.q8 import decode_activation_ref
+from lowbit.runtime.kernels.q8 import q8_kernel_activation_ref
 from lowbit.runtime.kernels.ternary import quantize_activation_ref
 
 PRESETS = ["f16", "bf16", "q8", "q4", "q3", "q2", "ternary", "ternary-1.6", "onebit"]
@@ -51,8 +51,8 @@ class ReferenceLinear:
         elif self.encoding == "onebit" and x.shape[0] == 1:  # decode: int8 g ⊙ x, per token
             xq, s = quantize_activation_ref(x32 * self.g.astype(np.float32))
             y = (xq.astype(np.float64) @ self.signs.T) * self.h / s[:, None].astype(np.float64)
-        elif self.encoding == "q8":  # decode: int8 activations per 32 values
-            y = decode_activation_ref(x.astype(np.float32), self.block) @ self.w.T
+        elif self.encoding == "q8":  # int8 activations per 32 values (prefill too, on VNNI for in % 256 == 0)
+            y = q8_kernel_activation_ref(x.astype(np.float32)) @ self.w.T
         elif self.encoding == "q4":  # int8 activations per group (prefill too, on x86 for G % 64 == 0)
             y = q4_activation_ref(x.astype(np.float32), self.block) @ self.w.T
         else:
