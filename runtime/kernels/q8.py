@@ -2,7 +2,7 @@
 
 Decode (one token) multiplies int8 activations in blocks of 32 (llama.cpp's Q8_0 × Q8_0 dot
 product). Prefill does the same on x86 VNNI where in % 256 == 0, four tokens a pass of each row
-on spans of eight blocks (`q8_prefill`, `dot_q8_tokens`: 2560 × 6912, 128 tokens, one Zen 4
+on spans of eight blocks (`q8_prefill`, `dot_q8_tokens`: 2560 × 6912, 128 tokens, one Zen 5
 core, 60.7 → 124.8 GMAC/s); elsewhere it keeps float32 activations and reuses each dequantised
 row block for all tokens. Activations, per block b of 32 (zero-padded to whole blocks):
 
