@@ -32,20 +32,23 @@ from lowbit.runtime.kv_cache import KVCache, Segment, Segments
 from lowbit.runtime.linear import Linear, make_linear
 from lowbit.runtime.rope import RotaryEmbedding
 from lowbit.runtime.validate import check_tensors
+from lowbit.runtime.workspace import FRESH, FreshArrays, Workspace
 
 
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """RMSNorm over the last axis (rows in parallel: `pointwise.rms_norm_rows`)."""
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
+    """RMSNorm over the last axis (rows in parallel: `pointwise.rms_norm_rows`), into `out` if
+    given (float32, x's size)."""
     rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
-    out = np.empty_like(rows)
+    out = np.empty_like(rows) if out is None else out.reshape(rows.shape)
     pointwise.rms_norm_rows(rows, np.ascontiguousarray(weight, dtype=np.float32), float(eps), out)
     return out.reshape(x.shape)
 
 
-def gated_activation(act: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """act(gate) ⊙ up for [T, n] (tokens in parallel: `pointwise.activate_rows`)."""
+def gated_activation(act: str, gate: np.ndarray, up: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """act(gate) ⊙ up for [T, n] (tokens in parallel: `pointwise.activate_rows`), into `out` if
+    given (gate itself may be `out`: each element is read before it is written)."""
     gate = np.ascontiguousarray(gate, dtype=np.float32)
-    out = np.empty_like(gate)
+    out = np.empty_like(gate) if out is None else out
     pointwise.activate_rows(gate, np.ascontiguousarray(up, dtype=np.float32), pointwise.ACTIVATIONS[act], out)
     return out
 
@@ -88,53 +91,81 @@ class Block:
 
 def attention_forward(
     args: ModelArgs, rope: RotaryEmbedding, attn: Attention, x: np.ndarray, cache: KVCache | Segments, layer: int,
-    start: int,
+    start: int, ws: Workspace | FreshArrays = FRESH,
 ) -> np.ndarray:
     """Grouped-query attention of x [T, hidden] at positions start.., writing K/V into the cache
-    (or, for Segments, each sequence's tokens at its own positions into its own cache)."""
+    (or, for Segments, each sequence's tokens at its own positions into its own cache). The
+    projections land in `ws`'s buffers; the result is ws's "o" buffer."""
     t = x.shape[0]
     h, kvh, d = args.num_attention_heads, args.num_key_value_heads, args.head_dim
-    q = attn.q_proj(x).reshape(t, h, d)
-    k = attn.k_proj(x).reshape(t, kvh, d)
+    q = _project(attn.q_proj, x, ws, "q").reshape(t, h, d)
+    k = _project(attn.k_proj, x, ws, "k").reshape(t, kvh, d)
     if attn.q_norm is not None:
         q = rms_norm(q, attn.q_norm, args.rms_norm_eps)
         k = rms_norm(k, attn.k_norm, args.rms_norm_eps)
-    v = attn.v_proj(x).reshape(t, kvh, d)
+    v = _project(attn.v_proj, x, ws, "v").reshape(t, kvh, d)
     # RoPE, the cache write and attention, per sequence when `cache` holds several (Segments)
     out = cache.attend(layer, rope, q, k, v, start, args.layer_window(layer), args.attention_scale,
                        args.attn_logit_softcapping or 0.0)
     if attn.sub_norm is not None:
         out = rms_norm(out, attn.sub_norm, args.rms_norm_eps)
-    return attn.o_proj(np.ascontiguousarray(out, dtype=np.float32))
+    return _project(attn.o_proj, np.ascontiguousarray(out, dtype=np.float32), ws, "o")
 
 
-def mlp_forward(args: ModelArgs, mlp: MLP, x: np.ndarray) -> np.ndarray:
-    hidden = gated_activation(args.hidden_act, mlp.gate_proj(x), mlp.up_proj(x))
+def mlp_forward(args: ModelArgs, mlp: MLP, x: np.ndarray, ws: Workspace | FreshArrays = FRESH) -> np.ndarray:
+    gate = _project(mlp.gate_proj, x, ws, "gate")
+    hidden = gated_activation(args.hidden_act, gate, _project(mlp.up_proj, x, ws, "up"), out=gate)
     if mlp.sub_norm is not None:
-        hidden = rms_norm(hidden, mlp.sub_norm, args.rms_norm_eps)
+        hidden = rms_norm(hidden, mlp.sub_norm, args.rms_norm_eps, out=hidden)
     if args.down_proj_hadamard:  # the rotation folded into down_proj's columns (--rotate)
         hidden = hadamard_rows(hidden)
-    return mlp.down_proj(np.ascontiguousarray(hidden, dtype=np.float32))
+    return _project(mlp.down_proj, np.ascontiguousarray(hidden, dtype=np.float32), ws, "down")
 
 
 def block_forward(
     args: ModelArgs, rope: RotaryEmbedding, block: Block, x: np.ndarray, cache: KVCache | Segments, layer: int,
-    start: int,
+    start: int, ws: Workspace | FreshArrays = FRESH,
 ) -> np.ndarray:
-    """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
+    """One pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.)). With a Workspace the
+    activations live in its buffers and x [T, hidden] (float32, C-contiguous, owned by the
+    caller) is updated in place and returned."""
     eps = args.rms_norm_eps
-    h = attention_forward(args, rope, block.attn, _norm(x, block.input_norm, eps), cache, layer, start)
+    inplace = not isinstance(ws, FreshArrays)
+    h = attention_forward(args, rope, block.attn, _norm(x, block.input_norm, eps, ws), cache, layer, start, ws)
     if block.attn_output_norm is not None:
-        h = rms_norm(h, block.attn_output_norm, eps)
-    x = x + h
-    h = mlp_forward(args, block.mlp, _norm(x, block.post_norm, eps))
+        h = rms_norm(h, block.attn_output_norm, eps, out=h)
+    x = _residual(x, h, inplace)
+    h = mlp_forward(args, block.mlp, _norm(x, block.post_norm, eps, ws), ws)
     if block.mlp_output_norm is not None:
-        h = rms_norm(h, block.mlp_output_norm, eps)
+        h = rms_norm(h, block.mlp_output_norm, eps, out=h)
+    return _residual(x, h, inplace)
+
+
+def _residual(x: np.ndarray, h: np.ndarray, inplace: bool) -> np.ndarray:
+    if inplace:
+        x += h
+        return x
     return x + h
 
 
-def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    return np.ascontiguousarray(rms_norm(x, weight, eps), dtype=np.float32)
+def _project(linear: Any, x: np.ndarray, ws: Workspace | FreshArrays, role: str) -> np.ndarray:
+    """linear(x) [T, out], into ws's `role` buffer when there is one and the layer is the
+    runtime's (calibration's and the tests' stand-ins return arrays of their own)."""
+    if isinstance(ws, FreshArrays) or not _writes_into(linear):
+        return linear(x)
+    return linear(x, out=ws.take(role, x.shape[0], linear.out_features))
+
+
+def _writes_into(linear: Any) -> bool:
+    """Whether linear is a runtime Linear, or wraps one (NormedLinear, PerToken)."""
+    while isinstance(linear, (NormedLinear, PerToken)):
+        linear = linear.linear
+    return isinstance(linear, Linear)
+
+
+def _norm(x: np.ndarray, weight: np.ndarray, eps: float, ws: Workspace | FreshArrays = FRESH) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return rms_norm(x, weight, eps, out=ws.take("norm", *x.shape))
 
 
 Lookup = Callable[[str], Any]  # tensor name -> TensorEntry / EncodedTensor, or None if absent
@@ -150,9 +181,11 @@ class NormedLinear:
     def __init__(self, linear: Any, input_norm: np.ndarray, eps: float) -> None:
         self.linear, self.input_norm, self.eps = linear, input_norm, eps
         self.descriptor = getattr(linear, "descriptor", None)
+        self.out_features = getattr(linear, "out_features", None)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.linear(_norm(x, self.input_norm, self.eps))
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        x = _norm(x, self.input_norm, self.eps)
+        return self.linear(x) if out is None else self.linear(x, out=out)
 
 
 def _dense(lookup: Lookup, name: str) -> np.ndarray | None:
@@ -234,6 +267,7 @@ class Transformer:
         self.decode_table = build_decode_table(self.blocks, reader.buffer)
         self.down_block = odd_block(split_size(args.intermediate_size)[1]) if args.down_proj_hadamard else no_block()
         self.fused_decode = self.decode_table is not None  # False: decode runs block_forward
+        self.workspace = Workspace()  # the prompt forwards' activations (runtime.workspace)
 
     def decode_step(self, x: np.ndarray, cache: KVCache, pos: int) -> None:
         """x [hidden] at position pos through every layer, in place (kernels.decode_step)."""
@@ -244,7 +278,9 @@ class Transformer:
                       a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0, self.down_block)
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
-        return embed(self.args, self.embed, ids)
+        """The rows of ids, a writable array of the caller's (the blocks update it in place)."""
+        x = embed(self.args, self.embed, ids)
+        return x if x.flags.writeable and x.flags.owndata else x.copy()
 
     def forward(self, ids: np.ndarray, cache: KVCache, first: int | None = None) -> np.ndarray:
         """Run ids [T] at positions cache.length.. and return logits [1, vocab] of the last, or
@@ -258,7 +294,7 @@ class Transformer:
             self.decode_step(x[0], cache, start)
         else:
             for i, block in enumerate(self.blocks):
-                x = block_forward(self.args, self.layer_ropes[i], block, x, cache, i, start)
+                x = block_forward(self.args, self.layer_ropes[i], block, x, cache, i, start, self.workspace)
         cache.advance(ids)
         x = x[-1:] if first is None else x[first:]
         return softcap(self.lm_head(_norm(x, self.norm, self.args.rms_norm_eps)), self.args.final_logit_softcapping)
@@ -299,7 +335,7 @@ class Transformer:
         blocks, head = self._per_token()
         self._split.set(np.concatenate([np.full(len(s.ids), s.prompt) for s in segments]))
         for i, block in enumerate(blocks):
-            x = block_forward(self.args, self.layer_ropes[i], block, x, batch, i, 0)
+            x = block_forward(self.args, self.layer_ropes[i], block, x, batch, i, 0, self.workspace)
         for seg in segments:
             seg.cache.advance(seg.ids, prompt=seg.prompt)
         last = np.ascontiguousarray(x[batch.bounds[1:] - 1])
@@ -331,14 +367,17 @@ class PerToken:
 
     def __init__(self, linear: Linear, split: RowSplit) -> None:
         self.linear, self.split = linear, split
+        self.out_features = linear.out_features
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         p, d = self.split.prompt, self.split.decode
+        y = np.empty((x.shape[0], self.out_features), dtype=np.float32) if out is None else out
         if not p.size:
-            return self.linear.rows(x)
+            y[:] = self.linear.rows(x)
+            return y
         if not d.size:
-            return self.linear.tiles(x)
-        y = np.empty((x.shape[0], self.linear.out_features), dtype=np.float32)
+            y[:] = self.linear.tiles(x)
+            return y
         y[d] = self.linear.rows(x[d])
         y[p] = self.linear.tiles(x[p])
         return y
