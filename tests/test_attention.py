@@ -55,7 +55,8 @@ def test_a_query_row_has_the_same_bits_whatever_runs_with_it():
             assert np.array_equal(part, full[40 - n :]), (window, n)
 
 
-def test_vector_steps_match_numpy():
+@pytest.mark.parametrize("d", [48, 64, 128])  # accumulate_block: 16 lanes at a time, then 64
+def test_vector_steps_match_numpy(d):
     """score_block, exp_block (masked lanes zero, the sum of the rest) and accumulate_block."""
     from numba import njit
 
@@ -69,13 +70,13 @@ def test_vector_steps_match_numpy():
         return total
 
     rng = np.random.default_rng(3)
-    qa = rng.standard_normal(48).astype(np.float32)
-    kt = rng.standard_normal((48, a.K_BLOCK)).astype(np.float32)
+    qa = rng.standard_normal(d).astype(np.float32)
+    kt = rng.standard_normal((d, a.K_BLOCK)).astype(np.float32)
     s = np.empty(a.K_BLOCK, np.float32)
     x = (rng.standard_normal(a.K_BLOCK) * 8).astype(np.float32)
     e = x.copy()
-    row = rng.standard_normal(48).astype(np.float32)
-    vb = rng.standard_normal((a.K_BLOCK, 48)).astype(np.float32)
+    row = rng.standard_normal(d).astype(np.float32)
+    vb = rng.standard_normal((a.K_BLOCK, d)).astype(np.float32)
     best = np.float32(x[5:27].max())
     total = run(qa, kt, s, e, 5, 27, best, row.copy(), vb, np.float32(0.5))
     np.testing.assert_allclose(s, a.score_block_ref(qa, kt), rtol=1e-5, atol=1e-5)

@@ -13,7 +13,12 @@ AVX-512, four ymm on AVX2, eight NEON registers; LLVM legalises the width):
   old kernel's time (one per query and key).
 - `accumulate_block(row, s, vb)`: row [D] = row · s_fix + Σ_j s[j] · vb[j, :], with the correction
   factor of the online softmax passed in; D a multiple of 16 (`VECTOR_DIM`), else the caller
-  runs `accumulate_block_ref`'s loop.
+  runs `accumulate_block_ref`'s loop. Where D is a multiple of 64 the row goes 64 lanes at a
+  time, four vectors held in registers while j runs, so one broadcast of s[j] feeds four FMA
+  chains; 16 lanes at a time it was one chain of 32 dependent FMAs, and the 32 weights it
+  hoisted did not fit the registers. Measured on one Zen 5 core, SmolLM2's shapes (9/3 heads,
+  D 64, f16 cache), 128 queries at depth 4096: 17.8 → 16.4 ms a layer. Every lane sees the same
+  operations in the same order either way.
 
 Each has a numpy twin here that the tests hold it to; the IR blocks (loop, broadcast, FMA) are
 `llvm_ir`'s.
@@ -31,6 +36,8 @@ from lowbit.runtime.kernels import llvm_ir as lir
 
 K_BLOCK = 32
 LANES = 16
+ACC_VECTORS = 4  # accumulate_block's output vectors in registers at once (4 FMA chains)
+ACC_WIDTH = ACC_VECTORS * LANES
 VECTOR_DIM = LANES  # accumulate_block needs D % VECTOR_DIM == 0
 
 _f32 = ir.FloatType()
@@ -209,21 +216,47 @@ def accumulate_block(typingctx, row, s, vb, fix):
         f = _splat(builder, context.cast(builder, args[3], sig.args[3], types.float32))
         d = builder.extract_value(r.shape, 0)
         fma = _fma(builder)
-        weights = [_splat(builder, builder.load(builder.gep(p.data, [ir.Constant(_i64, j)]))) for j in range(K_BLOCK)]
 
-        def body(off, _):
-            ptr = _vec_ptr(builder, r.data, off)
-            acc = builder.fmul(builder.load(ptr, align=4), f)
+        def wide(off, _):
+            # ACC_WIDTH output lanes held in registers while j runs over the block: one
+            # broadcast per key serves ACC_WIDTH / 16 independent FMA chains
+            ptrs = [_vec_ptr(builder, r.data, builder.add(off, ir.Constant(_i64, c * LANES))) for c in range(ACC_VECTORS)]
+            accs = [builder.fmul(builder.load(ptr, align=4), f) for ptr in ptrs]
             for j in range(K_BLOCK):
-                vj = builder.load(_vec_ptr(builder, v.data, builder.add(builder.mul(ir.Constant(_i64, j), d), off)), align=4)
-                acc = builder.call(fma, [weights[j], vj, acc])
-            builder.store(acc, ptr, align=4)
+                w = _splat(builder, builder.load(builder.gep(p.data, [ir.Constant(_i64, j)])))
+                base = builder.add(builder.mul(ir.Constant(_i64, j), d), off)
+                for c in range(ACC_VECTORS):
+                    vj = builder.load(_vec_ptr(builder, v.data, builder.add(base, ir.Constant(_i64, c * LANES))), align=4)
+                    accs[c] = builder.call(fma, [w, vj, accs[c]])
+            for ptr, acc in zip(ptrs, accs):
+                builder.store(acc, ptr, align=4)
             return []
 
-        lir.loop(builder, d, LANES, [], body, "acc")
+        whole = builder.icmp_signed("==", builder.srem(d, ir.Constant(_i64, ACC_WIDTH)), ir.Constant(_i64, 0))
+        with builder.if_else(whole) as (then, otherwise):
+            with then:
+                lir.loop(builder, d, ACC_WIDTH, [], wide, "acc.wide")
+            with otherwise:
+                _accumulate_narrow(builder, r, p, v, f, d, fma)
         return context.get_dummy_value()
 
     return types.none(row, s, vb, fix), codegen
+
+
+def _accumulate_narrow(builder, r, p, v, f, d, fma) -> None:
+    """accumulate_block for D a multiple of 16 but not of ACC_WIDTH: 16 lanes at a time."""
+    weights = [_splat(builder, builder.load(builder.gep(p.data, [ir.Constant(_i64, j)]))) for j in range(K_BLOCK)]
+
+    def body(off, _):
+        ptr = _vec_ptr(builder, r.data, off)
+        acc = builder.fmul(builder.load(ptr, align=4), f)
+        for j in range(K_BLOCK):
+            vj = builder.load(_vec_ptr(builder, v.data, builder.add(builder.mul(ir.Constant(_i64, j), d), off)), align=4)
+            acc = builder.call(fma, [weights[j], vj, acc])
+        builder.store(acc, ptr, align=4)
+        return []
+
+    lir.loop(builder, d, LANES, [], body, "acc")
 
 
 # -- numpy references ------------------------------------------------------------------------
