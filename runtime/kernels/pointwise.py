@@ -12,7 +12,6 @@ import math
 import numpy as np
 from numba import prange
 
-from lowbit.runtime.kernels.attention_simd import LANES, exp_block
 from lowbit.runtime.kernels.jit import helper, kernel
 
 SILU, RELU2, GELU_TANH = 0, 1, 2
@@ -65,27 +64,17 @@ def rope(v, heads, d, rot, cos, sin):
 
 @helper
 def activate_into(gate, up, act, out):
-    """out = act(gate) ⊙ up (act: SILU, RELU2 or GELU_TANH, PyTorch's tanh approximation).
-
-    SiLU takes its exponentials from attention's vector expf (`exp_block`, Cephes, ~2e-7
-    relative error) over a scratch row: libm's expf is one call per element, and a branch on
-    `act` inside the loop kept LLVM from vectorising any of it."""
-    n = gate.shape[0]
-    if act == SILU:
-        e = np.empty(-(-n // LANES) * LANES, np.float32)  # whole vectors for exp_block
-        for i in range(n):
-            e[i] = -gate[i]
-        exp_block(e, 0, n, f32(0.0))
-        for i in range(n):
-            out[i] = gate[i] / (f32(1.0) + e[i]) * up[i]
-    elif act == RELU2:
-        for i in range(n):
-            g = max(gate[i], f32(0.0))
-            out[i] = g * g * up[i]
-    else:
-        for i in range(n):
-            g = gate[i]
-            out[i] = f32(0.5) * g * (f32(1.0) + np.tanh(f32(GELU_C) * (g + f32(0.044715) * g * g * g))) * up[i]
+    """out = act(gate) ⊙ up (act: SILU, RELU2 or GELU_TANH, PyTorch's tanh approximation)."""
+    for i in range(gate.shape[0]):
+        g = gate[i]
+        if act == RELU2:
+            g = max(g, f32(0.0))
+            g = g * g
+        elif act == GELU_TANH:
+            g = f32(0.5) * g * (f32(1.0) + np.tanh(f32(GELU_C) * (g + f32(0.044715) * g * g * g)))
+        else:
+            g = g / (f32(1.0) + np.exp(-g))
+        out[i] = g * up[i]
 
 
 @helper
@@ -119,15 +108,3 @@ def rope_rows(x, heads, d, rot, cos, sin, start, out):
         for i in range(o.shape[0]):
             o[i] = src[i]
         rope(o, heads, d, rot, cos[start + t], sin[start + t])
-
-
-def activate_rows_ref(gate: np.ndarray, up: np.ndarray, act: int) -> np.ndarray:
-    """numpy reference of `activate_rows` (float64 inside)."""
-    g, u = gate.astype(np.float64), up.astype(np.float64)
-    if act == SILU:
-        y = g / (1.0 + np.exp(-g))
-    elif act == RELU2:
-        y = np.maximum(g, 0.0) ** 2
-    else:
-        y = 0.5 * g * (1.0 + np.tanh(GELU_C * (g + 0.044715 * g**3)))
-    return (y * u).astype(np.float32)
