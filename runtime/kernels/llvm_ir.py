@@ -234,7 +234,8 @@ def codes_and_int8(codes: types.Type, x: types.Type) -> bool:
 
 
 def stream_dot(
-    context, builder, sig, args, streams: int, unpack, stride=None, vnni: bool = False, tail=None
+    context, builder, sig, args, streams: int, unpack, stride=None, vnni: bool = False, tail=None,
+    shifts: Sequence[int] | None = None,
 ) -> ir.Value:
     """Σ over 32-byte steps of the codes (args[0], uint8) against x (args[1], int8): `unpack`
     turns 32 code bytes into `streams` <32 x i8> vectors of small unsigned values, stream j of
@@ -244,7 +245,9 @@ def stream_dot(
     would chain every stream through the instruction's latency), summed after the loop. With
     `tail` (the index of a uint8 [32] argument holding the codes' last len % 32 bytes, zero
     beyond), a last partial step reads its codes from there instead of past the codes' end.
-    Returns the i32 total (one horizontal sum per row)."""
+    `shifts` (VNNI only: one accumulator per stream): stream j's values arrive multiplied by
+    2^shifts[j] (codes masked in place, not shifted down), so its exact sum is shifted back
+    (arithmetically) after the loop. Returns the i32 total (one horizontal sum per row)."""
     ca = context.make_array(sig.args[0])(context, builder, args[0])
     xa = context.make_array(sig.args[1])(context, builder, args[1])
     ta = None if tail is None else context.make_array(sig.args[tail])(context, builder, args[tail])
@@ -253,6 +256,9 @@ def stream_dot(
     pmaddubsw = maddubs(builder)
     vpdpbusd = dpbusd(builder) if vnni else None
     n_acc = min(streams, VNNI_ACCUMULATORS) if vnni else 1
+    if shifts is not None:
+        assert vnni and len(shifts) == streams, "shifts: VNNI, one per stream"
+        n_acc = streams
 
     def body(i, accs):
         if ta is None:
@@ -276,6 +282,8 @@ def stream_dot(
         return [builder.add(accs[0], widen_pairs(builder, pairs))]
 
     totals = loop(builder, q, 32, [ir.Constant(V8I32, None)] * n_acc, body, "tdot")
+    if shifts is not None:
+        totals = [builder.ashr(t, splat(I32, 8, k)) if k else t for t, k in zip(totals, shifts, strict=True)]
     total = totals[0]
     for t in totals[1:]:
         total = builder.add(total, t)

@@ -65,9 +65,12 @@ ROWS_PER_TASK = 64  # output rows one parallel task computes (one kind branch pe
 # SmolLM2 q8 / q4 / ternary at one Zen 5 thread, 64 rows 175 / 207 / 293 (2 threads: 221 / 252 /
 # 355 against 258 / 306 / 424)
 MAX_TASKS = 64  # parallel tasks of one matvec call at most
-PREFETCH_BYTES = 2560  # how far ahead of the row being computed its successors are prefetched
-# (rows are adjacent in the file). Measured on the 2B-shaped q4 model, 2 threads: 4 rows ahead
-# was right for 576-byte head rows but cost 43 % on the 3456-byte rows of down_proj.
+PREFETCH_BYTES = 8192  # how far ahead of the row being computed its successors are prefetched
+# (rows are adjacent in the file). One row after another is one sequential stream, and one core's
+# hardware prefetcher keeps too few lines in flight for it: on the Zen 5 VM, 1 thread, decode
+# tok/s of the 2B-shaped files with 2560 → 8192 bytes: ternary 32.0 → 35.0, q4 17.8 → 19.0,
+# q8 11.5 → 11.8 (alternating runs; 16384 lost at 2 threads). An earlier machine had measured
+# 4 rows ahead right for 576-byte head rows but a 43 % loss on q4's 3456-byte down_proj rows.
 
 LAYERNORM_EPS = 1e-5
 
@@ -146,102 +149,173 @@ def shares_input(p, q):
     )
 
 
+# One compiled function per kind: with every kind's loop inside rows_into itself, the q8 head
+# of the 2B-shaped model (128256 × 2560) took 10.1 ms a token at one Zen 5 thread, in a function
+# of its own 8.2 ms (LLVM optimised the rows' loop worse inside the one large function).
+
+
+@row_fn
+def _ternary_rows(a, d, xq, off, inv, base3, y, r0, r1):
+    ahead = rows_ahead(a)
+    scale = d[0].view(np.float32)
+    per_row = scale.shape[0] > 1
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        acc = dot_ternary_1p6(a[r], xq) if base3 else dot_ternary(a[r], xq)
+        s = scale[r] if per_row else scale[0]
+        y[r] = f32(acc - off) * (s * inv)
+
+
+@row_fn
+def _q4_rows(a, b, c, d, xq, xs, zs, group, y, r0, r1):
+    ahead = rows_ahead(a)
+    rs = d[0].view(np.uint16)
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        y[r] = q4_row(a[r], xq, xs, zs, b[r], c[r], group) * f16_to_f32(rs[r])
+
+
+@row_fn
+def _q3_rows(a, b, c, d, xf, xs, group, y, r0, r1):
+    ahead = rows_ahead(a)
+    rs = d[0].view(np.uint16)
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        y[r] = row_dot_q3(a[r], xf, b[r], c[r], xs, group) * f16_to_f32(rs[r])
+
+
+@row_fn
+def _q2_rows(a, b, c, d, xf, xs, group, y, r0, r1):
+    ahead = rows_ahead(a)
+    rs = d[0].view(np.uint16)
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        y[r] = row_dot_q2(a[r], xf, b[r], c[r], xs, group) * f16_to_f32(rs[r])
+
+
+@row_fn
+def _onebit_rows(a, c, xq, off, inv, y, r0, r1):
+    ahead = rows_ahead(a)
+    h = c[0].view(np.uint16)
+    tail = np.zeros(PAD, dtype=np.uint8)
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        y[r] = onebit_row(a[r], xq, off, f16_to_f32(h[r]), inv, tail)
+
+
+@row_fn
+def _q1f_rows(a, b, xq, xs, zs, y, r0, r1):
+    """q1f, G = 128, on int8 activations."""
+    ahead = rows_ahead(a)
+    sc = b.view(np.uint16)
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        y[r] = q1f_row_i8(a[r], xq, sc[r], xs, zs)
+
+
+@row_fn
+def _affine_rows(a, b, c, xf, xq, xs, zs, group, flags, y, r0, r1):
+    ahead = rows_ahead(a)
+    sc = b.view(np.uint16)
+    mn = c.view(np.uint16)
+    has_min = mn.shape[1] > 0
+    step = 1 if has_min else 0  # row r's minimums: mn[r], or the one empty row
+    # one loop per form: a branch between the two inlined row kernels inside one loop kept
+    # LLVM from vectorising either (SmolLM2's 1536 x 576 gate_proj: see affine_row_i8)
+    if xq.shape[0] > 0:
+        sd = np.empty(sc.shape[1], dtype=np.float32)
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            y[r] = affine_row_i8(a[r], xq, xs, zs, sc[r], mn[r * step], has_min, flags >> 8, sd)
+    else:
+        no_zeros = np.zeros(sc.shape[1], dtype=np.uint8)
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            y[r] = affine_row(a[r], xf, xs, sc[r], mn[r * step], has_min, flags & 255, flags >> 8, group,
+                              no_zeros)
+
+
+@row_fn
+def _kq4_rows(a, b, c, d, xq, xs, zs, y, r0, r1):
+    ahead = rows_ahead(a)
+    sup = d.view(np.uint16)
+    sd = np.empty(b.shape[1], dtype=np.float32)
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        y[r] = q4k_row_i8(a[r], xq, xs, zs, b[r], c[r], sup[r], sd)
+
+
+@row_fn
+def _q8_rows(a, b, xq, xs, group, y, r0, r1):
+    ahead = rows_ahead(a)
+    codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
+    scales = b.view(np.uint16)
+    if group == BLOCK and codes.shape[1] % BLOCK == 0:  # GGUF Q8_0's grid
+        sd = np.empty(scales.shape[1], dtype=np.float32)
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            y[r] = q8_row_blocks(codes[r], xq, xs, scales[r], sd)
+    else:
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            y[r] = q8_row(codes[r], xq, xs, scales[r], group)
+
+
+@row_fn
+def _f32_rows(a, xf, y, r0, r1):
+    ahead = rows_ahead(a)
+    w2 = a.view(np.float32)
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        w = w2[r]
+        s = f32(0.0)
+        for k in range(w.shape[0]):
+            s += w[k] * xf[k]
+        y[r] = s
+
+
+@row_fn
+def _half_rows(a, xf, bf16, y, r0, r1):
+    """F16 or BF16 (raw u16 bits); LLVM unswitches the loop on `bf16`."""
+    ahead = rows_ahead(a)
+    w2 = a.view(np.uint16)
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        w = w2[r]
+        s = f32(0.0)
+        for k in range(w.shape[0]):
+            v = bf16_to_f32(w[k]) if bf16 else f16_to_f32(w[k])
+            s += v * xf[k]
+        y[r] = s
+
+
 @row_fn
 def rows_into(desc, act, y, r0, r1):
-    """y[r] for r in r0..r1-1 (y float32 [out])."""
+    """y[r] for r in r0..r1-1 (y float32 [out]): the kind's own row loop."""
     kind, a, b, c, d, group = desc[KIND], desc[A], desc[B], desc[C], desc[D], desc[GROUP]
     xf, xq, xs, zs, off, inv = act
-    ahead = rows_ahead(a)
     if kind == TERNARY or kind == TERNARY_1P6:
-        scale = d[0].view(np.float32)
-        per_row = scale.shape[0] > 1
-        for r in range(r0, r1):
-            prefetch_row(a, r + ahead)
-            acc = dot_ternary(a[r], xq) if kind == TERNARY else dot_ternary_1p6(a[r], xq)
-            s = scale[r] if per_row else scale[0]
-            y[r] = f32(acc - off) * (s * inv)
+        _ternary_rows(a, d, xq, off, inv, kind == TERNARY_1P6, y, r0, r1)
     elif kind == Q4:
-        rs = d[0].view(np.uint16)
-        for r in range(r0, r1):
-            prefetch_row(a, r + ahead)
-            y[r] = q4_row(a[r], xq, xs, zs, b[r], c[r], group) * f16_to_f32(rs[r])
-    elif kind == Q3 or kind == Q2:
-        rs = d[0].view(np.uint16)
-        if kind == Q3:  # one loop per kind, as for AFFINE below
-            for r in range(r0, r1):
-                prefetch_row(a, r + ahead)
-                y[r] = row_dot_q3(a[r], xf, b[r], c[r], xs, group) * f16_to_f32(rs[r])
-        else:
-            for r in range(r0, r1):
-                prefetch_row(a, r + ahead)
-                y[r] = row_dot_q2(a[r], xf, b[r], c[r], xs, group) * f16_to_f32(rs[r])
+        _q4_rows(a, b, c, d, xq, xs, zs, group, y, r0, r1)
+    elif kind == Q3:
+        _q3_rows(a, b, c, d, xf, xs, group, y, r0, r1)
+    elif kind == Q2:
+        _q2_rows(a, b, c, d, xf, xs, group, y, r0, r1)
     elif kind == ONEBIT:
-        h = c[0].view(np.uint16)
-        tail = np.zeros(PAD, dtype=np.uint8)
-        for r in range(r0, r1):
-            prefetch_row(a, r + ahead)
-            y[r] = onebit_row(a[r], xq, off, f16_to_f32(h[r]), inv, tail)
+        _onebit_rows(a, c, xq, off, inv, y, r0, r1)
     elif kind == AFFINE and xq.shape[0] > 0 and desc[FLAGS] & 255 == 1:  # q1f G = 128, int8
-        sc = b.view(np.uint16)
-        for r in range(r0, r1):
-            prefetch_row(a, r + ahead)
-            y[r] = q1f_row_i8(a[r], xq, sc[r], xs, zs)
+        _q1f_rows(a, b, xq, xs, zs, y, r0, r1)
     elif kind == AFFINE:
-        flags = desc[FLAGS]
-        sc = b.view(np.uint16)
-        mn = c.view(np.uint16)
-        has_min = mn.shape[1] > 0
-        no_zeros = np.zeros(sc.shape[1], dtype=np.uint8)
-        step = 1 if has_min else 0  # row r's minimums: mn[r], or the one empty row
-        # one loop per form: a branch between the two inlined row kernels inside one loop kept
-        # LLVM from vectorising either (SmolLM2's 1536 x 576 gate_proj: see affine_row_i8)
-        if xq.shape[0] > 0:
-            sd = np.empty(sc.shape[1], dtype=np.float32)
-            for r in range(r0, r1):
-                prefetch_row(a, r + ahead)
-                y[r] = affine_row_i8(a[r], xq, xs, zs, sc[r], mn[r * step], has_min, flags >> 8, sd)
-        else:
-            for r in range(r0, r1):
-                prefetch_row(a, r + ahead)
-                y[r] = affine_row(a[r], xf, xs, sc[r], mn[r * step], has_min, flags & 255, flags >> 8, group,
-                                  no_zeros)
+        _affine_rows(a, b, c, xf, xq, xs, zs, group, desc[FLAGS], y, r0, r1)
     elif kind == KQ4:
-        sup = d.view(np.uint16)
-        sd = np.empty(b.shape[1], dtype=np.float32)
-        for r in range(r0, r1):
-            prefetch_row(a, r + ahead)
-            y[r] = q4k_row_i8(a[r], xq, xs, zs, b[r], c[r], sup[r], sd)
+        _kq4_rows(a, b, c, d, xq, xs, zs, y, r0, r1)
     elif kind == Q8:
-        codes = a.view(np.int8)  # whole-array views: a view per row cost ~10 ns × 49152 rows
-        scales = b.view(np.uint16)
-        if group == BLOCK and codes.shape[1] % BLOCK == 0:  # GGUF Q8_0's grid
-            sd = np.empty(scales.shape[1], dtype=np.float32)
-            for r in range(r0, r1):
-                prefetch_row(a, r + ahead)
-                y[r] = q8_row_blocks(codes[r], xq, xs, scales[r], sd)
-        else:
-            for r in range(r0, r1):
-                prefetch_row(a, r + ahead)
-                y[r] = q8_row(codes[r], xq, xs, scales[r], group)
+        _q8_rows(a, b, xq, xs, group, y, r0, r1)
     elif kind == F32:
-        w2 = a.view(np.float32)
-        for r in range(r0, r1):
-            prefetch_row(a, r + ahead)
-            w = w2[r]
-            s = f32(0.0)
-            for k in range(w.shape[0]):
-                s += w[k] * xf[k]
-            y[r] = s
-    else:  # F16, BF16 (raw u16 bits); LLVM unswitches the loop on `kind`
-        w2 = a.view(np.uint16)
-        for r in range(r0, r1):
-            prefetch_row(a, r + ahead)
-            w = w2[r]
-            s = f32(0.0)
-            for k in range(w.shape[0]):
-                v = f16_to_f32(w[k]) if kind == F16 else bf16_to_f32(w[k])
-                s += v * xf[k]
-            y[r] = s
+        _f32_rows(a, xf, y, r0, r1)
+    else:
+        _half_rows(a, xf, kind == BF16, y, r0, r1)
 
 
 @row_fn

@@ -76,6 +76,16 @@ def _unpack2(builder, c):
     ]
 
 
+def _mask2(builder, c):
+    """The four 2-bit fields of each byte masked in place (c & 3 << 2j): `vpdpbusd` takes them
+    as they are (u8 ≤ 192) and the sums are shifted down by 2j once per row, which saves the
+    three shifts of `_unpack2` (8 vector ops per 32 code bytes instead of 10)."""
+    return [builder.and_(c, lir.splat(lir.I8, c.type.count, 3 << (2 * j))) for j in range(4)]
+
+
+MASK_SHIFTS = (0, 2, 4, 6)
+
+
 def _unpack3(builder, c):
     three = lir.splat(lir.I8, c.type.count, 3)
     digits = []
@@ -87,14 +97,14 @@ def _unpack3(builder, c):
     return digits
 
 
-def _ternary_dot(streams: int, unpack, vnni: bool):
+def _ternary_dot(streams: int, unpack, vnni: bool, shifts=None):
     @intrinsic
     def dot(typingctx, codes, x):
         if not lir.codes_and_int8(codes, x):
             return None
 
         def codegen(context, builder, sig, args):
-            return lir.stream_dot(context, builder, sig, args, streams, unpack, vnni=vnni)
+            return lir.stream_dot(context, builder, sig, args, streams, unpack, vnni=vnni, shifts=shifts)
 
         return types.int32(codes, x), codegen
 
@@ -103,7 +113,7 @@ def _ternary_dot(streams: int, unpack, vnni: bool):
 
 _dot_ternary_avx2 = _ternary_dot(4, _unpack2, vnni=False)
 _dot_ternary_1p6_avx2 = _ternary_dot(5, _unpack3, vnni=False)
-_dot_ternary_vnni = _ternary_dot(4, _unpack2, vnni=True)
+_dot_ternary_vnni = _ternary_dot(4, _mask2, vnni=True, shifts=MASK_SHIFTS)
 _dot_ternary_1p6_vnni = _ternary_dot(5, _unpack3, vnni=True)
 
 
