@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
+import numba
 import numpy as np
 
 from lowbit.formats import LowbitReader, TensorEntry
@@ -275,7 +276,8 @@ class Transformer:
         decode_layers(x, *self.decode_table, cache.keys, cache.values, cache.key_scales, cache.value_scales,
                       self.rope_cos, self.rope_sin, self.layer_info,
                       pos, a.num_attention_heads, a.rms_norm_eps, pointwise.ACTIVATIONS[a.hidden_act], a.attention_scale,
-                      a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0, self.down_block)
+                      a.attn_logit_softcapping or 0.0, a.rotary_dim, a.linear_norm_eps or 0.0, self.down_block,
+                      numba.get_num_threads())
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         """The rows of ids, a writable array of the caller's (the blocks update it in place)."""

@@ -6,7 +6,8 @@ import numba
 import numpy as np
 import pytest
 
-from lowbit.runtime.kernels.attention import attention, attention_ref
+from lowbit.runtime.kernels.attention import attention, attention_ref, decode_attention
+from lowbit.runtime.kernels.kv_store import load_ref, store_ref
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -121,3 +122,30 @@ def test_block_max_and_odd_head_dims_against_numpy():
         out = np.empty(a.K_BLOCK, np.float32)
         score(qa, kt, out)
         np.testing.assert_allclose(out, a.score_block_ref(qa, kt), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "q8"])
+@pytest.mark.parametrize("heads,kv_heads,d", [(20, 5, 128), (9, 3, 64), (8, 2, 32), (6, 3, 16), (4, 4, 48), (10, 2, 16)])
+def test_decode_attention_matches_reference(kind, heads, kv_heads, d):
+    """Decode's attention (`attend_heads`: four query heads of a KV head a pass where a KV head has
+    at least three, else one) on every cache form, with a window and soft-capping, at 1 and 2
+    threads: the reference on the values the cache stands for."""
+    rng = np.random.default_rng(heads * 7 + d)
+    pos, cap = 70, 200
+    q = rng.standard_normal(heads * d).astype(np.float32) * 2
+    k = rng.standard_normal((kv_heads, cap, d)).astype(np.float32)
+    v = rng.standard_normal((kv_heads, cap, d)).astype(np.float32)
+    keys, ks = store_ref(kind, k)
+    values, vs = store_ref(kind, v)
+    none = np.zeros((kv_heads, 0), np.float32)
+    ks, vs = (none, none) if ks is None else (ks, vs)
+    kf, vf = load_ref(kind, keys, None if kind != "q8" else ks), load_ref(kind, values, None if kind != "q8" else vs)
+    kf[:, pos + 1 :] = vf[:, pos + 1 :] = 0  # the reference sees only what decode may read
+    for window, softcap in ((0, 0.0), (25, 0.0), (0, 3.0)):
+        first, n = (pos - window + 1, window) if window else (0, pos + 1)
+        ref = attention_ref(q.reshape(1, heads, d), kf, vf, pos, window, 0.0, softcap)[0]
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            out = np.full(heads * d, np.nan, np.float32)
+            decode_attention(q, keys, ks, values, vs, first, n, np.float32(1.0 / np.sqrt(d)), softcap, threads, out)
+            assert np.abs(out - ref).max() <= 2e-5 * np.abs(ref).max() + 1e-6, (window, softcap, threads)

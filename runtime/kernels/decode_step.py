@@ -23,7 +23,7 @@ from numba import prange
 
 from lowbit.runtime.kernels import matvec as mv
 from lowbit.runtime.kernels import table_layout as tl
-from lowbit.runtime.kernels.attention import attend, visible
+from lowbit.runtime.kernels.attention import attend_heads, visible
 from lowbit.runtime.kernels.hadamard import transform
 from lowbit.runtime.kernels.jit import helper, kernel
 from lowbit.runtime.kernels.kv_store import store
@@ -102,7 +102,7 @@ def _project_add(desc, inp, x, out_norm, eps, in_norm, lin_eps):
 
 @kernel
 def decode_layers(x, file, side, table, keys, values, key_scales, value_scales, cos, sin, layer_info, pos, n_heads, eps, act, scale,
-                  softcap, rot, lin_eps, down_block):
+                  softcap, rot, lin_eps, down_block, threads):
     """Run x (float32 [hidden], the token's embedding) at position pos through every layer, in
     place; keys/values [layers, KVH, context, D] (f32, f16 bits or q8: `kv_store`) receive this
     position's K and V, key_scales/value_scales [layers, KVH, context] their q8 scales ([.., 0]
@@ -110,10 +110,10 @@ def decode_layers(x, file, side, table, keys, values, key_scales, value_scales, 
     [tables, P, rot/2]; layer_info [layers, 2]: the layer's sliding window (0: none) and RoPE
     table; scale: the attention scale; softcap > 0 soft-caps attention scores; rot: the rotary
     dims of each head; lin_eps: eps of the linears' own input norms (where the table has them);
-    down_block: the odd block of the online Hadamard transform before down_proj ([0, 0]: none)."""
+    down_block: the odd block of the online Hadamard transform before down_proj ([0, 0]: none);
+    threads: numba's thread count (how attention splits its heads into tasks)."""
     kvh = keys.shape[1]
     d = keys.shape[3]
-    rep = n_heads // kvh
     scale = f32(scale)
     for li in range(table.shape[0]):
         row = table[li]
@@ -166,10 +166,8 @@ def decode_layers(x, file, side, table, keys, values, key_scales, value_scales, 
             store(values[li, h], value_scales[li, h], pos, v[h * d : (h + 1) * d])
 
         att = np.empty(n_heads * d, dtype=np.float32)
-        for h in prange(n_heads):
-            kv = h // rep
-            attend(q[h * d : (h + 1) * d], keys[li, kv], key_scales[li, kv], values[li, kv], value_scales[li, kv],
-                   first, n_ctx, scale, att[h * d : (h + 1) * d], softcap)
+        attend_heads(q, keys[li], key_scales[li], values[li], value_scales[li], first, n_ctx, scale, softcap, threads,
+                     att)
         if attn_sub.shape[0]:
             att = rms_norm(att, attn_sub, eps)
         _project_add(lo, att, x, attn_out, eps, _input_norm(file, side, row[tl.O_PROJ]), lin_eps)
