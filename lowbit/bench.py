@@ -26,6 +26,7 @@ class BenchRow:
     prefill_tps: float
     decode_tps: float
     depth: int = 0
+    read_ceiling_gbs: float | None = None  # this machine's memory read rate at `threads` (ReadProbe)
 
 
 def peak_rss_mb() -> float:
@@ -87,8 +88,10 @@ def run_once(llm, prompt: list[int], gen_tokens: int, context: list[int] | None 
 
 
 def bench_model(llm, prompt_tokens: int = 128, gen_tokens: int = 128, threads: list[int] | None = None,
-                repeats: int = 3, depths: list[int] | None = None) -> list[BenchRow]:
-    """One row per (thread count, depth); the context before each depth is the same text."""
+                repeats: int = 3, depths: list[int] | None = None, probe=None) -> list[BenchRow]:
+    """One row per (thread count, depth); the context before each depth is the same text. With
+    `probe` (a runtime.read_bandwidth.ReadProbe) each row also holds the memory read rate measured
+    right after its decode runs, at the same thread count, in the same process."""
     rows = []
     prompt = bench_prompt(llm, prompt_tokens)
     context = bench_prompt(llm, max(depths or [0]), seed=1)
@@ -102,11 +105,19 @@ def bench_model(llm, prompt_tokens: int = 128, gen_tokens: int = 128, threads: l
                 pre.append(p)
                 dec.append(d)
             p, d = statistics.median(pre), statistics.median(dec)
-            rows.append(BenchRow(n, len(prompt), gen_tokens, p, len(prompt) / p, gen_tokens / d, depth))
+            ceiling = probe.gbs(n) if probe is not None else None
+            rows.append(BenchRow(n, len(prompt), gen_tokens, p, len(prompt) / p, gen_tokens / d, depth, ceiling))
     return rows
 
 
+def weights_read_gbs(decode_tps: float, summary: dict) -> float | None:
+    """GB/s of weights a decode at `decode_tps` streams (summary: lowbit.file_info.summarize's)."""
+    per_token = summary.get("decode_read_bytes")
+    return per_token * decode_tps / 1e9 if per_token else None
+
+
 def bench_report(path: Path, load_s: float, rows: list[BenchRow], summary: dict) -> dict:
+    runs = [asdict(r) | {"weights_read_gbs": weights_read_gbs(r.decode_tps, summary)} for r in rows]
     return {
         "model": str(path),
         "file_size_bytes": path.stat().st_size,
@@ -114,5 +125,6 @@ def bench_report(path: Path, load_s: float, rows: list[BenchRow], summary: dict)
         "linear_bits_per_weight": summary.get("linear_bits_per_weight"),
         "load_seconds": load_s,
         "peak_rss_mb": peak_rss_mb(),
-        "runs": [asdict(r) for r in rows],
+        "decode_read_bytes": summary.get("decode_read_bytes"),
+        "runs": runs,
     }

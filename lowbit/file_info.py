@@ -93,6 +93,8 @@ def summarize(source: LowbitReader | str | os.PathLike, tensors: bool = False) -
                     else None,
                 }
             )
+    head = reader.tensors.get("lm_head.weight") or reader.tensors.get("model.embed_tokens.weight")
+    head_bytes = sum(int(p.nbytes) for p in head.parts.values()) if head is not None else 0
     for enc in encodings.values():
         enc["bits_per_weight"] = _bpw(enc["bytes"], enc["weights"])
 
@@ -111,6 +113,8 @@ def summarize(source: LowbitReader | str | os.PathLike, tensors: bool = False) -
         "file_bits_per_weight": _bpw(reader.file_size, n_weights),
         "linear_parameters": lin_weights,
         "linear_bits_per_weight": _bpw(lin_bytes, lin_weights),
+        # what a decode token streams: every layer's linears and the output head, once each
+        "decode_read_bytes": lin_bytes + head_bytes,
         "encodings": dict(sorted(encodings.items(), key=lambda kv: -kv[1]["weights"])),
         "tokenizer": {
             "kind": _str(tok.get("kind")),

@@ -69,6 +69,24 @@ def test_bench_json(tiny):
     for r in rep["runs"]:
         assert r["prefill_tps"] > 0 and r["decode_tps"] > 0 and r["time_to_first_token_s"] > 0
         assert r["prompt_tokens"] == 16 and r["gen_tokens"] == 8
+        assert r["weights_read_gbs"] == pytest.approx(rep["decode_read_bytes"] * r["decode_tps"] / 1e9)
+        assert r["read_ceiling_gbs"] is None  # measured only with --read-ceiling
+    from lowbit.formats import LowbitReader
+
+    with LowbitReader(tiny) as reader:  # every layer's linears and the (tied) head, once each
+        lin = [e for e in reader.tensors.values() if ".layers." in e.name and len(e.shape) == 2]
+        head = reader.tensors.get("lm_head.weight") or reader.tensors["model.embed_tokens.weight"]
+        assert len(lin) == 7 * len({e.name.split(".")[2] for e in lin})
+        expected = sum(int(p.nbytes) for e in [*lin, head] for p in e.parts.values())
+    assert rep["decode_read_bytes"] == expected
+
+
+def test_bench_read_ceiling(tiny):
+    proc = run_cli("bench", str(tiny), "-n", "4", "-g", "2", "-t", "1,2", "-r", "1", "--read-ceiling")
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = [ln.split() for ln in proc.stdout.splitlines() if ln.strip()[:1].isdigit() or "ceiling" in ln]
+    assert header[-2:] == ["ceiling", "GB/s"] and [r[0] for r in rows] == ["1", "2"]
+    assert all(float(r[-1]) > 0.1 for r in rows)  # a real read rate, not a placeholder
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,22 @@ def decode_scaling(pair: dict[str, Any], settings: dict[str, Any] | None = None)
     )
 
 
+def probed_runs(pairs: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """Each run's decode tok/s @ the memory read rate measured just before / just after it (GB/s):
+    on a VM whose read ceiling moves between runs, which runs met which machine."""
+    lines = []
+    for p in pairs:
+        for row in sorted(p["threads"], key=lambda r: (r["threads"], *_case(r, settings))):
+            cells = {e: [f"{r['decode_tps']:.1f}@{r['read_ceiling_gbs']:.0f}/{r.get('read_ceiling_after_gbs') or 0:.0f}"
+                         for r in row[e].get("runs", [])
+                         if r.get("read_ceiling_gbs") is not None] for e in ("lowbit", "llamacpp")}
+            if cells["lowbit"]:
+                pp, depth = _case(row, settings)
+                lines.append(f"decode tok/s @ read GB/s before/after, {p['pair']} t={row['threads']} pp{pp} d{depth}: lowbit "
+                             + " ".join(cells["lowbit"]) + " | peer " + " ".join(cells["llamacpp"]))
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [f"lowbit vs llama.cpp on {report['machine']['cpu']} ({report['machine']['cpus']} CPUs), "
@@ -82,6 +98,7 @@ def format_report(report: dict[str, Any]) -> str:
             t = sorted({r["threads"] for r in e["pairs"][0]["threads"]})
             lines.append(f"decode scaling, {t[-1]} threads / {t[0]} (median of the per-repetition "
                          "ratios): " + "; ".join(scaling))
+        lines += probed_runs(e["pairs"], s)
         for f in e["files"].values():
             fb = f.get("quantizer_fallbacks")
             if fb:

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.bench import ordinary_ids
+from lowbit.runtime.read_bandwidth import ReadProbe
 
 TOOLS = Path(__file__).resolve().parent
 if str(TOOLS) not in sys.path:
@@ -340,6 +341,7 @@ def bench_pair(m: ModelFiles, pair: str, lb_path: Path, cpp_path: Path, args, pr
                                      "start_s": time.perf_counter() - t0, "info": rd.get("info")}
         warm_prompt = prompt[: min(8, len(prompt))]
         runs = {(t, p, d): {"lowbit": [], "llamacpp": []} for t in args.threads for p, d in cases}
+        probe = ReadProbe() if args.read_probe else None
         current: dict[str, int] = {}
         for r in range(args.repeats):
             for t in args.threads:  # thread counts alternate as well: the scaling ratio sees one machine state
@@ -348,13 +350,18 @@ def bench_pair(m: ModelFiles, pair: str, lb_path: Path, cpp_path: Path, args, pr
                         if current.get(engine) != t:  # a new thread count: warm it (llama.cpp: a fresh context)
                             w.request(cmd="warm", threads=t, prompt=warm_prompt, gen=2)
                             current[engine] = t
-                        time.sleep(args.pause)  # let the other worker's idle threads stop spinning
-                        runs[t, p, d][engine].append(w.request(cmd="run", threads=t, prompt=prompt[:p],
-                                                               gen=args.gen_tokens, context=context[:d]))
+                        ceiling = probe.gbs(t) if probe is not None else None  # this minute's machine
+                        time.sleep(args.pause)  # let the other worker's (and the probe's) idle threads stop spinning
+                        res = w.request(cmd="run", threads=t, prompt=prompt[:p], gen=args.gen_tokens, context=context[:d])
+                        after = probe.gbs(t) if probe is not None else None  # did the machine move during it?
+                        runs[t, p, d][engine].append(res | {"read_ceiling_gbs": ceiling, "read_ceiling_after_gbs": after})
                     last = runs[t, p, d]
                     log(f"  {m.name} {pair} t={t} pp{p} depth {d} run {r + 1}/{args.repeats}: prefill lowbit "
                         f"{last['lowbit'][-1]['prefill_tps']:.1f} / llama.cpp {last['llamacpp'][-1]['prefill_tps']:.1f}, "
-                        f"decode {last['lowbit'][-1]['decode_tps']:.1f} / {last['llamacpp'][-1]['decode_tps']:.1f} tok/s")
+                        f"decode {last['lowbit'][-1]['decode_tps']:.1f} / {last['llamacpp'][-1]['decode_tps']:.1f} tok/s"
+                        + ("" if probe is None else "; memory read before/after each " + " / ".join(
+                            f"{last[e][-1]['read_ceiling_gbs']:.1f}/{last[e][-1]['read_ceiling_after_gbs']:.1f}"
+                            for e in ("lowbit", "llamacpp")) + " GB/s"))
         for (t, p, d), per_engine in runs.items():
             row: dict[str, Any] = {"threads": t, "prompt_tokens": p, "depth": d}
             for engine, rs in per_engine.items():
@@ -492,6 +499,9 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--depth-pairs", default=None, help="pairs that run every --depths (default: all); the others "
                                                         "run depth 0 only")
     ap.add_argument("--workdir", type=Path, default=None, help="cache for generated files (default $LOWBIT_HOME/bench)")
+    ap.add_argument("--no-read-probe", dest="read_probe", action="store_false",
+                    help="skip the memory read probe (runtime.read_bandwidth) before each run: on a shared VM "
+                         "the read ceiling moves (vCPU placement), and the probe labels each run with it")
     ap.add_argument("--pause", type=float, default=0.2, help="seconds between runs (idle threads settle)")
     ap.add_argument("--quantize-threads", type=int, default=2, help="nthread for llama.cpp's quantiser")
     ap.add_argument("--bitnetcpp", type=Path, default=None, help="work folder of ../shared/tools/bitnetcpp/bitnetcpp.sh "

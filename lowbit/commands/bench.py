@@ -37,8 +37,12 @@ class DepthList(click.ParamType):
 @click.option("--depth", "-d", "depths", type=DepthList(), default="0", show_default=True,
               help="Context depths, comma-separated: prefill and decode are timed after this many tokens in the cache.")
 @kv_cache_option
+@click.option("--read-ceiling", is_flag=True,
+              help="Also measure how fast this machine reads memory at each thread count (256 MB buffer): "
+                   "decode's ceiling, beside the rate at which it streams the weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(model, prompt_tokens, gen_tokens, thread_list, repeats, method, depths, kv_cache, as_json) -> None:
+def bench(model, prompt_tokens, gen_tokens, thread_list, repeats, method, depths, kv_cache, read_ceiling,
+          as_json) -> None:
     """Measure load time, time to first token, prefill and decode tokens/s and peak RSS."""
     from lowbit.bench import bench_model, bench_report
     from lowbit.commands.options import model_limit, resolve, warm_up
@@ -57,7 +61,12 @@ def bench(model, prompt_tokens, gen_tokens, thread_list, repeats, method, depths
     llm = load(path, context_length=min(depth + prompt_tokens + gen_tokens + 16, limit), kv_cache=kv_cache)
     load_s = time.perf_counter() - t0
     warm_up(llm, quiet=as_json)
-    rows = bench_model(llm, prompt_tokens, gen_tokens, thread_list, repeats, depths)
+    probe = None
+    if read_ceiling:
+        from lowbit.runtime.read_bandwidth import ReadProbe
+
+        probe = ReadProbe()
+    rows = bench_model(llm, prompt_tokens, gen_tokens, thread_list, repeats, depths, probe)
     report = bench_report(path, load_s, rows, summarize(llm.reader))
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -66,11 +75,16 @@ def bench(model, prompt_tokens, gen_tokens, thread_list, repeats, method, depths
         f"{path.name}: {report['file_size_bytes'] / 1e6:.1f} MB, {report['bits_per_weight']:.3f} bits/weight "
         f"(linear {report['linear_bits_per_weight']:.3f}), load {load_s:.2f} s"
     )
-    click.echo(f"{'threads':>7} {'depth':>6} {'TTFT s':>8} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    click.echo(f"{'threads':>7} {'depth':>6} {'TTFT s':>8} {'prefill tok/s':>14} {'decode tok/s':>13} "
+               f"{'weights GB/s':>13}" + (f" {'ceiling GB/s':>13}" if probe else ""))
     for r in report["runs"]:
+        weights = r["weights_read_gbs"]
+        ceiling = r["read_ceiling_gbs"]
         click.echo(
             f"{r['threads']:>7} {r['depth']:>6} {r['time_to_first_token_s']:>8.3f} {r['prefill_tps']:>14.1f} "
-            f"{r['decode_tps']:>13.1f}"
+            f"{r['decode_tps']:>13.1f} {weights if weights is not None else float('nan'):>13.1f}"
+            + (f" {ceiling:>13.1f}" if ceiling is not None else "")
         )
     click.echo(f"peak RSS {report['peak_rss_mb']:.0f} MB (prompt {prompt_tokens}, decode {gen_tokens}, "
-               f"KV cache {kv_cache}, median of {repeats})")
+               f"KV cache {kv_cache}, median of {repeats}; a decode token reads "
+               f"{(report['decode_read_bytes'] or 0) / 1e6:.0f} MB of weights)")
