@@ -406,14 +406,14 @@ def test_threads_bit_identical():
 
 
 def _simd_variants() -> list[str]:
-    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI
+    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_AVX512_VBMI, HAVE_VNNI
 
-    return (["avx2"] if HAVE_AVX2 else []) + (["vnni"] if HAVE_VNNI else [])
+    return (["avx2"] if HAVE_AVX2 else []) + (["vnni"] if HAVE_VNNI else []) + (["vbmi"] if HAVE_AVX512_VBMI else [])
 
 
 @pytest.mark.parametrize("variant", _simd_variants() or ["selected"])
 def test_simd_dots_match_portable_loops(variant):
-    """Every vector dot product this CPU can run (AVX2 vpmaddubsw, VNNI vpdpbusd) equals the
+    """Every vector dot product this CPU can run (AVX2 vpmaddubsw, VNNI vpdpbusd, VBMI vpermi2b) equals the
     portable numba loops, whichever one the runtime selected: ternary and ternary-1.6, OneBit,
     q4 on int8 activations and q8 (q4f: test_affine_dots_match_portable_loops)."""
     from numba import njit
@@ -422,6 +422,8 @@ def test_simd_dots_match_portable_loops(variant):
     pick = {
         "avx2": (ternary._dot_ternary_avx2, ternary._dot_ternary_1p6_avx2, onebit._dot_b1_avx2, grouped._dot_q4_i8_avx2, q8._dot_q8_avx2),
         "vnni": (ternary._dot_ternary_vnni, ternary._dot_ternary_1p6_vnni, onebit._dot_b1_vnni, grouped._dot_q4_i8_vnni, q8._dot_q8_avx2),
+        # ternary-1.6's digits by table lookups (the others as under VNNI)
+        "vbmi": (ternary._dot_ternary_vnni, ternary._dot_ternary_1p6_vbmi, onebit._dot_b1_vnni, grouped._dot_q4_i8_vnni, q8._dot_q8_avx2),
     }.get(variant)
     t2, t3, b1, q4, q8_dot = pick or (ternary.dot_ternary, ternary.dot_ternary_1p6, onebit._dot_b1_row, grouped.dot_q4_i8_generic, q8.dot_q8)
 

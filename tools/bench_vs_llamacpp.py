@@ -21,7 +21,8 @@ Pairs (`--pairs`), lowbit method vs llama.cpp file type:
   that very file (Q4_1 -> q4f, Q8_0 -> q8 g32, Q1_0 -> q1f: no second rounding).
   bitnet2b4t only, against bitnet.cpp (the third engine): i2s = lowbit ternary vs I2_S with
   bitnet.cpp's default F16 embedding/output, i2s-q8 = vs I2_S with a Q8_0 embedding/output (the
-  fair pairing with lowbit's q8 head). bitnet.cpp runs at depth 0 only (its llama-bench has no -d).
+  fair pairing with lowbit's q8 head); i2s-1.6 / i2s-q8-1.6 = the same with lowbit's ternary-1.6 file
+  (the same trits, 5 to a byte). bitnet.cpp runs at depth 0 only (its llama-bench has no -d).
 lowbit keeps its default q8 embeddings/lm_head (f16 for the f16 pair); llama.cpp uses its
 quantiser's defaults and falls back to other types where rows are not a multiple of the block
 size: the types it actually wrote and the linear layers' bits/weight are reported.
@@ -97,6 +98,9 @@ MODELS = {
 BITNET_PAIRS: dict[str, tuple[str, str, str]] = {  # name -> (lowbit method, bitnet.cpp type, file in DIR/models)
     "i2s": ("ternary", "I2_S", "bitnet2b-i2_s.gguf"),
     "i2s-q8": ("ternary", "I2_S+Q8_0 out", "bitnet2b-i2_s-embq8.gguf"),
+    # the same trits in lowbit's 1.6-bit base-3 layout (fewer bytes a token than I2_S's 2 bits)
+    "i2s-1.6": ("ternary-1.6", "I2_S", "bitnet2b-i2_s.gguf"),
+    "i2s-q8-1.6": ("ternary-1.6", "I2_S+Q8_0 out", "bitnet2b-i2_s-embq8.gguf"),
 }
 MODELS["bitnet2b4t"] = ("random ternary weights, BitNet-b1.58-2B-4T layout (tied embeddings, sub-norms), "
                         "against bitnet.cpp")

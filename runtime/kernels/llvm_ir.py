@@ -40,6 +40,8 @@ V8F32 = ir.VectorType(F32, 8)
 V4F32 = ir.VectorType(F32, 4)
 V16I8 = ir.VectorType(I8, 16)
 V4I32 = ir.VectorType(I32, 4)
+V64I8 = ir.VectorType(I8, 64)
+V16I32 = ir.VectorType(I32, 16)
 
 VNNI_ACCUMULATORS = 4  # streams j go to accumulator j % 4: two dependent vpdpbusd per step, not 4-8
 
@@ -90,6 +92,34 @@ def widen_pairs(builder: ir.IRBuilder, pairs: ir.Value) -> ir.Value:
 def dpbusd(builder: ir.IRBuilder) -> ir.Function:
     """x86 VNNI `vpdpbusd`: acc + Σ of four u8 × i8 products per i32 lane."""
     return _declare(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, [V8I32] * 3)
+
+
+def dpbusd512(builder: ir.IRBuilder) -> ir.Function:
+    """`vpdpbusd` on 512-bit vectors (64 u8 × i8 products into 16 i32 lanes)."""
+    return _declare(builder, "llvm.x86.avx512.vpdpbusd.512", V16I32, [V16I32] * 3)
+
+
+def permi2b(builder: ir.IRBuilder) -> ir.Function:
+    """AVX-512 VBMI `vpermi2b`: byte k of the result is byte idx[k] & 127 of the 128-byte table
+    (a, b): a 128-entry lookup of 64 bytes at once."""
+    return _declare(builder, "llvm.x86.avx512.vpermi2var.qi.512", V64I8, [V64I8] * 3)
+
+
+def lookup256(builder: ir.IRBuilder, table: Sequence[int], idx: ir.Value) -> ir.Value:
+    """table[idx] for each byte of idx (<64 x i8>), table 256 bytes: two `vpermi2b` over its
+    halves and a blend on each index's top bit."""
+    fn = permi2b(builder)
+    quarters = [ir.Constant(V64I8, [ir.Constant(I8, v) for v in table[k : k + 64]]) for k in range(0, 256, 64)]
+    low = builder.call(fn, [quarters[0], idx, quarters[1]])
+    high = builder.call(fn, [quarters[2], idx, quarters[3]])
+    top = builder.icmp_signed("<", idx, ir.Constant(V64I8, None))
+    return builder.select(top, high, low)
+
+
+def widen_to_64(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """<32 x i8> → <64 x i8>, zero in the upper half."""
+    zero = ir.Constant(V32I8, None)
+    return builder.shuffle_vector(v, zero, ir.Constant(ir.VectorType(I32, 64), list(range(64))))
 
 
 def psign_b(builder: ir.IRBuilder) -> ir.Function:

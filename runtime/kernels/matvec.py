@@ -155,13 +155,27 @@ def shares_input(p, q):
 
 
 @row_fn
-def _ternary_rows(a, d, xq, off, inv, base3, y, r0, r1):
+def _ternary_rows(a, d, xq, off, inv, y, r0, r1):
     ahead = rows_ahead(a)
     scale = d[0].view(np.float32)
     per_row = scale.shape[0] > 1
     for r in range(r0, r1):
         prefetch_row(a, r + ahead)
-        acc = dot_ternary_1p6(a[r], xq) if base3 else dot_ternary(a[r], xq)
+        acc = dot_ternary(a[r], xq)
+        s = scale[r] if per_row else scale[0]
+        y[r] = f32(acc - off) * (s * inv)
+
+
+@row_fn
+def _ternary_1p6_rows(a, d, xq, off, inv, y, r0, r1):
+    """_ternary_rows for the base-3 codes: a loop of its own, so that the VBMI dot's lookup tables
+    stay in registers across rows."""
+    ahead = rows_ahead(a)
+    scale = d[0].view(np.float32)
+    per_row = scale.shape[0] > 1
+    for r in range(r0, r1):
+        prefetch_row(a, r + ahead)
+        acc = dot_ternary_1p6(a[r], xq)
         s = scale[r] if per_row else scale[0]
         y[r] = f32(acc - off) * (s * inv)
 
@@ -294,8 +308,10 @@ def rows_into(desc, act, y, r0, r1):
     """y[r] for r in r0..r1-1 (y float32 [out]): the kind's own row loop."""
     kind, a, b, c, d, group = desc[KIND], desc[A], desc[B], desc[C], desc[D], desc[GROUP]
     xf, xq, xs, zs, off, inv = act
-    if kind == TERNARY or kind == TERNARY_1P6:
-        _ternary_rows(a, d, xq, off, inv, kind == TERNARY_1P6, y, r0, r1)
+    if kind == TERNARY:
+        _ternary_rows(a, d, xq, off, inv, y, r0, r1)
+    elif kind == TERNARY_1P6:
+        _ternary_1p6_rows(a, d, xq, off, inv, y, r0, r1)
     elif kind == Q4:
         _q4_rows(a, b, c, d, xq, xs, zs, group, y, r0, r1)
     elif kind == Q3:

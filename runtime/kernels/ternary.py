@@ -45,7 +45,7 @@ from numba.extending import intrinsic
 
 from lowbit.formats.encodings import TERNARY, TERNARY_1P6
 from lowbit.runtime.kernels import llvm_ir as lir
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_VNNI, best_dot
+from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_AVX512_VBMI, HAVE_VNNI, best_dot
 from lowbit.runtime.kernels.jit import exact, helper, kernel
 
 ACT_PAD = 640  # lcm(128, 160): quantised activations fit both ternary layouts
@@ -117,6 +117,81 @@ _dot_ternary_vnni = _ternary_dot(4, _mask2, vnni=True, shifts=MASK_SHIFTS)
 _dot_ternary_1p6_vnni = _ternary_dot(5, _unpack3, vnni=True)
 
 
+# ternary-1.6 on AVX-512 VBMI: a byte's five base-3 digits come from two 256-entry tables (vpermi2b),
+# not from four vector divisions: BASE3_FIELDS[v] holds digits 0..3 as 2-bit fields (bits 2j..2j+1,
+# the `ternary` layout, masked in place as `_mask2` does), BASE3_TOP[v] digit 4. Bytes >= 243 never
+# occur in a valid file; the tables give them what `dot_ternary_1p6_generic` computes (b // 81 = 3).
+BASE3_FIELDS = [sum(((v // 3**j) % 3) << (2 * j) for j in range(4)) for v in range(256)]
+BASE3_TOP = [v // 81 for v in range(256)]
+_STEP = 64
+
+
+def _base3_digits(builder, c, in_place: bool):
+    """The five digit vectors of 64 base-3 code bytes (<64 x i8>): digits 0..3 masked in place
+    (digit j times 4^j: one `and` each, the caller shifts its sums back) or shifted down to 0..2
+    (`vpsrlw` + `and`, worth it when several tokens share them), digit 4 as it is."""
+    fields = lir.lookup256(builder, BASE3_FIELDS, c)
+    digits = []
+    for j in range(4):
+        f = fields if in_place or j == 0 else builder.lshr(fields, lir.splat(lir.I8, 64, 2 * j))
+        digits.append(builder.and_(f, lir.splat(lir.I8, 64, 3 << (2 * j) if in_place else 3)))
+    digits.append(lir.lookup256(builder, BASE3_TOP, c))
+    return digits
+
+
+def _base3_vbmi_dots(builder, codes, q, bases, in_place: bool):
+    """Σ_k digits(codes[k]) · x_u[k + jQ] for each activation row pointer x_u in `bases`: 64 code
+    bytes a step, 512-bit `vpdpbusd`; a last 32 bytes (Q % 64 == 32) run as one zero-extended step.
+    One accumulator per digit for a single row (in place: each digit's own shift), two per row
+    otherwise. Returns one i32 per row."""
+    dp = lir.dpbusd512(builder)
+    full = builder.and_(q, lir.const(-_STEP))
+    per = 5 if in_place else 2
+
+    def step(i, accs, load):
+        digits = _base3_digits(builder, load(codes, i), in_place)
+        out = list(accs)
+        for u, base in enumerate(bases):
+            for j, dig in enumerate(digits):
+                xs = load(base, builder.add(i, builder.mul(q, lir.const(j))))
+                a = u * per + j % per
+                out[a] = builder.call(dp, [out[a], builder.bitcast(dig, lir.V16I32), builder.bitcast(xs, lir.V16I32)])
+        return out
+
+    def load64(ptr, off):
+        return lir.load(builder, ptr, off, lir.V64I8)
+
+    def load32(ptr, off):
+        return lir.widen_to_64(builder, lir.load(builder, ptr, off))
+
+    zero = ir.Constant(lir.V16I32, None)
+    accs = lir.loop(builder, full, _STEP, [zero] * (per * len(bases)), lambda i, a: step(i, a, load64), "t3v")
+    accs = lir.when(builder, builder.icmp_signed("<", full, q), accs, lambda a: step(full, a, load32), "t3v_tail")
+    sums = []
+    for u in range(len(bases)):
+        total = None
+        for j in range(per):
+            a = accs[u * per + j]
+            if in_place and 0 < j < 4:
+                a = builder.ashr(a, lir.splat(lir.I32, 16, 2 * j))
+            total = a if total is None else builder.add(total, a)
+        sums.append(lir.hsum_i32(builder, total))
+    return sums
+
+
+@intrinsic
+def _dot_ternary_1p6_vbmi(typingctx, codes, x):
+    """dot_ternary_1p6 on AVX-512 VBMI (table lookups, not divisions, for the digits)."""
+    if not lir.codes_and_int8(codes, x):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ca, xa = lir.arrays(context, builder, sig, args)
+        return _base3_vbmi_dots(builder, ca.data, builder.extract_value(ca.shape, 0), [xa.data], True)[0]
+
+    return types.int32(codes, x), codegen
+
+
 TOKENS = 4  # tokens per pass of the prefill tile
 
 
@@ -176,6 +251,26 @@ def _tokens_dot(streams: int, unpack, vnni: bool):
 
 _dot_ternary_tokens = _tokens_dot(4, _unpack2, vnni=HAVE_VNNI)
 _dot_ternary_1p6_tokens = _tokens_dot(5, _unpack3, vnni=HAVE_VNNI)
+
+
+@intrinsic
+def _dot_ternary_1p6_tokens_vbmi(typingctx, codes, xq, t):
+    """dot_ternary_1p6_tokens on AVX-512 VBMI: one lookup of each 64 code bytes' digits feeds
+    every token's `vpdpbusd`."""
+    if not (lir.vectors((codes, types.uint8)) and isinstance(xq, types.Array) and xq.ndim == 2
+            and xq.layout == "C" and xq.dtype == types.int8 and isinstance(t, types.Integer)):
+        return None
+    ret = types.UniTuple(types.int32, TOKENS)
+
+    def codegen(context, builder, sig, args):
+        ca, xa = lir.arrays(context, builder, sig, args, 2)
+        t0 = context.cast(builder, args[2], sig.args[2], types.int64)
+        row = builder.extract_value(xa.strides, 0)  # bytes per token row (int8)
+        bases = [builder.gep(xa.data, [builder.mul(builder.add(t0, lir.const(u)), row)]) for u in range(TOKENS)]
+        sums = _base3_vbmi_dots(builder, ca.data, builder.extract_value(ca.shape, 0), bases, False)
+        return context.make_tuple(builder, ret, sums)
+
+    return ret(codes, xq, t), codegen
 
 
 # AArch64 (DotProd): one `sdot` per stream and 16 code bytes; the base-3 digits by a vector
@@ -263,8 +358,8 @@ def dot_ternary_1p6_generic(codes, x):
 
 
 dot_ternary = best_dot(dot_ternary_generic, avx2=_dot_ternary_avx2, vnni=_dot_ternary_vnni, neon=_dot_ternary_neon)
-dot_ternary_1p6 = best_dot(dot_ternary_1p6_generic, avx2=_dot_ternary_1p6_avx2, vnni=_dot_ternary_1p6_vnni,
-                           neon=_dot_ternary_1p6_neon)
+dot_ternary_1p6 = _dot_ternary_1p6_vbmi if HAVE_AVX512_VBMI else best_dot(
+    dot_ternary_1p6_generic, avx2=_dot_ternary_1p6_avx2, vnni=_dot_ternary_1p6_vnni, neon=_dot_ternary_1p6_neon)
 
 
 @helper
@@ -282,7 +377,7 @@ def dot_ternary_1p6_tokens_generic(codes, xq, t):
 
 if HAVE_AVX2:
     dot_ternary_tokens = _dot_ternary_tokens
-    dot_ternary_1p6_tokens = _dot_ternary_1p6_tokens
+    dot_ternary_1p6_tokens = _dot_ternary_1p6_tokens_vbmi if HAVE_AVX512_VBMI else _dot_ternary_1p6_tokens
 else:  # pragma: no cover - elsewhere TOKENS one-token dots (NEON's included)
     dot_ternary_tokens = dot_ternary_tokens_generic
     dot_ternary_1p6_tokens = dot_ternary_1p6_tokens_generic
