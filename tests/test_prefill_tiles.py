@@ -49,26 +49,32 @@ def test_token_tile_dots_equal_one_token_dots(q, three):
             assert got == want
 
 
-def _base3_token_forms() -> list:
-    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_AVX512_VBMI
+def _token_forms(three: bool) -> list:
+    """Every 4-token dot of the encoding this CPU can run: 256-bit (AVX2 / VNNI; ternary-1.6 by
+    divisions) and 512-bit (AVX-512 VNNI; ternary-1.6 by VBMI table lookups)."""
+    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_AVX512_VBMI, HAVE_AVX512_VNNI
 
-    return ([ternary._dot_ternary_1p6_tokens] if HAVE_AVX2 else []) + (
-        [ternary._dot_ternary_1p6_tokens_vbmi] if HAVE_AVX512_VBMI else [])
+    if three:
+        return ([ternary._dot_ternary_1p6_tokens] if HAVE_AVX2 else []) + (
+            [ternary._dot_ternary_1p6_tokens_vbmi] if HAVE_AVX512_VBMI else [])
+    return ([ternary._dot_ternary_tokens] if HAVE_AVX2 else []) + (
+        [ternary._dot_ternary_tokens_512] if HAVE_AVX512_VNNI else [])
 
 
+@pytest.mark.parametrize("three", [False, True], ids=["ternary", "ternary-1.6"])
 @pytest.mark.parametrize("q", [32, 64, 160, 1408])
-def test_base3_token_dots_every_form(q):
-    """Each ternary-1.6 4-token dot this CPU can run (divisions by 3, or VBMI table lookups) gives
-    the portable loops' integers, for every byte value (>= 243 included: a file is a stranger's)."""
+def test_token_dots_every_form(q, three):
+    """Each form gives the portable loops' integers for every byte value (ternary-1.6's >= 243
+    and ternary's code 3 included: a file is a stranger's), with and without a 32-byte tail."""
     rng = np.random.default_rng(q)
     codes = rng.integers(0, 256, q).astype(np.uint8)
     codes[:16] = np.arange(240, 256)
     xq = rng.integers(-128, 128, (6, 5 * q + 64)).astype(np.int8)
     xq[1] = -128
-    for form in _base3_token_forms():
+    for form in _token_forms(three):
         run = njit(lambda c, x, t, f=form: f(c, x, t))
         for t in (0, 1, 2):
-            assert run(codes, xq, t) == _generic(codes, xq, t, True)
+            assert run(codes, xq, t) == _generic(codes, xq, t, three)
 
 
 def test_prefill_rows_do_not_depend_on_the_batch():

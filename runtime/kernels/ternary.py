@@ -22,7 +22,10 @@ a run of consecutive bytes against the contiguous slice x_q[jQ:(j+1)Q]. The row 
 `vpdpbusd` with VNNI), which made the 2-bit kernel 4-5× faster than numba's loops (17 → 77
 GMAC/s on one core at 2560×6912, where two threads then saturate memory); elsewhere
 `dot_ternary_generic` / `dot_ternary_1p6_generic`, int16 run sums widened to int32 (~16 GMAC/s
-per core), which are also the twins the tests hold the IR to. In code the base-3 encoding is
+per core), which are also the twins the tests hold the IR to. The base-3 digits take four vector
+divisions per 32 code bytes; on AVX-512 VBMI (`_dot_ternary_1p6_vbmi`) two 256-entry table lookups
+(`vpermi2b`) per 64 code bytes give them instead, and the 1.6-bit dot then runs 130-175 GMAC/s on
+one Zen 5 core at 6912×2560 against the division form's 56 (the 2-bit dot: ~150). In code the base-3 encoding is
 `ternary_1p6` / `TERNARY_1P6` throughout (its name in the file: `ternary-1.6`).
 
 Prefill keeps a block of packed rows hot in L1 and runs every token over it; the codes are
@@ -45,7 +48,13 @@ from numba.extending import intrinsic
 
 from lowbit.formats.encodings import TERNARY, TERNARY_1P6
 from lowbit.runtime.kernels import llvm_ir as lir
-from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_AVX512_VBMI, HAVE_VNNI, best_dot
+from lowbit.runtime.kernels.cpu_features import (
+    HAVE_AVX2,
+    HAVE_AVX512_VBMI,
+    HAVE_AVX512_VNNI,
+    HAVE_VNNI,
+    best_dot,
+)
 from lowbit.runtime.kernels.jit import exact, helper, kernel
 
 ACT_PAD = 640  # lcm(128, 160): quantised activations fit both ternary layouts
@@ -139,17 +148,25 @@ def _base3_digits(builder, c, in_place: bool):
     return digits
 
 
-def _base3_vbmi_dots(builder, codes, q, bases, in_place: bool):
-    """Σ_k digits(codes[k]) · x_u[k + jQ] for each activation row pointer x_u in `bases`: 64 code
-    bytes a step, 512-bit `vpdpbusd`; a last 32 bytes (Q % 64 == 32) run as one zero-extended step.
-    One accumulator per digit for a single row (in place: each digit's own shift), two per row
-    otherwise. Returns one i32 per row."""
+def _two_bit_digits(builder, c):
+    """The four 2-bit fields of 64 `ternary` code bytes, shifted down to 0..2."""
+    n = c.type.count
+    return [builder.and_(c if j == 0 else builder.lshr(c, lir.splat(lir.I8, n, 2 * j)), lir.splat(lir.I8, n, 3))
+            for j in range(4)]
+
+
+def _stream_dots_512(builder, codes, q, bases, digits_of, shifts=None):
+    """Σ_j Σ_k digit_j(codes[k]) · x_u[k + jQ] for each activation row pointer x_u in `bases`:
+    `digits_of` turns 64 code bytes (<64 x i8>) into the streams' digit vectors, one 512-bit
+    `vpdpbusd` per stream and row; a last 32 bytes (Q % 64 == 32) run as one zero-extended step.
+    With `shifts` (digit j arrives times 2^shifts[j], masked in place) each stream has its own
+    accumulator and its sum is shifted back; otherwise two accumulators a row. One i32 a row."""
     dp = lir.dpbusd512(builder)
     full = builder.and_(q, lir.const(-_STEP))
-    per = 5 if in_place else 2
+    per = len(shifts) if shifts is not None else 2
 
     def step(i, accs, load):
-        digits = _base3_digits(builder, load(codes, i), in_place)
+        digits = digits_of(load(codes, i))
         out = list(accs)
         for u, base in enumerate(bases):
             for j, dig in enumerate(digits):
@@ -165,15 +182,15 @@ def _base3_vbmi_dots(builder, codes, q, bases, in_place: bool):
         return lir.widen_to_64(builder, lir.load(builder, ptr, off))
 
     zero = ir.Constant(lir.V16I32, None)
-    accs = lir.loop(builder, full, _STEP, [zero] * (per * len(bases)), lambda i, a: step(i, a, load64), "t3v")
-    accs = lir.when(builder, builder.icmp_signed("<", full, q), accs, lambda a: step(full, a, load32), "t3v_tail")
+    accs = lir.loop(builder, full, _STEP, [zero] * (per * len(bases)), lambda i, a: step(i, a, load64), "t512")
+    accs = lir.when(builder, builder.icmp_signed("<", full, q), accs, lambda a: step(full, a, load32), "t512_tail")
     sums = []
     for u in range(len(bases)):
         total = None
         for j in range(per):
             a = accs[u * per + j]
-            if in_place and 0 < j < 4:
-                a = builder.ashr(a, lir.splat(lir.I32, 16, 2 * j))
+            if shifts is not None and shifts[j]:
+                a = builder.ashr(a, lir.splat(lir.I32, 16, shifts[j]))
             total = a if total is None else builder.add(total, a)
         sums.append(lir.hsum_i32(builder, total))
     return sums
@@ -187,7 +204,8 @@ def _dot_ternary_1p6_vbmi(typingctx, codes, x):
 
     def codegen(context, builder, sig, args):
         ca, xa = lir.arrays(context, builder, sig, args)
-        return _base3_vbmi_dots(builder, ca.data, builder.extract_value(ca.shape, 0), [xa.data], True)[0]
+        return _stream_dots_512(builder, ca.data, builder.extract_value(ca.shape, 0), [xa.data],
+                                lambda c: _base3_digits(builder, c, True), (0, 2, 4, 6, 0))[0]
 
     return types.int32(codes, x), codegen
 
@@ -253,24 +271,34 @@ _dot_ternary_tokens = _tokens_dot(4, _unpack2, vnni=HAVE_VNNI)
 _dot_ternary_1p6_tokens = _tokens_dot(5, _unpack3, vnni=HAVE_VNNI)
 
 
-@intrinsic
-def _dot_ternary_1p6_tokens_vbmi(typingctx, codes, xq, t):
-    """dot_ternary_1p6_tokens on AVX-512 VBMI: one lookup of each 64 code bytes' digits feeds
-    every token's `vpdpbusd`."""
-    if not (lir.vectors((codes, types.uint8)) and isinstance(xq, types.Array) and xq.ndim == 2
-            and xq.layout == "C" and xq.dtype == types.int8 and isinstance(t, types.Integer)):
-        return None
-    ret = types.UniTuple(types.int32, TOKENS)
+def _tokens_dot_512(digits_of):
+    """A 4-token row dot on 512-bit vectors: each 64 code bytes' digits (`digits_of(builder, c)`)
+    are made once and feed every token's `vpdpbusd`."""
 
-    def codegen(context, builder, sig, args):
-        ca, xa = lir.arrays(context, builder, sig, args, 2)
-        t0 = context.cast(builder, args[2], sig.args[2], types.int64)
-        row = builder.extract_value(xa.strides, 0)  # bytes per token row (int8)
-        bases = [builder.gep(xa.data, [builder.mul(builder.add(t0, lir.const(u)), row)]) for u in range(TOKENS)]
-        sums = _base3_vbmi_dots(builder, ca.data, builder.extract_value(ca.shape, 0), bases, False)
-        return context.make_tuple(builder, ret, sums)
+    @intrinsic
+    def dot(typingctx, codes, xq, t):
+        if not (lir.vectors((codes, types.uint8)) and isinstance(xq, types.Array) and xq.ndim == 2
+                and xq.layout == "C" and xq.dtype == types.int8 and isinstance(t, types.Integer)):
+            return None
+        ret = types.UniTuple(types.int32, TOKENS)
 
-    return ret(codes, xq, t), codegen
+        def codegen(context, builder, sig, args):
+            ca, xa = lir.arrays(context, builder, sig, args, 2)
+            t0 = context.cast(builder, args[2], sig.args[2], types.int64)
+            row = builder.extract_value(xa.strides, 0)  # bytes per token row (int8)
+            bases = [builder.gep(xa.data, [builder.mul(builder.add(t0, lir.const(u)), row)]) for u in range(TOKENS)]
+            sums = _stream_dots_512(builder, ca.data, builder.extract_value(ca.shape, 0), bases,
+                                    lambda c: digits_of(builder, c))
+            return context.make_tuple(builder, ret, sums)
+
+        return ret(codes, xq, t), codegen
+
+    return dot
+
+
+# ternary-1.6 on AVX-512 VBMI (digits by lookups), ternary on AVX-512 BW + VNNI (shifted fields)
+_dot_ternary_1p6_tokens_vbmi = _tokens_dot_512(lambda b, c: _base3_digits(b, c, False))
+_dot_ternary_tokens_512 = _tokens_dot_512(_two_bit_digits)
 
 
 # AArch64 (DotProd): one `sdot` per stream and 16 code bytes; the base-3 digits by a vector
@@ -376,7 +404,7 @@ def dot_ternary_1p6_tokens_generic(codes, xq, t):
 
 
 if HAVE_AVX2:
-    dot_ternary_tokens = _dot_ternary_tokens
+    dot_ternary_tokens = _dot_ternary_tokens_512 if HAVE_AVX512_VNNI else _dot_ternary_tokens
     dot_ternary_1p6_tokens = _dot_ternary_1p6_tokens_vbmi if HAVE_AVX512_VBMI else _dot_ternary_1p6_tokens
 else:  # pragma: no cover - elsewhere TOKENS one-token dots (NEON's included)
     dot_ternary_tokens = dot_ternary_tokens_generic
