@@ -51,14 +51,13 @@ def test_token_tile_dots_equal_one_token_dots(q, three):
 
 def _token_forms(three: bool) -> list:
     """Every 4-token dot of the encoding this CPU can run: 256-bit (AVX2 / VNNI; ternary-1.6 by
-    divisions) and 512-bit (AVX-512 VNNI; ternary-1.6 by VBMI table lookups)."""
-    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_AVX512_VBMI, HAVE_AVX512_VNNI
+    divisions) and, for ternary-1.6, 512-bit (AVX-512 VBMI table lookups)."""
+    from lowbit.runtime.kernels.cpu_features import HAVE_AVX2, HAVE_AVX512_VBMI
 
     if three:
         return ([ternary._dot_ternary_1p6_tokens] if HAVE_AVX2 else []) + (
             [ternary._dot_ternary_1p6_tokens_vbmi] if HAVE_AVX512_VBMI else [])
-    return ([ternary._dot_ternary_tokens] if HAVE_AVX2 else []) + (
-        [ternary._dot_ternary_tokens_512] if HAVE_AVX512_VNNI else [])
+    return [ternary._dot_ternary_tokens] if HAVE_AVX2 else []
 
 
 @pytest.mark.parametrize("three", [False, True], ids=["ternary", "ternary-1.6"])

@@ -53,10 +53,8 @@ HAVE_AVX2 = IS_X86 and _has("avx2")
 # AVX-512 VNNI (with VL) or AVX-VNNI: `vpdpbusd` on 256-bit vectors (u8 × i8, four products
 # summed straight into each int32 lane)
 HAVE_VNNI = HAVE_AVX2 and (_has("avx512vnni", "avx512vl") or _has("avxvnni"))
-# 512-bit `vpdpbusd` on bytes (the ternary 4-token prefill dot), and with VBMI's `vpermi2b` table
-# lookups (ternary-1.6's dots)
-HAVE_AVX512_VNNI = HAVE_AVX2 and _has("avx512bw", "avx512vnni")
-HAVE_AVX512_VBMI = HAVE_AVX512_VNNI and _has("avx512vbmi")
+# 512-bit `vpermi2b` table lookups and `vpdpbusd`: ternary-1.6's dots
+HAVE_AVX512_VBMI = HAVE_AVX2 and _has("avx512vbmi", "avx512bw", "avx512vnni")
 
 AT_HWCAP, AT_HWCAP2 = 16, 26
 HWCAP_ASIMDDP = 1 << 20  # linux arch/arm64/include/uapi/asm/hwcap.h

@@ -51,7 +51,6 @@ from lowbit.runtime.kernels import llvm_ir as lir
 from lowbit.runtime.kernels.cpu_features import (
     HAVE_AVX2,
     HAVE_AVX512_VBMI,
-    HAVE_AVX512_VNNI,
     HAVE_VNNI,
     best_dot,
 )
@@ -146,13 +145,6 @@ def _base3_digits(builder, c, in_place: bool):
         digits.append(builder.and_(f, lir.splat(lir.I8, 64, 3 << (2 * j) if in_place else 3)))
     digits.append(lir.lookup256(builder, BASE3_TOP, c))
     return digits
-
-
-def _two_bit_digits(builder, c):
-    """The four 2-bit fields of 64 `ternary` code bytes, shifted down to 0..2."""
-    n = c.type.count
-    return [builder.and_(c if j == 0 else builder.lshr(c, lir.splat(lir.I8, n, 2 * j)), lir.splat(lir.I8, n, 3))
-            for j in range(4)]
 
 
 def _stream_dots_512(builder, codes, q, bases, digits_of, shifts=None):
@@ -296,9 +288,10 @@ def _tokens_dot_512(digits_of):
     return dot
 
 
-# ternary-1.6 on AVX-512 VBMI (digits by lookups), ternary on AVX-512 BW + VNNI (shifted fields)
+# ternary-1.6 on AVX-512 VBMI (digits by lookups). The same loop on ternary's 2-bit fields was tried
+# and dropped: in alternating `lowbit bench` processes (2B-4T, pp128, one thread) it read 78-96 tok/s
+# against the 256-bit tile's steady 90-92.
 _dot_ternary_1p6_tokens_vbmi = _tokens_dot_512(lambda b, c: _base3_digits(b, c, False))
-_dot_ternary_tokens_512 = _tokens_dot_512(_two_bit_digits)
 
 
 # AArch64 (DotProd): one `sdot` per stream and 16 code bytes; the base-3 digits by a vector
@@ -404,7 +397,7 @@ def dot_ternary_1p6_tokens_generic(codes, xq, t):
 
 
 if HAVE_AVX2:
-    dot_ternary_tokens = _dot_ternary_tokens_512 if HAVE_AVX512_VNNI else _dot_ternary_tokens
+    dot_ternary_tokens = _dot_ternary_tokens
     dot_ternary_1p6_tokens = _dot_ternary_1p6_tokens_vbmi if HAVE_AVX512_VBMI else _dot_ternary_1p6_tokens
 else:  # pragma: no cover - elsewhere TOKENS one-token dots (NEON's included)
     dot_ternary_tokens = dot_ternary_tokens_generic
