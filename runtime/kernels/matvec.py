@@ -154,30 +154,26 @@ def shares_input(p, q):
 # of its own 8.2 ms (LLVM optimised the rows' loop worse inside the one large function).
 
 
-@row_fn
-def _ternary_rows(a, d, xq, off, inv, y, r0, r1):
-    ahead = rows_ahead(a)
-    scale = d[0].view(np.float32)
-    per_row = scale.shape[0] > 1
-    for r in range(r0, r1):
-        prefetch_row(a, r + ahead)
-        acc = dot_ternary(a[r], xq)
-        s = scale[r] if per_row else scale[0]
-        y[r] = f32(acc - off) * (s * inv)
+def _ternary_row_loop(dot):
+    """The row loop of a ternary layout with its own dot: one compiled loop per layout, so that
+    the base-3 VBMI dot's lookup tables stay in registers across its rows."""
+
+    @row_fn
+    def rows(a, d, xq, off, inv, y, r0, r1):
+        ahead = rows_ahead(a)
+        scale = d[0].view(np.float32)
+        per_row = scale.shape[0] > 1
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            acc = dot(a[r], xq)
+            s = scale[r] if per_row else scale[0]
+            y[r] = f32(acc - off) * (s * inv)
+
+    return rows
 
 
-@row_fn
-def _ternary_1p6_rows(a, d, xq, off, inv, y, r0, r1):
-    """_ternary_rows for the base-3 codes: a loop of its own, so that the VBMI dot's lookup tables
-    stay in registers across rows."""
-    ahead = rows_ahead(a)
-    scale = d[0].view(np.float32)
-    per_row = scale.shape[0] > 1
-    for r in range(r0, r1):
-        prefetch_row(a, r + ahead)
-        acc = dot_ternary_1p6(a[r], xq)
-        s = scale[r] if per_row else scale[0]
-        y[r] = f32(acc - off) * (s * inv)
+_ternary_rows = _ternary_row_loop(dot_ternary)
+_ternary_1p6_rows = _ternary_row_loop(dot_ternary_1p6)
 
 
 @row_fn
@@ -189,22 +185,22 @@ def _q4_rows(a, b, c, d, xq, xs, zs, group, y, r0, r1):
         y[r] = q4_row(a[r], xq, xs, zs, b[r], c[r], group) * f16_to_f32(rs[r])
 
 
-@row_fn
-def _q3_rows(a, b, c, d, xf, xs, group, y, r0, r1):
-    ahead = rows_ahead(a)
-    rs = d[0].view(np.uint16)
-    for r in range(r0, r1):
-        prefetch_row(a, r + ahead)
-        y[r] = row_dot_q3(a[r], xf, b[r], c[r], xs, group) * f16_to_f32(rs[r])
+def _float_grouped_row_loop(row_dot):
+    """The row loop of q3 / q2 (float activations, grouped codes) with its own row dot."""
+
+    @row_fn
+    def rows(a, b, c, d, xf, xs, group, y, r0, r1):
+        ahead = rows_ahead(a)
+        rs = d[0].view(np.uint16)
+        for r in range(r0, r1):
+            prefetch_row(a, r + ahead)
+            y[r] = row_dot(a[r], xf, b[r], c[r], xs, group) * f16_to_f32(rs[r])
+
+    return rows
 
 
-@row_fn
-def _q2_rows(a, b, c, d, xf, xs, group, y, r0, r1):
-    ahead = rows_ahead(a)
-    rs = d[0].view(np.uint16)
-    for r in range(r0, r1):
-        prefetch_row(a, r + ahead)
-        y[r] = row_dot_q2(a[r], xf, b[r], c[r], xs, group) * f16_to_f32(rs[r])
+_q3_rows = _float_grouped_row_loop(row_dot_q3)
+_q2_rows = _float_grouped_row_loop(row_dot_q2)
 
 
 @row_fn

@@ -147,18 +147,20 @@ def _base3_digits(builder, c, in_place: bool):
     return digits
 
 
-def _stream_dots_512(builder, codes, q, bases, digits_of, shifts=None):
-    """Σ_j Σ_k digit_j(codes[k]) · x_u[k + jQ] for each activation row pointer x_u in `bases`:
-    `digits_of` turns 64 code bytes (<64 x i8>) into the streams' digit vectors, one 512-bit
-    `vpdpbusd` per stream and row; a last 32 bytes (Q % 64 == 32) run as one zero-extended step.
-    With `shifts` (digit j arrives times 2^shifts[j], masked in place) each stream has its own
-    accumulator and its sum is shifted back; otherwise two accumulators a row. One i32 a row."""
+BASE3_SHIFTS = (0, 2, 4, 6, 0)  # digit j's field offset in place (digit 4: its own table)
+
+
+def _stream_dots_512(builder, codes, q, bases, in_place: bool):
+    """Σ_j Σ_k digit_j(codes[k]) · x_u[k + jQ] of base-3 codes for each activation row pointer x_u
+    in `bases`: one 512-bit `vpdpbusd` per digit and row; a last 32 bytes (Q % 64 == 32) run as
+    one zero-extended step. In place (one row): each digit has its own accumulator, its sum
+    shifted back once; otherwise two accumulators a row. One i32 a row."""
     dp = lir.dpbusd512(builder)
     full = builder.and_(q, lir.const(-_STEP))
-    per = len(shifts) if shifts is not None else 2
+    per = len(BASE3_SHIFTS) if in_place else 2
 
     def step(i, accs, load):
-        digits = digits_of(load(codes, i))
+        digits = _base3_digits(builder, load(codes, i), in_place)
         out = list(accs)
         for u, base in enumerate(bases):
             for j, dig in enumerate(digits):
@@ -181,8 +183,8 @@ def _stream_dots_512(builder, codes, q, bases, digits_of, shifts=None):
         total = None
         for j in range(per):
             a = accs[u * per + j]
-            if shifts is not None and shifts[j]:
-                a = builder.ashr(a, lir.splat(lir.I32, 16, shifts[j]))
+            if in_place and BASE3_SHIFTS[j]:
+                a = builder.ashr(a, lir.splat(lir.I32, 16, BASE3_SHIFTS[j]))
             total = a if total is None else builder.add(total, a)
         sums.append(lir.hsum_i32(builder, total))
     return sums
@@ -196,13 +198,27 @@ def _dot_ternary_1p6_vbmi(typingctx, codes, x):
 
     def codegen(context, builder, sig, args):
         ca, xa = lir.arrays(context, builder, sig, args)
-        return _stream_dots_512(builder, ca.data, builder.extract_value(ca.shape, 0), [xa.data],
-                                lambda c: _base3_digits(builder, c, True), (0, 2, 4, 6, 0))[0]
+        return _stream_dots_512(builder, ca.data, builder.extract_value(ca.shape, 0), [xa.data], True)[0]
 
     return types.int32(codes, x), codegen
 
 
 TOKENS = 4  # tokens per pass of the prefill tile
+
+
+def _token_tile_args(codes, xq, t) -> bool:
+    """A token tile's arguments: codes uint8 [Q], xq int8 [T, n_p] C-contiguous, t an integer."""
+    return (lir.vectors((codes, types.uint8)) and isinstance(xq, types.Array) and xq.ndim == 2
+            and xq.layout == "C" and xq.dtype == types.int8 and isinstance(t, types.Integer))
+
+
+def _token_rows(context, builder, sig, args):
+    """(codes array, Q, pointers to xq rows t .. t + TOKENS - 1) of a token tile's arguments."""
+    ca, xa = lir.arrays(context, builder, sig, args, 2)
+    t0 = context.cast(builder, args[2], sig.args[2], types.int64)
+    row = builder.extract_value(xa.strides, 0)  # bytes per token row (int8)
+    bases = [builder.gep(xa.data, [builder.mul(builder.add(t0, lir.const(u)), row)]) for u in range(TOKENS)]
+    return ca, builder.extract_value(ca.shape, 0), bases
 
 
 def _tokens_dot(streams: int, unpack, vnni: bool):
@@ -211,18 +227,12 @@ def _tokens_dot(streams: int, unpack, vnni: bool):
 
     @intrinsic
     def dot(typingctx, codes, xq, t):
-        if not (lir.vectors((codes, types.uint8)) and isinstance(xq, types.Array) and xq.ndim == 2
-                and xq.layout == "C" and xq.dtype == types.int8 and isinstance(t, types.Integer)):
+        if not _token_tile_args(codes, xq, t):
             return None
         ret = types.UniTuple(types.int32, TOKENS)
 
         def codegen(context, builder, sig, args):
-            ca = context.make_array(sig.args[0])(context, builder, args[0])
-            xa = context.make_array(sig.args[1])(context, builder, args[1])
-            t0 = context.cast(builder, args[2], sig.args[2], types.int64)
-            q = builder.extract_value(ca.shape, 0)
-            row = builder.extract_value(xa.strides, 0)  # bytes per token row (int8)
-            bases = [builder.gep(xa.data, [builder.mul(builder.add(t0, lir.const(u)), row)]) for u in range(TOKENS)]
+            ca, q, bases = _token_rows(context, builder, sig, args)
             pmaddubsw = lir.maddubs(builder)
             vpdpbusd = lir.dpbusd(builder) if vnni else None
             per = 2 if vnni else 1  # accumulators per token: two dependent vpdpbusd chains
@@ -263,35 +273,21 @@ _dot_ternary_tokens = _tokens_dot(4, _unpack2, vnni=HAVE_VNNI)
 _dot_ternary_1p6_tokens = _tokens_dot(5, _unpack3, vnni=HAVE_VNNI)
 
 
-def _tokens_dot_512(digits_of):
-    """A 4-token row dot on 512-bit vectors: each 64 code bytes' digits (`digits_of(builder, c)`)
-    are made once and feed every token's `vpdpbusd`."""
+@intrinsic
+def _dot_ternary_1p6_tokens_vbmi(typingctx, codes, xq, t):
+    """dot_ternary_1p6_tokens on AVX-512 VBMI: each 64 code bytes' digits are looked up once and
+    feed every token's 512-bit `vpdpbusd`. (The same loop on ternary's 2-bit fields was tried and
+    dropped: in alternating `lowbit bench` processes, 2B-4T, pp128, one thread, it read 78-96
+    tok/s against the 256-bit tile's steady 90-92.)"""
+    if not _token_tile_args(codes, xq, t):
+        return None
+    ret = types.UniTuple(types.int32, TOKENS)
 
-    @intrinsic
-    def dot(typingctx, codes, xq, t):
-        if not (lir.vectors((codes, types.uint8)) and isinstance(xq, types.Array) and xq.ndim == 2
-                and xq.layout == "C" and xq.dtype == types.int8 and isinstance(t, types.Integer)):
-            return None
-        ret = types.UniTuple(types.int32, TOKENS)
+    def codegen(context, builder, sig, args):
+        ca, q, bases = _token_rows(context, builder, sig, args)
+        return context.make_tuple(builder, ret, _stream_dots_512(builder, ca.data, q, bases, False))
 
-        def codegen(context, builder, sig, args):
-            ca, xa = lir.arrays(context, builder, sig, args, 2)
-            t0 = context.cast(builder, args[2], sig.args[2], types.int64)
-            row = builder.extract_value(xa.strides, 0)  # bytes per token row (int8)
-            bases = [builder.gep(xa.data, [builder.mul(builder.add(t0, lir.const(u)), row)]) for u in range(TOKENS)]
-            sums = _stream_dots_512(builder, ca.data, builder.extract_value(ca.shape, 0), bases,
-                                    lambda c: digits_of(builder, c))
-            return context.make_tuple(builder, ret, sums)
-
-        return ret(codes, xq, t), codegen
-
-    return dot
-
-
-# ternary-1.6 on AVX-512 VBMI (digits by lookups). The same loop on ternary's 2-bit fields was tried
-# and dropped: in alternating `lowbit bench` processes (2B-4T, pp128, one thread) it read 78-96 tok/s
-# against the 256-bit tile's steady 90-92.
-_dot_ternary_1p6_tokens_vbmi = _tokens_dot_512(lambda b, c: _base3_digits(b, c, False))
+    return ret(codes, xq, t), codegen
 
 
 # AArch64 (DotProd): one `sdot` per stream and 16 code bytes; the base-3 digits by a vector
